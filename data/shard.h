@@ -1,0 +1,48 @@
+// The token shard format (data/README.md): an HDF5 file with a 1-D dataset `tokens` (uint16
+// when the vocabulary fits, else uint32) and root attributes `vocab_size`, `tokenizer`,
+// `eot_token`.
+#pragma once
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace t6 {
+
+// Throws std::runtime_error with the call, file:line and HDF5's own message when a call fails.
+#define H5_CHECK(call) ::t6::h5_check((int64_t)(call), #call, __FILE__, __LINE__)
+int64_t h5_check(int64_t status, const char* call, const char* file, int line);
+
+struct ShardMeta {
+  uint64_t num_tokens = 0;
+  int64_t vocab_size = 0;
+  std::string tokenizer;
+  int64_t eot_token = 0;
+};
+
+// An open shard; reads any token range with an HDF5 hyperslab (never the whole file).
+class ShardReader {
+ public:
+  explicit ShardReader(const std::string& path);  // validates the format; errors name the file
+  ~ShardReader();
+  ShardReader(ShardReader&& o) noexcept;
+  ShardReader(const ShardReader&) = delete;
+  ShardReader& operator=(const ShardReader&) = delete;
+  ShardReader& operator=(ShardReader&&) = delete;
+
+  void read(uint64_t start, uint64_t count, int32_t* out) const;
+  const ShardMeta& meta() const { return meta_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  ShardMeta meta_;
+  hid_t file_ = -1, dataset_ = -1;
+};
+
+// Writes tokens (each < meta.vocab_size) to `path` through a temporary name and a rename, so
+// an interrupted write never leaves a file that looks complete.
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, const ShardMeta& meta);
+
+}  // namespace t6

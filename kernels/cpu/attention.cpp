@@ -1,0 +1,106 @@
+// Causal softmax attention, the plain O(T²) reference: the probabilities are kept in memory
+// for backward. Query head h reads KV head h / (H/Hkv), so MHA (Hkv = H), GQA and MQA
+// (Hkv = 1) share one code path.
+#include <cmath>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace t6 {
+
+template <class T>
+void attention_forward(const Context&, T* out, T* att, const T* q, const T* k, const T* v, int B, int T_, int H,
+                       int Hkv, int D) {
+  const int group = H / Hkv;
+  const T scale = T(1.0 / std::sqrt((double)D));
+#pragma omp parallel for collapse(2)
+  for (int b = 0; b < B; b++) {
+    for (int h = 0; h < H; h++) {
+      const int kvh = h / group;
+      for (int t = 0; t < T_; t++) {
+        const T* qt = q + (((size_t)b * T_ + t) * H + h) * D;
+        T* p = att + (((size_t)b * H + h) * T_ + t) * T_;
+        T maxv = -INFINITY;
+        for (int s = 0; s <= t; s++) {
+          const T* ks = k + (((size_t)b * T_ + s) * Hkv + kvh) * D;
+          T dot = 0;
+          for (int d = 0; d < D; d++) dot += qt[d] * ks[d];
+          p[s] = dot * scale;
+          if (p[s] > maxv) maxv = p[s];
+        }
+        double denom = 0;
+        for (int s = 0; s <= t; s++) {
+          p[s] = std::exp(p[s] - maxv);
+          denom += p[s];
+        }
+        const T inv = T(1.0 / denom);
+        for (int s = 0; s <= t; s++) p[s] *= inv;
+        for (int s = t + 1; s < T_; s++) p[s] = 0;
+
+        T* ot = out + (((size_t)b * T_ + t) * H + h) * D;
+        for (int d = 0; d < D; d++) ot[d] = 0;
+        for (int s = 0; s <= t; s++) {
+          const T* vs = v + (((size_t)b * T_ + s) * Hkv + kvh) * D;
+          for (int d = 0; d < D; d++) ot[d] += p[s] * vs[d];
+        }
+      }
+    }
+  }
+}
+
+// Parallel over (batch, KV head): all query heads of a group add into the same dk and dv rows,
+// so one thread owns a group and the sums keep a fixed order.
+template <class T>
+void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                        const T* att, int B, int T_, int H, int Hkv, int D) {
+  const int group = H / Hkv;
+  const T scale = T(1.0 / std::sqrt((double)D));
+#pragma omp parallel for collapse(2)
+  for (int b = 0; b < B; b++) {
+    for (int kvh = 0; kvh < Hkv; kvh++) {
+      thread_local std::vector<T> dp;  // grows once per thread, then reused across steps
+      if (dp.size() < (size_t)T_) dp.resize(T_);
+      for (int t = 0; t < T_; t++) {
+        T* dks = dk + (((size_t)b * T_ + t) * Hkv + kvh) * D;
+        T* dvs = dv + (((size_t)b * T_ + t) * Hkv + kvh) * D;
+        for (int d = 0; d < D; d++) dks[d] = dvs[d] = 0;
+      }
+      for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        for (int t = 0; t < T_; t++) {
+          const size_t qi = (((size_t)b * T_ + t) * H + h) * D;
+          const T* p = att + (((size_t)b * H + h) * T_ + t) * T_;
+          const T* dot_ = dout + qi;
+          // dP = dO·Vᵀ, then the softmax backward dS = P ⊙ (dP − Σ P⊙dP).
+          T rowdot = 0;
+          for (int s = 0; s <= t; s++) {
+            const T* vs = v + (((size_t)b * T_ + s) * Hkv + kvh) * D;
+            T acc = 0;
+            for (int d = 0; d < D; d++) acc += dot_[d] * vs[d];
+            dp[s] = acc;
+            rowdot += p[s] * acc;
+          }
+          T* dqt = dq + qi;
+          for (int d = 0; d < D; d++) dqt[d] = 0;
+          for (int s = 0; s <= t; s++) {
+            const size_t ki = (((size_t)b * T_ + s) * Hkv + kvh) * D;
+            const T ds = p[s] * (dp[s] - rowdot) * scale;
+            for (int d = 0; d < D; d++) {
+              dqt[d] += ds * k[ki + d];
+              dk[ki + d] += ds * q[qi + d];
+              dv[ki + d] += p[s] * dot_[d];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+#define INSTANTIATE(T)                                                                               \
+  template void attention_forward<T>(const Context&, T*, T*, const T*, const T*, const T*, int, int, int, int, int); \
+  template void attention_backward<T>(const Context&, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, \
+                                      int, int, int, int, int);
+INSTANTIATE(float)
+INSTANTIATE(double)
+
+}  // namespace t6

@@ -1,0 +1,43 @@
+#include <cmath>
+
+#include "kernels/ops.h"
+
+namespace t6 {
+
+template <class T>
+void rmsnorm_forward(const Context&, T* out, T* rstd, const T* inp, int N, int C, double eps) {
+#pragma omp parallel for
+  for (int n = 0; n < N; n++) {
+    const T* x = inp + (size_t)n * C;
+    T* y = out + (size_t)n * C;
+    double ss = 0;
+    for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+    T r = T(1.0 / std::sqrt(ss / C + eps));
+    for (int c = 0; c < C; c++) y[c] = x[c] * r;
+    rstd[n] = r;
+  }
+}
+
+// y = x·r with r = (mean(x²) + eps)^(−1/2):  dx = r·dy − r³·x·(dy·x)/C.
+template <class T>
+void rmsnorm_backward(const Context&, T* dinp, const T* dout, const T* inp, const T* rstd, int N, int C) {
+#pragma omp parallel for
+  for (int n = 0; n < N; n++) {
+    const T* x = inp + (size_t)n * C;
+    const T* dy = dout + (size_t)n * C;
+    T* dx = dinp + (size_t)n * C;
+    double dot = 0;
+    for (int c = 0; c < C; c++) dot += (double)dy[c] * x[c];
+    double r = rstd[n];
+    T k = T(r * r * r * dot / C);
+    for (int c = 0; c < C; c++) dx[c] += T(r) * dy[c] - k * x[c];
+  }
+}
+
+#define INSTANTIATE(T)                                                                               \
+  template void rmsnorm_forward<T>(const Context&, T*, T*, const T*, int, int, double);              \
+  template void rmsnorm_backward<T>(const Context&, T*, const T*, const T*, const T*, int, int);
+INSTANTIATE(float)
+INSTANTIATE(double)
+
+}  // namespace t6

@@ -1,0 +1,14 @@
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/layout.h"
+
+namespace t6 {
+
+// The reference's initial distributions (T6_SPEC.md, "Initialization"), drawn from `seed`
+// in layout order, into a host vector of layout.total elements.
+std::vector<float> init_params(const ModelConfig& cfg, const ParamLayout& layout, uint64_t seed);
+
+}  // namespace t6

@@ -1,0 +1,62 @@
+#include "model/layout.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+namespace t6 {
+
+const ParamInfo* ParamLayout::find(const std::string& name) const {
+  for (const ParamInfo& p : params)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+const ParamInfo& ParamLayout::at(const std::string& name) const {
+  const ParamInfo* p = find(name);
+  if (!p) throw std::out_of_range("no parameter named " + name);
+  return *p;
+}
+
+std::string layer_param(int layer, const char* suffix) { return fmt::format("transformer.h.{}.{}", layer, suffix); }
+
+ParamLayout make_layout(const ModelConfig& cfg) {
+  ParamLayout layout;
+  auto add = [&](std::string name, int64_t rows, int64_t cols) {
+    ParamInfo p{std::move(name), {rows, cols}, layout.total, (size_t)(rows * cols)};
+    layout.total += p.size;
+    layout.params.push_back(std::move(p));
+  };
+  const int64_t C = cfg.n_embd, H = cfg.n_head, D = cfg.head_dim, F = cfg.mlp_hidden();
+  add("transformer.wte.weight", cfg.vocab_size, C);
+  for (int i = 0; i < cfg.n_layer; i++) {
+    if (cfg.factored_q()) {
+      add(layer_param(i, "attn.c_qkv.W_A_q.weight"), H * cfg.q_rank, C);
+    }
+    if (cfg.factored_kv()) {
+      add(layer_param(i, "attn.c_qkv.W_A_k.weight"), H * cfg.rank_k(), C);
+      add(layer_param(i, "attn.c_qkv.W_A_v.weight"), H * cfg.rank_v(), C);
+    }
+    if (cfg.factored_q()) {
+      add(layer_param(i, "attn.c_qkv.W_B_q.weight"), cfg.q_rank * D, C);
+    }
+    if (cfg.factored_kv()) {
+      add(layer_param(i, "attn.c_qkv.W_B_k.weight"), cfg.rank_k() * D, C);
+      add(layer_param(i, "attn.c_qkv.W_B_v.weight"), cfg.rank_v() * D, C);
+    }
+    if (cfg.attention == Attention::tpa_kvonly) {
+      add(layer_param(i, "attn.c_qkv.c_q.weight"), H * D, C);
+    } else if (!cfg.factored_kv()) {
+      add(layer_param(i, "attn.c_q.weight"), H * D, C);
+      add(layer_param(i, "attn.c_k.weight"), cfg.kv_heads() * D, C);
+      add(layer_param(i, "attn.c_v.weight"), cfg.kv_heads() * D, C);
+    }
+    add(layer_param(i, "attn.c_proj.weight"), C, H * D);
+    add(layer_param(i, "mlp.c_fc1.weight"), F, C);
+    add(layer_param(i, "mlp.c_fc2.weight"), F, C);
+    add(layer_param(i, "mlp.c_proj.weight"), C, F);
+  }
+  return layout;
+}
+
+}  // namespace t6

@@ -1,0 +1,33 @@
+// The flat parameter buffer's map: every tensor's reference name (T6_SPEC.md), shape and
+// offset. Gradients and optimizer moments use the same layout.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace t6 {
+
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;  // PyTorch shape, row-major
+  size_t offset = 0;           // in elements
+  size_t size = 0;
+};
+
+struct ParamLayout {
+  std::vector<ParamInfo> params;
+  size_t total = 0;
+
+  const ParamInfo* find(const std::string& name) const;  // nullptr if absent
+  const ParamInfo& at(const std::string& name) const;    // throws if absent
+};
+
+ParamLayout make_layout(const ModelConfig& cfg);
+
+// "transformer.h.{layer}.{suffix}".
+std::string layer_param(int layer, const char* suffix);
+
+}  // namespace t6

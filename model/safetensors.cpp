@@ -1,0 +1,147 @@
+#include "model/safetensors.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+namespace t6 {
+
+using json = nlohmann::json;
+
+static float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  float value;
+  if (exp == 0) value = std::ldexp((float)mant, -24);  // subnormal or zero
+  else if (exp == 31) value = mant ? NAN : INFINITY;
+  else value = std::ldexp((float)(mant | 0x400), (int)exp - 25);
+  return sign ? -value : value;
+}
+
+static float bf16_to_float(uint16_t b) {
+  uint32_t bits = (uint32_t)b << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+std::map<std::string, HostTensor> read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("{}: cannot open safetensors file ({})", path, std::strerror(errno)));
+  in.seekg(0, std::ios::end);
+  const uint64_t file_size = (uint64_t)in.tellg();
+  in.seekg(0);
+  uint64_t header_len = 0;
+  if (file_size < 8 || !in.read(reinterpret_cast<char*>(&header_len), 8) || header_len > file_size - 8)
+    throw std::runtime_error(fmt::format("{}: not a safetensors file (bad header length)", path));
+  std::string header(header_len, '\0');
+  in.read(header.data(), header_len);
+  json meta;
+  try {
+    meta = json::parse(header);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: safetensors header is not valid JSON: {}", path, e.what()));
+  }
+  const uint64_t data_start = 8 + header_len, data_size = file_size - data_start;
+
+  std::map<std::string, HostTensor> tensors;
+  for (auto& [name, info] : meta.items()) {
+    if (name == "__metadata__") continue;
+    const std::string dtype = info.value("dtype", "");
+    const int width = dtype == "F32" ? 4 : dtype == "F64" ? 8 : (dtype == "BF16" || dtype == "F16") ? 2 : 0;
+    if (width == 0)
+      throw std::runtime_error(
+          fmt::format("{}: tensor {} has dtype '{}'; expected F32, F64, BF16 or F16", path, name, dtype));
+    HostTensor t;
+    t.shape = info.at("shape").get<std::vector<int64_t>>();
+    const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
+    size_t count = 1;
+    for (int64_t d : t.shape) count *= (size_t)d;
+    if (offsets.size() != 2 || offsets[1] < offsets[0] || offsets[1] > data_size ||
+        offsets[1] - offsets[0] != count * width)
+      throw std::runtime_error(fmt::format("{}: tensor {} has data_offsets that do not fit its shape {} and dtype {}",
+                                           path, name, t.shape, dtype));
+    std::vector<char> raw(count * width);
+    in.seekg(data_start + offsets[0]);
+    if (!in.read(raw.data(), raw.size())) throw std::runtime_error(fmt::format("{}: truncated at tensor {}", path, name));
+    t.data.resize(count);
+    for (size_t i = 0; i < count; i++) {
+      const char* p = raw.data() + i * width;
+      if (width == 4) { std::memcpy(&t.data[i], p, 4); }
+      else if (width == 8) { double d; std::memcpy(&d, p, 8); t.data[i] = (float)d; }
+      else { uint16_t h; std::memcpy(&h, p, 2); t.data[i] = dtype == "BF16" ? bf16_to_float(h) : half_to_float(h); }
+    }
+    tensors.emplace(name, std::move(t));
+  }
+  return tensors;
+}
+
+void save_weights(const std::string& path, const ParamLayout& layout, const std::vector<float>& flat,
+                  const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  for (const ParamInfo& p : layout.params)
+    header[p.name] = {{"dtype", "F32"}, {"shape", p.shape},
+                      {"data_offsets", {p.offset * 4, (p.offset + p.size) * 4}}};
+  std::string text = header.dump();
+  text.resize((text.size() + 7) / 8 * 8, ' ');  // the format allows space padding; keeps data 8-byte aligned
+  const uint64_t len = text.size();
+
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw std::runtime_error(fmt::format("{}: cannot write ({})", tmp, std::strerror(errno)));
+  bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, len, f) == len &&
+            std::fwrite(flat.data(), 4, layout.total, f) == layout.total;
+  ok = std::fflush(f) == 0 && ok;
+  ok = fsync(fileno(f)) == 0 && ok;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error(fmt::format("{}: write failed ({})", path, std::strerror(errno)));
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+std::vector<float> load_weights(const std::string& path, const ParamLayout& layout) {
+  auto tensors = read_safetensors(path);
+  const std::string wte = "transformer.wte.weight", head = "lm_head.weight";
+  if (tensors.count(head)) {
+    if (tensors.count(wte)) {
+      if (tensors[head].shape != tensors[wte].shape || tensors[head].data != tensors[wte].data)
+        throw std::runtime_error(fmt::format(
+            "{}: {} and {} are both present but differ; T6 ties them, so they must be equal", path, wte, head));
+    } else {
+      tensors[wte] = tensors[head];
+    }
+    tensors.erase(head);
+  }
+
+  std::vector<std::string> problems;
+  std::vector<float> flat(layout.total);
+  for (const ParamInfo& p : layout.params) {
+    auto it = tensors.find(p.name);
+    if (it == tensors.end()) {
+      problems.push_back(fmt::format("missing     {} (expected shape {})", p.name, p.shape));
+      continue;
+    }
+    if (it->second.shape != p.shape)
+      problems.push_back(fmt::format("wrong shape {}: file has {}, model expects {}", p.name, it->second.shape, p.shape));
+    else
+      std::copy(it->second.data.begin(), it->second.data.end(), flat.begin() + p.offset);
+    tensors.erase(it);
+  }
+  for (const auto& [name, t] : tensors) problems.push_back(fmt::format("unexpected  {} (shape {})", name, t.shape));
+  if (!problems.empty())
+    throw std::runtime_error(fmt::format("{}: the weights do not match the model config:\n  {}", path,
+                                         fmt::join(problems, "\n  ")));
+  return flat;
+}
+
+}  // namespace t6

@@ -1,0 +1,60 @@
+// Experiment configs: a YAML file with sections model, data, train, optim, sample
+// (configs/README.md documents every key and its default), plus --set overrides.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+namespace t6 {
+
+struct DataConfig {
+  std::vector<std::string> train, val;  // paths or glob patterns
+  bool shuffle = true;
+  uint64_t seed = 1337;
+};
+
+struct TrainConfig {
+  int batch_size = 8;
+  int gradient_accumulation_steps = 1;
+  int64_t max_iters = 1000;
+  int64_t eval_interval = 100;  // 0: only at the end
+  int eval_iters = 20;
+  int64_t log_interval = 10;
+  std::string out_dir;          // default: out/<config file name without .yaml>
+};
+
+struct OptimConfig {
+  LrSchedule schedule;  // learning_rate, min_lr, schedule, warmup_iters, lr_decay_iters, wsd_decay_fraction
+  AdamWConfig adamw;    // beta1, beta2, eps, weight_decay
+  double grad_clip = 1.0;  // 0: no clipping
+};
+
+struct SampleConfig {
+  std::string prompt = "\n";
+  int max_new_tokens = 0;  // 0: no sample at the end
+  double temperature = 0.8;
+  int top_k = 0;           // 0: the whole vocabulary
+  uint64_t seed = 1337;
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  OptimConfig optim;
+  SampleConfig sample;
+  std::string path;  // the file it came from
+
+  std::string to_yaml() const;  // the effective config, every key
+};
+
+// Reads `path`, applies overrides ("section.key=value", value in YAML syntax) and validates.
+// Relative paths in the file are relative to the file's directory; in overrides, to the
+// current directory. Throws std::invalid_argument naming the file and key on any problem.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+}  // namespace t6

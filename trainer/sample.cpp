@@ -1,0 +1,53 @@
+#include "trainer/sample.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "model/t6.h"
+
+namespace t6 {
+
+std::string sample_text(const Config& cfg, const std::vector<float>& params) {
+  const Context ctx;
+  const int T = cfg.model.block_size;
+  T6<float> model(cfg.model, ctx, 1, T);
+  model.params_from_host(params);
+
+  std::vector<int32_t> seq(cfg.sample.prompt.begin(), cfg.sample.prompt.end());
+  for (int32_t& t : seq) t &= 0xff;
+  if (seq.empty()) seq.push_back(0);  // an empty prompt starts a new document (byte end-of-text is 0)
+  std::mt19937_64 rng(cfg.sample.seed);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::string out;
+  std::vector<int32_t> window(T, 0);
+  for (int i = 0; i < cfg.sample.max_new_tokens; i++) {
+    // The model sees the last T tokens; positions after them are padding that causal
+    // attention keeps from influencing the position we read.
+    const int len = std::min<int>((int)seq.size(), T);
+    std::fill(window.begin(), window.end(), 0);
+    std::copy(seq.end() - len, seq.end(), window.begin());
+    model.forward(window.data(), nullptr);
+    std::vector<float> logits = model.logits_at(len - 1);
+
+    std::vector<std::pair<double, int>> cand;
+    const double maxv = *std::max_element(logits.begin(), logits.end());
+    for (int v = 0; v < (int)logits.size(); v++) cand.push_back({(logits[v] - maxv) / cfg.sample.temperature, v});
+    if (cfg.sample.top_k > 0 && cfg.sample.top_k < (int)cand.size()) {
+      std::partial_sort(cand.begin(), cand.begin() + cfg.sample.top_k, cand.end(), std::greater<>());
+      cand.resize(cfg.sample.top_k);
+    }
+    double total = 0;
+    for (auto& c : cand) total += (c.first = std::exp(c.first));
+    double r = uniform(rng) * total;
+    int next = cand.back().second;
+    for (auto& c : cand) {
+      if ((r -= c.first) <= 0) { next = c.second; break; }
+    }
+    seq.push_back(next);
+    out.push_back((char)next);
+  }
+  return out;
+}
+
+}  // namespace t6

@@ -1,0 +1,41 @@
+// t6-train: trains T6 as a config file says.
+#include <fmt/format.h>
+
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "trainer/config.h"
+#include "trainer/train.h"
+
+static const char* kUsage =
+    "usage: t6-train --config FILE.yaml [--set section.key=value ...]\n"
+    "  --config FILE   the experiment (configs/README.md lists every key)\n"
+    "  --set K=V       override one key, e.g. --set train.max_iters=100 --set optim.learning_rate=1e-3\n";
+
+int main(int argc, char** argv) {
+  std::string config;
+  std::vector<std::string> overrides;
+  try {
+    for (int i = 1; i < argc; i++) {
+      const std::string a = argv[i];
+      auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+        return argv[++i];
+      };
+      if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
+      else if (a == "--config") config = value();
+      else if (a == "--set") overrides.push_back(value());
+      else if (a.rfind("--set=", 0) == 0) overrides.push_back(a.substr(6));
+      else if (a.rfind("--config=", 0) == 0) config = a.substr(9);
+      else throw std::invalid_argument("unknown argument '" + a + "'");
+    }
+    if (config.empty()) throw std::invalid_argument("--config FILE.yaml is required");
+    t6::train(t6::load_config(config, overrides));
+    return 0;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "t6-train: error: {}\n", e.what());
+    if (config.empty()) fmt::print(stderr, "{}", kUsage);
+    return 1;
+  }
+}
