@@ -89,7 +89,7 @@ Key integer(const char* section, const char* name, Ref ref, bool nullable = fals
 template <class Ref>
 Key number(const char* section, const char* name, Ref ref) {
   return {section, name, [=](Config& c, const YAML::Node& n, const Source& s) { ref(c) = parse_float(n, s); },
-          [=](const Config& c, YAML::Emitter& e) { e << ref(const_cast<Config&>(c)); }};
+          [=](const Config& c, YAML::Emitter& e) { e << fmt::format("{}", ref(const_cast<Config&>(c))); }};
 }
 
 template <class Ref>
@@ -304,11 +304,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     throw std::invalid_argument(fmt::format("{}: expected a mapping of sections (model, data, train, optim, sample)", path));
   for (const auto& section : root) {
     const std::string sname = section.first.as<std::string>();
-    if (!section.second.IsMap() && !section.second.IsNull()) {
-      find_key(sname, "", path);  // unknown section names get their own message
-      throw std::invalid_argument(fmt::format("{}: {}: expected a mapping of keys", path, sname));
-    }
-    if (section.second.IsNull()) { find_key(sname, "", path); continue; }
+    if (std::find(kSections.begin(), kSections.end(), sname) == kSections.end()) find_key(sname, "", path);
+    if (section.second.IsNull()) continue;
+    if (!section.second.IsMap())
+      throw std::invalid_argument(fmt::format("{}: {}: expected a mapping of keys, e.g. '{}:\n  key: value'", path,
+                                              sname, sname));
     for (const auto& kv : section.second) {
       const std::string kname = kv.first.as<std::string>();
       const Key& key = find_key(sname, kname, path);
@@ -332,7 +332,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     lr_decay_set |= key.name == "lr_decay_iters" && !value.IsNull();
   }
   if (!lr_decay_set || c.optim.schedule.decay_iters == 0) c.optim.schedule.decay_iters = c.train.max_iters;
-  if (c.train.out_dir.empty()) c.train.out_dir = (fs::path("out") / fs::path(path).stem()).string();
+  // Absolute, so the effective config written beside the outputs means the same from anywhere.
+  if (c.train.out_dir.empty()) c.train.out_dir = (fs::current_path() / "out" / fs::path(path).stem()).string();
   validate(c);
   return c;
 }

@@ -54,10 +54,6 @@ TrainResult train(const Config& cfg) {
   const int B = tc.batch_size, T = mc.block_size, accum = tc.gradient_accumulation_steps;
   const size_t tokens_per_step = (size_t)B * T * accum;
 
-  fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
-  fs::create_directories(tc.out_dir);
-  write_text_file(fs::path(tc.out_dir) / "config.yaml", cfg.to_yaml());
-
   DataLoader train_data(expand_shards(cfg.data.train, "data.train"), B, T, cfg.data.shuffle, cfg.data.seed,
                         mc.vocab_size, "data.train");
   std::unique_ptr<DataLoader> val_data;
@@ -65,6 +61,7 @@ TrainResult train(const Config& cfg) {
     val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
                                             "data.val");
 
+  // Data and weights are checked before anything is written, so a bad run leaves no outputs.
   const Context ctx;
   T6<float> model(mc, ctx, B, T);
   if (!mc.init_from.empty()) {
@@ -73,6 +70,10 @@ TrainResult train(const Config& cfg) {
     model.params_from_host(init_params(mc, model.layout, mc.seed));
   }
   AdamW<float> optimizer(ctx, model.layout.total, cfg.optim.adamw);
+
+  fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
+  fs::create_directories(tc.out_dir);
+  write_text_file(fs::path(tc.out_dir) / "config.yaml", cfg.to_yaml());
 
   fmt::print("model: T6 {}, {} layers, n_embd {}, {} heads ({} KV) × {}, {} parameters; init {}\n",
              attention_name(mc.attention), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim,

@@ -1,0 +1,129 @@
+// Config files: every key typed and checked, errors that name the key (with a suggestion for
+// a misspelled one), --set overrides, path resolution and the effective-config round trip.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "test_util.h"
+#include "trainer/config.h"
+
+namespace t6 {
+namespace {
+
+const char* kMinimal = "data:\n  train: shards/train_*.h5\n";
+
+std::string write_config(const std::string& name, const std::string& text) {
+  const std::string dir = test::temp_dir("config_" + name);
+  const std::string path = dir + "/" + name + ".yaml";
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::string error_of(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  const std::string path = write_config("err", text);
+  try {
+    load_config(path, overrides);
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, DefaultsAndPathResolution) {
+  const std::string path = write_config("defaults", std::string(kMinimal) + "train:\n  max_iters: 77\n");
+  const Config c = load_config(path);
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  ASSERT_EQ(c.data.train.size(), 1u);
+  EXPECT_EQ(c.data.train[0], dir + "/shards/train_*.h5");  // relative to the config file
+  EXPECT_EQ(c.optim.schedule.decay_iters, 77);            // lr_decay_iters defaults to max_iters
+  EXPECT_EQ(c.train.out_dir, (std::filesystem::current_path() / "out/defaults").string());  // cwd, not the file
+  EXPECT_EQ(c.model.attention, Attention::tpa);            // T6-small TPA by default
+  EXPECT_EQ(c.model.n_head, 34);
+  EXPECT_EQ(c.optim.schedule.kind, Schedule::cosine);
+}
+
+TEST(Config, GoldenConfigReadsEveryKeyItSets) {
+  const Config c = load_config(test::source_path("tests/golden/gqa/config.yaml"));
+  EXPECT_EQ(c.model.attention, Attention::gqa);
+  EXPECT_EQ(c.model.n_kv_head, 2);
+  EXPECT_EQ(c.model.vocab_size, 256);
+  EXPECT_EQ(c.model.init_from, test::source_path("tests/golden/gqa/init.safetensors"));
+  EXPECT_EQ(c.train.gradient_accumulation_steps, 2);
+  EXPECT_DOUBLE_EQ(c.optim.schedule.lr, 0.003);
+  EXPECT_DOUBLE_EQ(c.optim.grad_clip, 0.5);
+  EXPECT_EQ(c.optim.schedule.kind, Schedule::constant);
+  EXPECT_FALSE(c.data.shuffle);
+}
+
+TEST(Config, OverridesApplyAfterTheFile) {
+  const std::string path = write_config("over", std::string(kMinimal) + "train:\n  batch_size: 4\n");
+  const Config c = load_config(path, {"train.batch_size=16", "model.attention=gqa", "model.n_kv_head=2",
+                                      "data.val=[a.h5, b.h5]", "optim.learning_rate=1e-3"});
+  EXPECT_EQ(c.train.batch_size, 16);
+  EXPECT_EQ(c.model.attention, Attention::gqa);
+  EXPECT_DOUBLE_EQ(c.optim.schedule.lr, 1e-3);
+  ASSERT_EQ(c.data.val.size(), 2u);
+  EXPECT_EQ(c.data.val[0], (std::filesystem::current_path() / "a.h5").string());  // --set paths: relative to cwd
+}
+
+TEST(Config, EffectiveConfigRoundTrips) {
+  const std::string path = write_config("roundtrip", std::string(kMinimal) +
+                                                         "model:\n  attention: tpa_kvonly\n  k_rank: 3\n"
+                                                         "sample:\n  prompt: \"The \\\"quoted\\\"\\n\"\n"
+                                                         "optim:\n  schedule: wsd\n  min_lr: 1.0e-5\n");
+  const Config first = load_config(path);
+  const std::string again = write_config("roundtrip2", first.to_yaml());
+  const Config second = load_config(again);
+  EXPECT_EQ(second.to_yaml(), first.to_yaml());
+  EXPECT_EQ(second.sample.prompt, "The \"quoted\"\n");
+  EXPECT_EQ(second.model.k_rank, 3);
+  EXPECT_EQ(second.model.v_rank, 0);
+}
+
+TEST(ConfigErrors, UnknownKeysSuggestTheNearestValidKey) {
+  std::string e = error_of(std::string(kMinimal) + "train:\n  batchsize: 8\n");
+  EXPECT_NE(e.find("unknown key 'train.batchsize'; did you mean 'train.batch_size'?"), std::string::npos) << e;
+  e = error_of(std::string(kMinimal) + "optim:\n  batch_size: 8\n");  // right key, wrong section
+  EXPECT_NE(e.find("did you mean 'train.batch_size'?"), std::string::npos) << e;
+  e = error_of(std::string(kMinimal) + "trian:\n  max_iters: 8\n");
+  EXPECT_NE(e.find("unknown section 'trian'; did you mean 'train'?"), std::string::npos) << e;
+  e = error_of(kMinimal, {"optim.learning_rte=1"});
+  EXPECT_NE(e.find("--set: unknown key 'optim.learning_rte'; did you mean 'optim.learning_rate'?"), std::string::npos)
+      << e;
+}
+
+TEST(ConfigErrors, WrongTypesNameTheKey) {
+  std::string e = error_of(std::string(kMinimal) + "train:\n  batch_size: abc\n");
+  EXPECT_NE(e.find("train.batch_size: expected an integer, got 'abc'"), std::string::npos) << e;
+  e = error_of(std::string(kMinimal) + "train:\n  batch_size: 2.5\n");
+  EXPECT_NE(e.find("train.batch_size: expected an integer, got '2.5'"), std::string::npos) << e;
+  e = error_of(std::string(kMinimal) + "optim:\n  learning_rate: [1, 2]\n");
+  EXPECT_NE(e.find("optim.learning_rate: expected a number, got a list"), std::string::npos) << e;
+  e = error_of(std::string(kMinimal) + "data:\n  shuffle: 3\n");
+  EXPECT_NE(e.find("data.shuffle: expected true or false, got '3'"), std::string::npos) << e;
+  e = error_of(kMinimal, {"train.max_iters"});
+  EXPECT_NE(e.find("expected section.key=value"), std::string::npos) << e;
+}
+
+TEST(ConfigErrors, InvalidValuesNameTheKeyAndTheRule) {
+  auto expect = [](const std::string& yaml, const std::string& part) {
+    const std::string e = error_of(std::string(kMinimal) + yaml);
+    EXPECT_NE(e.find(part), std::string::npos) << "'" << part << "' not in: " << e;
+  };
+  expect("train:\n  batch_size: 0\n", "train.batch_size: must be positive, got 0");
+  expect("model:\n  attention: flash\n", "model.attention: 'flash' is not one of tpa, tpa_kvonly, mha, gqa, mqa");
+  expect("model:\n  attention: gqa\n  n_head: 4\n", "model.n_kv_head: attention gqa needs the number of KV heads");
+  expect("model:\n  attention: gqa\n  n_head: 6\n  n_kv_head: 4\n", "model.n_kv_head: 4 does not divide model.n_head = 6");
+  expect("model:\n  head_dim: 63\n", "model.head_dim: RoPE rotates pairs");
+  expect("optim:\n  learning_rate: 1.0e-4\n  min_lr: 1.0e-3\n", "optim.min_lr: must be between 0 and optim.learning_rate");
+  expect("optim:\n  schedule: step\n", "optim.schedule: 'step' is not one of cosine, linear, constant, wsd");
+  expect("optim:\n  beta2: 1.5\n", "optim.beta2: must be in [0, 1)");
+  expect("data:\n  seed: -3\n", "data.seed: must not be negative");
+  const std::string e = error_of("train:\n  max_iters: 5\n");
+  EXPECT_NE(e.find("data.train: required"), std::string::npos) << e;
+  EXPECT_NE(error_of("model: [1, 2]\n").find("model: expected a mapping"), std::string::npos);
+  EXPECT_NE(error_of("model:\n  n_layer: [\n").find("not valid YAML"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace t6

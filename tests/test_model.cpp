@@ -1,0 +1,157 @@
+// The whole model: gradients against finite differences in double for every attention
+// variant, parameter counts against T6_SPEC.md, and the initial distributions.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "model/init.h"
+#include "model/t6.h"
+#include "test_util.h"
+#include "trainer/config.h"
+
+namespace t6 {
+namespace {
+
+ModelConfig tiny(Attention attention) {
+  ModelConfig c;
+  c.attention = attention;
+  c.n_layer = 2;
+  c.n_embd = 16;
+  c.n_head = 4;
+  c.head_dim = 6;
+  c.q_rank = 3;
+  c.rank = 2;
+  c.k_rank = 2;
+  c.v_rank = 1;  // R_q ≠ R_k ≠ R_v
+  c.n_kv_head = attention == Attention::gqa ? 2 : 0;
+  c.vocab_size = 11;
+  c.block_size = 5;
+  return c;
+}
+
+class ModelGradient : public ::testing::TestWithParam<Attention> {};
+
+TEST_P(ModelGradient, MatchesFiniteDifferences) {
+  const Context ctx;
+  const ModelConfig cfg = tiny(GetParam());
+  const int B = 2, T = 5;
+  T6<double> model(cfg, ctx, B, T);
+  // Random values everywhere (the spec's init zeroes c_proj, which would hide the attention
+  // and MLP gradients upstream of it).
+  std::mt19937_64 rng(42);
+  std::uniform_real_distribution<double> u(-0.5, 0.5);
+  std::vector<double> params(model.layout.total);
+  for (double& p : params) p = u(rng);
+  model.params.from_host(params.data(), params.size());
+
+  const std::vector<int32_t> tokens = {1, 4, 4, 0, 10, 7, 2, 9, 3, 3};
+  const std::vector<int32_t> targets = {4, 4, 0, -1, 7, 2, 9, 3, 3, 5};  // one ignored position
+  model.zero_grads();
+  model.forward(tokens.data(), targets.data());
+  model.backward();
+  std::vector<double> grads(model.layout.total);
+  model.grads.to_host(grads.data(), grads.size());
+
+  const double h = 1e-5;
+  for (const ParamInfo& p : model.layout.params) {
+    std::vector<double> numeric(p.size), analytic(grads.begin() + p.offset, grads.begin() + p.offset + p.size);
+    for (size_t i = 0; i < p.size; i++) {
+      double& x = params[p.offset + i];
+      const double saved = x;
+      x = saved + h;
+      model.params.from_host(&x, 1, p.offset + i);
+      const double up = model.forward(tokens.data(), targets.data());
+      x = saved - h;
+      model.params.from_host(&x, 1, p.offset + i);
+      const double down = model.forward(tokens.data(), targets.data());
+      x = saved;
+      model.params.from_host(&x, 1, p.offset + i);
+      numeric[i] = (up - down) / (2 * h);
+    }
+    EXPECT_LT(test::rel_error(analytic, numeric), 1e-6) << attention_name(cfg.attention) << " " << p.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, ModelGradient,
+                         ::testing::Values(Attention::tpa, Attention::tpa_kvonly, Attention::mha, Attention::gqa,
+                                           Attention::mqa),
+                         [](const auto& info) { return std::string(attention_name(info.param)); });
+
+TEST(Model, ParameterCountsOfThePaperSizesEqualTheSpec) {
+  const std::pair<const char*, size_t> table[] = {
+      {"configs/t6-small-tpa.yaml", 124342272},
+      {"configs/t6-medium-tpa.yaml", 353992704},
+      {"configs/t6-large-tpa.yaml", 773698560},
+      {"configs/t6-xl-tpa.yaml", 1555814400},
+  };
+  for (const auto& [file, count] : table) {
+    const Config cfg = load_config(test::source_path(file));
+    EXPECT_EQ(make_layout(cfg.model).total, count) << file;
+  }
+}
+
+TEST(Model, EveryPaperConfigLoadsWithItsHeadCount) {
+  // T6_SPEC.md's table: heads for tpa / tpa_kvonly / mha / gqa / mqa.
+  const std::pair<const char*, std::array<int, 5>> heads[] = {
+      {"small", {34, 22, 12, 22, 23}}, {"medium", {47, 29, 16, 30, 31}},
+      {"large", {61, 37, 20, 38, 39}}, {"xl", {78, 47, 25, 48, 49}}};
+  const char* variants[] = {"tpa", "tpa_kvonly", "mha", "gqa", "mqa"};
+  for (const auto& [size, h] : heads)
+    for (int v = 0; v < 5; v++) {
+      const std::string file = fmt::format("configs/t6-{}-{}.yaml", size, variants[v]);
+      const Config cfg = load_config(test::source_path(file));
+      EXPECT_EQ(cfg.model.n_head, h[v]) << file;
+      EXPECT_EQ(attention_name(cfg.model.attention), std::string(variants[v])) << file;
+    }
+}
+
+TEST(Model, LayoutUsesTheReferenceNamesAndShapes) {
+  ModelConfig c = tiny(Attention::tpa);
+  const ParamLayout l = make_layout(c);
+  EXPECT_EQ(l.params.front().name, "transformer.wte.weight");
+  EXPECT_EQ(l.at("transformer.h.1.attn.c_qkv.W_A_q.weight").shape, (std::vector<int64_t>{4 * 3, 16}));
+  EXPECT_EQ(l.at("transformer.h.1.attn.c_qkv.W_B_v.weight").shape, (std::vector<int64_t>{1 * 6, 16}));
+  EXPECT_EQ(l.at("transformer.h.0.attn.c_proj.weight").shape, (std::vector<int64_t>{16, 4 * 6}));
+  EXPECT_EQ(l.at("transformer.h.0.mlp.c_fc1.weight").shape, (std::vector<int64_t>{42, 16}));  // ⌊8·16/3⌋
+  c = tiny(Attention::gqa);
+  EXPECT_EQ(make_layout(c).at("transformer.h.0.attn.c_k.weight").shape, (std::vector<int64_t>{2 * 6, 16}));
+  c = tiny(Attention::tpa_kvonly);
+  EXPECT_NE(make_layout(c).find("transformer.h.0.attn.c_qkv.c_q.weight"), nullptr);
+  EXPECT_EQ(make_layout(c).find("transformer.h.0.attn.c_qkv.W_A_q.weight"), nullptr);
+}
+
+TEST(Model, InitFollowsTheSpecDistributions) {
+  ModelConfig c = tiny(Attention::tpa);
+  c.n_embd = 96;
+  c.vocab_size = 300;
+  const ParamLayout l = make_layout(c);
+  const std::vector<float> p = init_params(c, l, 7);
+  auto check_uniform = [&](const std::string& name, double bound) {
+    const ParamInfo& info = l.at(name);
+    double sq = 0, maxabs = 0;
+    for (size_t i = 0; i < info.size; i++) {
+      const double x = p[info.offset + i];
+      sq += x * x;
+      maxabs = std::max(maxabs, std::abs(x));
+    }
+    EXPECT_LE(maxabs, bound) << name;
+    if (bound > 0) {
+      EXPECT_NEAR(std::sqrt(sq / info.size), bound / std::sqrt(3.0), 0.1 * bound) << name;  // U(±b) std
+    }
+  };
+  const double C = 96, H = 4, D = 6;
+  check_uniform("transformer.wte.weight", 1 / std::sqrt(C));
+  check_uniform("transformer.h.0.attn.c_qkv.W_A_q.weight", std::sqrt(6 / ((H + C) * 3)));
+  check_uniform("transformer.h.0.attn.c_qkv.W_B_k.weight", std::sqrt(6 / ((2 + C) * D)));
+  check_uniform("transformer.h.0.attn.c_proj.weight", 0);
+  check_uniform("transformer.h.1.mlp.c_proj.weight", 0);
+  check_uniform("transformer.h.1.mlp.c_fc2.weight", 1 / std::sqrt(C));
+  EXPECT_EQ(init_params(c, l, 7), p);   // a pure function of the seed
+  EXPECT_NE(init_params(c, l, 8), p);
+}
+
+}  // namespace
+}  // namespace t6
