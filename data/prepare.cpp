@@ -50,6 +50,7 @@ namespace {
 struct ShardWriter {
   std::string dir, prefix;
   uint64_t shard_tokens;
+  bool compress;
   ShardMeta meta;
   std::vector<uint32_t> buffer;
   int shards = 0;
@@ -64,7 +65,7 @@ struct ShardWriter {
   }
   void flush() {
     if (buffer.empty()) return;
-    write_shard(fmt::format("{}/{}_{:06d}.h5", dir, prefix, shards++), buffer, meta);
+    write_shard(fmt::format("{}/{}_{:06d}.h5", dir, prefix, shards++), buffer, meta, compress);
     buffer.clear();
   }
 };
@@ -80,8 +81,8 @@ PrepareSummary prepare(const PrepareOptions& opt) {
   fs::create_directories(opt.out_dir);
 
   const ShardMeta meta{0, 256, "byte", 0};
-  ShardWriter train{opt.out_dir, "train", opt.shard_tokens, meta, {}, 0, 0};
-  ShardWriter val{opt.out_dir, "val", opt.shard_tokens, meta, {}, 0, 0};
+  ShardWriter train{opt.out_dir, "train", opt.shard_tokens, opt.compress, meta, {}, 0, 0};
+  ShardWriter val{opt.out_dir, "val", opt.shard_tokens, opt.compress, meta, {}, 0, 0};
   PrepareSummary summary;
   for (const std::string& path : files) {
     std::ifstream in(path, std::ios::binary);

@@ -11,6 +11,7 @@ struct PrepareOptions {
   std::string tokenizer = "byte";         // byte: one token per byte, vocab 256, end-of-text 0
   uint64_t shard_tokens = 100'000'000;    // tokens per shard file
   uint64_t val_tokens = 0;                // the first documents, until they hold this many, go to val
+  bool compress = false;                  // deflate-compressed shards
   std::vector<std::string> inputs;        // files, directories (recursive) or glob patterns
 };
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
@@ -159,7 +160,7 @@ static void write_string_attr(hid_t file, const char* name, const std::string& v
   H5Tclose(type);
 }
 
-void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, const ShardMeta& meta) {
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, const ShardMeta& meta, bool compress) {
   for (size_t i = 0; i < tokens.size(); i++)
     if (tokens[i] >= (uint64_t)meta.vocab_size)
       throw std::invalid_argument(
@@ -171,8 +172,15 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
     const bool narrow = meta.vocab_size <= 65536;
     hsize_t dims[1] = {tokens.size()};
     hid_t space = H5_CHECK(H5Screate_simple(1, dims, nullptr));
+    hid_t props = H5_CHECK(H5Pcreate(H5P_DATASET_CREATE));
+    if (compress && !tokens.empty()) {
+      hsize_t chunk[1] = {std::min<hsize_t>(tokens.size(), 1 << 16)};
+      H5_CHECK(H5Pset_chunk(props, 1, chunk));
+      H5_CHECK(H5Pset_deflate(props, 6));
+    }
     hid_t dataset = H5_CHECK(H5Dcreate2(file, "tokens", narrow ? H5T_STD_U16LE : H5T_STD_U32LE, space, H5P_DEFAULT,
-                                        H5P_DEFAULT, H5P_DEFAULT));
+                                        props, H5P_DEFAULT));
+    H5Pclose(props);
     if (!tokens.empty()) H5_CHECK(H5Dwrite(dataset, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens.data()));
     H5Dclose(dataset);
     H5Sclose(space);

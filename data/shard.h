@@ -42,7 +42,9 @@ class ShardReader {
 };
 
 // Writes tokens (each < meta.vocab_size) to `path` through a temporary name and a rename, so
-// an interrupted write never leaves a file that looks complete.
-void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, const ShardMeta& meta);
+// an interrupted write never leaves a file that looks complete. `compress` stores the tokens
+// in deflate-compressed chunks (smaller files, slower random reads; readers need no flag).
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, const ShardMeta& meta,
+                 bool compress = false);
 
 }  // namespace t6

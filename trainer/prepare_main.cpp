@@ -8,13 +8,14 @@
 #include "data/prepare.h"
 
 static const char* kUsage =
-    "usage: t6-prepare --out DIR [--tokenizer byte] [--shard-tokens N] [--val-tokens N] INPUT...\n"
+    "usage: t6-prepare --out DIR [--tokenizer byte] [--shard-tokens N] [--val-tokens N] [--compress] INPUT...\n"
     "  INPUT         text files (one document each), directories (recursive) or glob patterns\n"
     "  --out DIR     where train_000000.h5, ... and val_000000.h5, ... are written\n"
     "  --tokenizer   byte (one token per byte, vocabulary 256, end-of-text 0); default byte\n"
     "  --shard-tokens N   tokens per shard file (default 100000000)\n"
     "  --val-tokens N     the first documents, until they hold N tokens, become validation\n"
-    "                     shards; 0 (default) writes none\n";
+    "                     shards; 0 (default) writes none\n"
+    "  --compress         deflate-compressed shards: smaller, slower to read (for shipped samples)\n";
 
 static uint64_t parse_count(const char* flag, const char* value) {
   char* end = nullptr;
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
       else if (a == "--tokenizer") opt.tokenizer = value();
       else if (a == "--shard-tokens") opt.shard_tokens = parse_count("--shard-tokens", value());
       else if (a == "--val-tokens") opt.val_tokens = parse_count("--val-tokens", value());
+      else if (a == "--compress") opt.compress = true;
       else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
       else opt.inputs.push_back(a);
     }

@@ -1,6 +1,7 @@
 // The fused AdamW update over the flat parameter buffer, in the order of PyTorch's AdamW.
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
@@ -10,7 +11,7 @@ void adamw_update(const Context&, T* params, const T* grads, T* m, T* v, size_t 
                   double beta2, double eps, double weight_decay, double bias1, double bias2) {
   const T decay = T(1.0 - lr * weight_decay);
   const T b1 = T(beta1), b2 = T(beta2), step_size = T(lr / bias1), bias2_sqrt = T(std::sqrt(bias2)), e = T(eps);
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelWork)
   for (size_t i = 0; i < n; i++) {
     const T g = grads[i];
     params[i] *= decay;

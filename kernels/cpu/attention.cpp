@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
@@ -13,7 +14,7 @@ void attention_forward(const Context&, T* out, T* att, const T* q, const T* k, c
                        int Hkv, int D) {
   const int group = H / Hkv;
   const T scale = T(1.0 / std::sqrt((double)D));
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((size_t)B * H * T_ * T_ * D >= kParallelWork)
   for (int b = 0; b < B; b++) {
     for (int h = 0; h < H; h++) {
       const int kvh = h / group;
@@ -24,6 +25,7 @@ void attention_forward(const Context&, T* out, T* att, const T* q, const T* k, c
         for (int s = 0; s <= t; s++) {
           const T* ks = k + (((size_t)b * T_ + s) * Hkv + kvh) * D;
           T dot = 0;
+#pragma omp simd reduction(+ : dot)
           for (int d = 0; d < D; d++) dot += qt[d] * ks[d];
           p[s] = dot * scale;
           if (p[s] > maxv) maxv = p[s];
@@ -41,6 +43,7 @@ void attention_forward(const Context&, T* out, T* att, const T* q, const T* k, c
         for (int d = 0; d < D; d++) ot[d] = 0;
         for (int s = 0; s <= t; s++) {
           const T* vs = v + (((size_t)b * T_ + s) * Hkv + kvh) * D;
+#pragma omp simd
           for (int d = 0; d < D; d++) ot[d] += p[s] * vs[d];
         }
       }
@@ -55,7 +58,7 @@ void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, cons
                         const T* att, int B, int T_, int H, int Hkv, int D) {
   const int group = H / Hkv;
   const T scale = T(1.0 / std::sqrt((double)D));
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((size_t)B * H * T_ * T_ * D >= kParallelWork)
   for (int b = 0; b < B; b++) {
     for (int kvh = 0; kvh < Hkv; kvh++) {
       thread_local std::vector<T> dp;  // grows once per thread, then reused across steps
@@ -75,6 +78,7 @@ void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, cons
           for (int s = 0; s <= t; s++) {
             const T* vs = v + (((size_t)b * T_ + s) * Hkv + kvh) * D;
             T acc = 0;
+#pragma omp simd reduction(+ : acc)
             for (int d = 0; d < D; d++) acc += dot_[d] * vs[d];
             dp[s] = acc;
             rowdot += p[s] * acc;
@@ -83,11 +87,14 @@ void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, cons
           for (int d = 0; d < D; d++) dqt[d] = 0;
           for (int s = 0; s <= t; s++) {
             const size_t ki = (((size_t)b * T_ + s) * Hkv + kvh) * D;
-            const T ds = p[s] * (dp[s] - rowdot) * scale;
+            const T ds = p[s] * (dp[s] - rowdot) * scale, ps = p[s];
+            const T *ks = k + ki, *qt = q + qi;
+            T *dks = dk + ki, *dvs = dv + ki;
+#pragma omp simd
             for (int d = 0; d < D; d++) {
-              dqt[d] += ds * k[ki + d];
-              dk[ki + d] += ds * q[qi + d];
-              dv[ki + d] += p[s] * dot_[d];
+              dqt[d] += ds * ks[d];
+              dks[d] += ds * qt[d];
+              dvs[d] += ps * dot_[d];
             }
           }
         }

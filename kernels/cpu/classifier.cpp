@@ -2,6 +2,7 @@
 // loss and overwrites them with dlogits, so the (N, V) matrix exists once.
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
@@ -10,7 +11,7 @@ template <class T>
 void classifier_forward_backward(const Context&, T* logits, T* losses, const int32_t* targets, int N, int V,
                                  int n_valid, double dloss) {
   const double g = n_valid > 0 ? dloss / n_valid : 0.0;
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * V >= kParallelWork)
   for (int n = 0; n < N; n++) {
     T* row = logits + (size_t)n * V;
     const int target = targets[n];

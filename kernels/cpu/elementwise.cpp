@@ -2,20 +2,21 @@
 // their result does not depend on the thread count.
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
 
 template <class T>
 void add(const Context&, T* out, const T* x, const T* y, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelWork)
   for (size_t i = 0; i < n; i++) out[i] = x[i] + y[i];
 }
 
 template <class T>
 void scale(const Context&, T* x, double s, size_t n) {
   const T st = T(s);
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelWork)
   for (size_t i = 0; i < n; i++) x[i] *= st;
 }
 

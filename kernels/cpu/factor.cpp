@@ -1,12 +1,13 @@
 // TPA's factor contraction: each token's q (or k, v) is a rank-R sum of outer products of a
 // head factor A (H×R) and a feature factor B (R×D), divided by R.
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
 
 template <class T>
 void factor_contract_forward(const Context&, T* out, const T* a, const T* b, int N, int H, int R, int D) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * H * R * D >= kParallelWork)
   for (int n = 0; n < N; n++) {
     const T* an = a + (size_t)n * H * R;
     const T* bn = b + (size_t)n * R * D;
@@ -25,7 +26,7 @@ void factor_contract_forward(const Context&, T* out, const T* a, const T* b, int
 template <class T>
 void factor_contract_backward(const Context&, T* da, T* db, const T* dout, const T* a, const T* b, int N, int H, int R,
                               int D) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * H * R * D >= kParallelWork)
   for (int n = 0; n < N; n++) {
     const T* an = a + (size_t)n * H * R;
     const T* bn = b + (size_t)n * R * D;

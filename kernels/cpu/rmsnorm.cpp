@@ -1,12 +1,13 @@
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
 
 template <class T>
 void rmsnorm_forward(const Context&, T* out, T* rstd, const T* inp, int N, int C, double eps) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * C >= kParallelWork)
   for (int n = 0; n < N; n++) {
     const T* x = inp + (size_t)n * C;
     T* y = out + (size_t)n * C;
@@ -21,7 +22,7 @@ void rmsnorm_forward(const Context&, T* out, T* rstd, const T* inp, int N, int C
 // y = x·r with r = (mean(x²) + eps)^(−1/2):  dx = r·dy − r³·x·(dy·x)/C.
 template <class T>
 void rmsnorm_backward(const Context&, T* dinp, const T* dout, const T* inp, const T* rstd, int N, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)N * C >= kParallelWork)
   for (int n = 0; n < N; n++) {
     const T* x = inp + (size_t)n * C;
     const T* dy = dout + (size_t)n * C;

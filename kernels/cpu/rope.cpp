@@ -2,6 +2,7 @@
 // (x1·cos + x2·sin, −x1·sin + x2·cos), θ(t, i) = t·10000^(−2i/D).
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
@@ -10,7 +11,7 @@ namespace t6 {
 template <class T>
 static void rotate(T* x, int B, int T_, int rows, int D, T sign) {
   const int half = D / 2;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((size_t)B * T_ * rows * D >= kParallelWork)
   for (int b = 0; b < B; b++) {
     for (int t = 0; t < T_; t++) {
       for (int i = 0; i < half; i++) {

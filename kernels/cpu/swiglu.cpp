@@ -1,12 +1,13 @@
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/ops.h"
 
 namespace t6 {
 
 template <class T>
 void swiglu_forward(const Context&, T* out, const T* a, const T* b, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelWork)
   for (size_t i = 0; i < n; i++) {
     T sig = T(1) / (T(1) + std::exp(-a[i]));
     out[i] = a[i] * sig * b[i];
@@ -16,7 +17,7 @@ void swiglu_forward(const Context&, T* out, const T* a, const T* b, size_t n) {
 // d silu(a)/da = σ(a)·(1 + a·(1 − σ(a))).
 template <class T>
 void swiglu_backward(const Context&, T* da, T* db, const T* dout, const T* a, const T* b, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelWork)
   for (size_t i = 0; i < n; i++) {
     T sig = T(1) / (T(1) + std::exp(-a[i]));
     T silu = a[i] * sig;
