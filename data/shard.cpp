@@ -38,7 +38,7 @@ static int64_t read_int_attr(hid_t file, const std::string& path, const char* na
   hid_t attr = H5_CHECK(H5Aopen(file, name, H5P_DEFAULT));
   int64_t value = 0;
   herr_t status = H5Aread(attr, H5T_NATIVE_INT64, &value);
-  H5Aclose(attr);
+  H5_CHECK(H5Aclose(attr));
   if (status < 0) throw std::runtime_error(fmt::format("{}: attribute '{}' is not an integer", path, name));
   return value;
 }
@@ -60,14 +60,14 @@ static std::string read_string_attr(hid_t file, const std::string& path, const c
     H5_CHECK(H5Aread(attr, mem, &s));
     value = s ? s : "";
     H5free_memory(s);
-    H5Tclose(mem);
+    H5_CHECK(H5Tclose(mem));
   } else {
     std::string buf(H5Tget_size(type), '\0');
     H5_CHECK(H5Aread(attr, type, buf.data()));
     value = buf.c_str();  // fixed-length strings may be NUL-padded
   }
-  H5Tclose(type);
-  H5Aclose(attr);
+  H5_CHECK(H5Tclose(type));
+  H5_CHECK(H5Aclose(attr));
   return value;
 }
 
@@ -84,14 +84,14 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
     hid_t type = H5_CHECK(H5Dget_type(dataset_));
     const bool is_uint = H5Tget_class(type) == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE;
     const size_t width = H5Tget_size(type);
-    H5Tclose(type);
+    H5_CHECK(H5Tclose(type));
     if (!is_uint || (width != 2 && width != 4))
       throw std::runtime_error(fmt::format("{}: dataset 'tokens' must be uint16 or uint32", path));
     hid_t space = H5_CHECK(H5Dget_space(dataset_));
-    const int rank = H5Sget_simple_extent_ndims(space);
+    const int rank = (int)H5_CHECK(H5Sget_simple_extent_ndims(space));
     hsize_t dims[1] = {0};
-    if (rank == 1) H5Sget_simple_extent_dims(space, dims, nullptr);
-    H5Sclose(space);
+    if (rank == 1) H5_CHECK(H5Sget_simple_extent_dims(space, dims, nullptr));
+    H5_CHECK(H5Sclose(space));
     if (rank != 1) throw std::runtime_error(fmt::format("{}: dataset 'tokens' must be 1-D, it has {} dims", path, rank));
     meta_.num_tokens = dims[0];
     meta_.vocab_size = read_int_attr(file_, path, "vocab_size");
@@ -135,16 +135,16 @@ void ShardReader::read(uint64_t start, uint64_t count, int32_t* out) const {
     H5Sclose(file_space);
     throw;
   }
-  H5Sclose(mem_space);
-  H5Sclose(file_space);
+  H5_CHECK(H5Sclose(mem_space));
+  H5_CHECK(H5Sclose(file_space));
 }
 
 static void write_int_attr(hid_t file, const char* name, int64_t value) {
   hid_t space = H5_CHECK(H5Screate(H5S_SCALAR));
   hid_t attr = H5_CHECK(H5Acreate2(file, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT));
   H5_CHECK(H5Awrite(attr, H5T_NATIVE_INT64, &value));
-  H5Aclose(attr);
-  H5Sclose(space);
+  H5_CHECK(H5Aclose(attr));
+  H5_CHECK(H5Sclose(space));
 }
 
 static void write_string_attr(hid_t file, const char* name, const std::string& value) {
@@ -155,9 +155,9 @@ static void write_string_attr(hid_t file, const char* name, const std::string& v
   hid_t attr = H5_CHECK(H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
   const char* s = value.c_str();
   H5_CHECK(H5Awrite(attr, type, &s));
-  H5Aclose(attr);
-  H5Sclose(space);
-  H5Tclose(type);
+  H5_CHECK(H5Aclose(attr));
+  H5_CHECK(H5Sclose(space));
+  H5_CHECK(H5Tclose(type));
 }
 
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, const ShardMeta& meta, bool compress) {
@@ -180,10 +180,10 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
     }
     hid_t dataset = H5_CHECK(H5Dcreate2(file, "tokens", narrow ? H5T_STD_U16LE : H5T_STD_U32LE, space, H5P_DEFAULT,
                                         props, H5P_DEFAULT));
-    H5Pclose(props);
+    H5_CHECK(H5Pclose(props));
     if (!tokens.empty()) H5_CHECK(H5Dwrite(dataset, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens.data()));
-    H5Dclose(dataset);
-    H5Sclose(space);
+    H5_CHECK(H5Dclose(dataset));
+    H5_CHECK(H5Sclose(space));
     write_int_attr(file, "vocab_size", meta.vocab_size);
     write_string_attr(file, "tokenizer", meta.tokenizer);
     write_int_attr(file, "eot_token", meta.eot_token);

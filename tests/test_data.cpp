@@ -31,15 +31,6 @@ std::vector<std::string> write_stream(const std::string& dir) {
   return files;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(Loader, SequentialOrderIsExactlyAsSpecified) {
   const std::string dir = test::temp_dir("loader_order");
   const auto files = write_stream(dir);
@@ -108,7 +99,7 @@ TEST(Shards, NarrowDtypeWhenTheVocabularyFits) {
   wide.read(0, 3, out.data());
   EXPECT_EQ(out, (std::vector<int32_t>{1, 70000, 3}));
   EXPECT_EQ(wide.meta().tokenizer, "other");
-  EXPECT_NE(error_of([&] { write_shard(dir + "/bad.h5", {5, 300}, ShardMeta{0, 256, "byte", 0}); })
+  EXPECT_NE(test::error_of([&] { write_shard(dir + "/bad.h5", {5, 300}, ShardMeta{0, 256, "byte", 0}); })
                 .find("token 300 at position 1 is not below vocab_size 256"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir + "/bad.h5"));
 }
@@ -143,7 +134,7 @@ TEST(LoaderErrors, EachNamesTheFileAndTheProblem) {
   const std::string dir = test::temp_dir("loader_errors");
   const std::vector<int32_t> ok(100, 7);
   auto load = [&](const std::vector<std::string>& patterns, int64_t vocab = 256, int B = 2, int T = 8) {
-    return error_of([&] {  // token ids are checked as windows are read, so read one
+    return test::error_of([&] {  // token ids are checked as windows are read, so read one
       DataLoader loader(expand_shards(patterns, "data.train"), B, T, false, 0, vocab, "data.train");
       std::vector<int32_t> in(B * T), tgt(B * T);
       loader.next(in.data(), tgt.data());
@@ -213,9 +204,9 @@ TEST(Prepare, ByteTokenizerWritesDocumentsWithEndOfText) {
   EXPECT_EQ(train.meta().eot_token, 0);
 
   opt.val_tokens = 1000;
-  EXPECT_NE(error_of([&] { prepare(opt); }).find("nothing to train on"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { prepare(opt); }).find("nothing to train on"), std::string::npos);
   opt.inputs = {dir + "/missing.txt"};
-  EXPECT_NE(error_of([&] { prepare(opt); }).find("missing.txt: no such file"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { prepare(opt); }).find("missing.txt: no such file"), std::string::npos);
 }
 
 }  // namespace

@@ -42,15 +42,6 @@ ParamLayout custom_layout(const std::vector<std::pair<std::string, std::vector<i
   return l;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(Safetensors, RoundTripIsExact) {
   const std::string dir = test::temp_dir("st_roundtrip");
   const ParamLayout layout = make_layout(small_config());
@@ -83,7 +74,7 @@ TEST(Safetensors, TiedMatrixMayComeAsLmHead) {
   EXPECT_EQ(load_weights(dir + "/both.safetensors", layout), flat);
   both[3] += 1.0f;
   save_weights(dir + "/differ.safetensors", custom_layout(entries), both);
-  const std::string err = error_of([&] { load_weights(dir + "/differ.safetensors", layout); });
+  const std::string err = test::error_of([&] { load_weights(dir + "/differ.safetensors", layout); });
   EXPECT_NE(err.find("lm_head.weight"), std::string::npos) << err;
   EXPECT_NE(err.find("must be equal"), std::string::npos) << err;
 }
@@ -100,7 +91,7 @@ TEST(Safetensors, ImportErrorListsEveryOffendingTensor) {
   entries.push_back({"transformer.h.0.attn.bias", {1, 4}});  // unexpected
   const ParamLayout bad = custom_layout(entries);
   save_weights(dir + "/bad.safetensors", bad, random_flat(bad.total, 3));
-  const std::string err = error_of([&] { load_weights(dir + "/bad.safetensors", layout); });
+  const std::string err = test::error_of([&] { load_weights(dir + "/bad.safetensors", layout); });
   EXPECT_NE(err.find(dir + "/bad.safetensors"), std::string::npos) << err;
   EXPECT_NE(err.find("missing     transformer.h.0.mlp.c_fc2.weight (expected shape [21, 8])"), std::string::npos) << err;
   EXPECT_NE(err.find("wrong shape transformer.h.0.mlp.c_fc1.weight: file has [20, 8], model expects [21, 8]"),
@@ -111,9 +102,9 @@ TEST(Safetensors, ImportErrorListsEveryOffendingTensor) {
 TEST(Safetensors, RejectsFilesThatAreNotSafetensors) {
   const std::string dir = test::temp_dir("st_garbage");
   std::ofstream(dir + "/junk.safetensors") << "this is not a safetensors file at all";
-  const std::string err = error_of([&] { read_safetensors(dir + "/junk.safetensors"); });
+  const std::string err = test::error_of([&] { read_safetensors(dir + "/junk.safetensors"); });
   EXPECT_NE(err.find("junk.safetensors: not a safetensors file"), std::string::npos) << err;
-  EXPECT_NE(error_of([&] { read_safetensors(dir + "/absent.safetensors"); }).find("cannot open"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { read_safetensors(dir + "/absent.safetensors"); }).find("cannot open"), std::string::npos);
 }
 
 }  // namespace
