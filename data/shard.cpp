@@ -24,6 +24,11 @@ herr_t collect_message(unsigned n, const H5E_error2_t* err, void* data) {
 
 }  // namespace
 
+std::mutex& hdf5_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 int64_t h5_check(int64_t status, const char* call, const char* file, int line) {
   if (status >= 0) return status;
   std::string message;
@@ -72,6 +77,7 @@ static std::string read_string_attr(hid_t file, const std::string& path, const c
 }
 
 ShardReader::ShardReader(const std::string& path) : path_(path) {
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
   if (!std::filesystem::exists(path)) throw std::runtime_error(fmt::format("{}: no such shard file", path));
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw std::runtime_error(fmt::format("{}: not an HDF5 file (truncated or corrupt?)", path));
@@ -111,12 +117,14 @@ ShardReader::ShardReader(ShardReader&& o) noexcept : path_(std::move(o.path_)), 
 }
 
 ShardReader::~ShardReader() {
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
   if (dataset_ >= 0) H5Dclose(dataset_);
   if (file_ >= 0) H5Fclose(file_);
 }
 
 void ShardReader::read(uint64_t start, uint64_t count, int32_t* out) const {
   if (count == 0) return;
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
   if (start + count > meta_.num_tokens)
     throw std::out_of_range(fmt::format("{}: read of tokens [{}, {}) past the end ({})", path_, start, start + count,
                                         meta_.num_tokens));
@@ -166,6 +174,7 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
       throw std::invalid_argument(
           fmt::format("{}: token {} at position {} is not below vocab_size {}", path, tokens[i], i, meta.vocab_size));
   const std::string tmp = path + ".tmp";
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
   hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (file < 0) throw std::runtime_error(fmt::format("{}: cannot create file", tmp));
   try {

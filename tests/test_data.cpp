@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 
 #include <fmt/format.h>
@@ -46,7 +47,7 @@ TEST(Loader, SequentialOrderIsExactlyAsSpecified) {
       ASSERT_EQ(in[j], (int32_t)token_at(start + j)) << "window " << i << " position " << j;
       ASSERT_EQ(tgt[j], (int32_t)token_at(start + j + 1)) << "window " << i << " position " << j;
     }
-    EXPECT_EQ(loader.epoch(), (int64_t)(i / loader.windows_per_epoch()));
+    EXPECT_EQ(loader.epoch(), (int64_t)((i + 1) / loader.windows_per_epoch()));  // the next window's epoch
   }
 }
 
@@ -178,35 +179,106 @@ TEST(LoaderErrors, EachNamesTheFileAndTheProblem) {
   expect_error(load({dir + "/text.h5"}), {"text.h5", "not an HDF5 file"});
 }
 
-TEST(Prepare, ByteTokenizerWritesDocumentsWithEndOfText) {
-  const std::string dir = test::temp_dir("prepare");
-  std::ofstream(dir + "/a.txt") << "Hello";
-  std::ofstream(dir + "/b.txt") << "caf\xc3\xa9!";
-  std::ofstream(dir + "/c.txt") << "xyz";
-  PrepareOptions opt;
-  opt.out_dir = dir + "/shards";
-  opt.inputs = {dir + "/a.txt", dir + "/b.txt", dir + "/c.txt"};
-  opt.val_tokens = 3;  // a.txt (6 tokens with end-of-text) fills validation
-  opt.shard_tokens = 5;
-  const PrepareSummary s = prepare(opt);
-  EXPECT_EQ(s.documents, 3u);
-  EXPECT_EQ(s.val_tokens, 6u);
-  EXPECT_EQ(s.train_tokens, 7u + 4u);
-  EXPECT_EQ(s.train_shards, 3);  // 11 tokens in shards of 5
-  EXPECT_EQ(s.val_shards, 2);
+// W ranks together read exactly the single-process stream: rank r gets global indices
+// r, r+W, …; so interleaving their batches rebuilds it, and each window comes once per epoch.
+TEST(Loader, RanksPartitionTheSingleProcessStream) {
+  const std::string dir = test::temp_dir("loader_ranks");
+  const auto files = write_stream(dir);
+  const int B = 1, T = 8, n = B * T;
+  for (bool shuffle : {false, true}) {
+    DataLoader single(files, B, T, shuffle, 5, 256, "data.train");
+    const uint64_t total = 3 * single.windows_per_epoch() + 2;  // across epoch boundaries
+    std::vector<std::vector<int32_t>> reference;
+    std::vector<int32_t> in(n), tgt(n);
+    for (uint64_t i = 0; i < total; i++) {
+      single.next(in.data(), tgt.data());
+      reference.push_back(in);
+    }
+    for (int W : {1, 2, 3}) {
+      std::vector<std::unique_ptr<DataLoader>> ranks;
+      for (int r = 0; r < W; r++)
+        ranks.push_back(std::make_unique<DataLoader>(files, B, T, shuffle, 5, 256, "data.train", r, W));
+      for (uint64_t i = 0; i < total; i++) {
+        ranks[i % W]->next(in.data(), tgt.data());
+        ASSERT_EQ(in, reference[i]) << "W " << W << " shuffle " << shuffle << " index " << i;
+        if (i % W == (uint64_t)W - 1) {  // after each step, every rank holds the same state
+          for (int r = 0; r < W; r++) ASSERT_EQ(ranks[r]->state().position, i + 1);
+        }
+      }
+    }
+  }
+}
 
-  DataLoader train(expand_shards({opt.out_dir + "/train_*.h5"}, "t"), 1, 10, false, 0, 256, "t");
-  std::vector<int32_t> in(10), tgt(10);
-  train.next(in.data(), tgt.data());
-  EXPECT_EQ(in, (std::vector<int32_t>{'c', 'a', 'f', 0xc3, 0xa9, '!', 0, 'x', 'y', 'z'}));
-  EXPECT_EQ(tgt.back(), 0);
-  EXPECT_EQ(train.meta().tokenizer, "byte");
-  EXPECT_EQ(train.meta().eot_token, 0);
+TEST(Loader, StateContinuesTheStreamAlsoOnAnotherWorldSize) {
+  const std::string dir = test::temp_dir("loader_state");
+  const auto files = write_stream(dir);
+  const int B = 1, T = 8, n = B * T;
+  std::vector<int32_t> in(n), tgt(n);
+  DataLoader single(files, B, T, true, 77, 256, "data.train");
+  std::vector<std::vector<int32_t>> reference;
+  for (int i = 0; i < 120; i++) {
+    single.next(in.data(), tgt.data());
+    reference.push_back(in);
+  }
+  // Two ranks consume 2×25 indices, save; three ranks resume from that state.
+  LoaderState saved;
+  {
+    DataLoader r0(files, B, T, true, 77, 256, "data.train", 0, 2), r1(files, B, T, true, 77, 256, "data.train", 1, 2);
+    for (int step = 0; step < 25; step++) {
+      r0.next(in.data(), tgt.data());
+      r1.next(in.data(), tgt.data());
+    }
+    saved = r0.state();
+    EXPECT_EQ(saved.position, 50u);
+  }
+  std::vector<std::unique_ptr<DataLoader>> three;
+  for (int r = 0; r < 3; r++) {
+    // A different configured seed: the saved state's seed wins, so the stream is the same.
+    three.push_back(std::make_unique<DataLoader>(files, B, T, true, 12345, 256, "data.train", r, 3, /*prefetch=*/2));
+    three.back()->restore(saved);
+  }
+  for (int i = 50; i < 120; i++) {
+    three[(i - 50) % 3]->next(in.data(), tgt.data());
+    ASSERT_EQ(in, reference[i]) << "index " << i;
+  }
+}
 
-  opt.val_tokens = 1000;
-  EXPECT_NE(test::error_of([&] { prepare(opt); }).find("nothing to train on"), std::string::npos);
-  opt.inputs = {dir + "/missing.txt"};
-  EXPECT_NE(test::error_of([&] { prepare(opt); }).find("missing.txt: no such file"), std::string::npos);
+TEST(Loader, PrefetchingDoesNotChangeTheStream) {
+  const std::string dir = test::temp_dir("loader_prefetch");
+  const auto files = write_stream(dir);
+  DataLoader plain(files, 2, 8, true, 3, 256, "data.train"), ahead(files, 2, 8, true, 3, 256, "data.train", 0, 1, 4);
+  std::vector<int32_t> a(16), at(16), b(16), bt(16);
+  for (int i = 0; i < 100; i++) {
+    plain.next(a.data(), at.data());
+    ahead.next(b.data(), bt.data());
+    ASSERT_EQ(a, b) << i;
+    ASSERT_EQ(at, bt) << i;
+  }
+  ahead.reset();  // restarts the prefetcher at the beginning
+  plain.reset();
+  plain.next(a.data(), at.data());
+  ahead.next(b.data(), bt.data());
+  EXPECT_EQ(a, b);
+}
+
+TEST(Loader, PrefetchDeliversReadErrorsInOrder) {
+  // A shard whose attribute says vocab 100 but that holds token 200 at position 50.
+  const std::string dir = test::temp_dir("loader_prefetch_error");
+  std::vector<uint32_t> tokens(100, 5);
+  tokens[50] = 200;
+  write_shard(dir + "/t.h5", tokens, ShardMeta{0, 256, "byte", 0});
+  hid_t f = H5Fopen((dir + "/t.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t a = H5Aopen(f, "vocab_size", H5P_DEFAULT);
+  const int64_t vocab = 100;
+  H5Awrite(a, H5T_NATIVE_INT64, &vocab);
+  H5Aclose(a);
+  H5Fclose(f);
+
+  DataLoader loader({dir + "/t.h5"}, 1, 16, false, 0, 100, "data.train", 0, 1, /*prefetch=*/2);
+  std::vector<int32_t> in(16), tgt(16);
+  for (int i = 0; i < 3; i++) loader.next(in.data(), tgt.data());  // windows 0-2: tokens 0-48, all fine
+  const std::string err = test::error_of([&] { loader.next(in.data(), tgt.data()); });
+  EXPECT_NE(err.find("t.h5 holds token id 200 at position 50, not below vocab_size 100"), std::string::npos) << err;
 }
 
 }  // namespace

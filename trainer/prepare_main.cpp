@@ -1,29 +1,65 @@
-// t6-prepare: raw text files → HDF5 token shards (data/README.md).
+// t6-prepare: raw text or token files → HDF5 token shards (data/README.md).
 #include <fmt/format.h>
+#include <unistd.h>
 
-#include <cstring>
+#include <cerrno>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
 #include "data/prepare.h"
 
 static const char* kUsage =
-    "usage: t6-prepare --out DIR [--tokenizer byte] [--shard-tokens N] [--val-tokens N] [--compress] INPUT...\n"
-    "  INPUT         text files (one document each), directories (recursive) or glob patterns\n"
-    "  --out DIR     where train_000000.h5, ... and val_000000.h5, ... are written\n"
-    "  --tokenizer   byte (one token per byte, vocabulary 256, end-of-text 0); default byte\n"
+    "usage: t6-prepare --out DIR [--tokenizer gpt2|byte] [--shard-tokens N] [--val-tokens N]\n"
+    "                  [--jsonl-field NAME] [--from-bin] [--compress] [--vocab-dir DIR] INPUT...\n"
+    "  INPUT          text files (one document each), .jsonl files (one document per line),\n"
+    "                 directories (recursive) or glob patterns; with --from-bin, token files\n"
+    "  --out DIR      where train_000000.h5, ... and val_000000.h5, ... are written\n"
+    "  --tokenizer    gpt2 (GPT-2 BPE, vocabulary 50257, end-of-text 50256; default) or byte\n"
+    "                 (one token per byte, vocabulary 256, end-of-text 0)\n"
     "  --shard-tokens N   tokens per shard file (default 100000000)\n"
     "  --val-tokens N     the first documents, until they hold N tokens, become validation\n"
     "                     shards; 0 (default) writes none\n"
-    "  --compress         deflate-compressed shards: smaller, slower to read (for shipped samples)\n";
+    "  --jsonl-field NAME the field of each JSONL line that holds the text (default text)\n"
+    "  --from-bin         inputs are nanoGPT/llm.c token files (.bin: 256-int32 header with magic\n"
+    "                     20240520, or headerless uint16), already tokenized with --tokenizer\n"
+    "  --compress         deflate-compressed shards: smaller, slower to read (for shipped samples)\n"
+    "  --vocab-dir DIR    encoder.json and vocab.bpe for gpt2 (default: the shipped data/gpt2)\n";
 
-static uint64_t parse_count(const char* flag, const char* value) {
+static uint64_t parse_count(const std::string& flag, const char* value) {
   char* end = nullptr;
   errno = 0;
   unsigned long long v = std::strtoull(value, &end, 10);
-  if (errno || !end || *end || value[0] == '-')
+  if (errno || !end || *end || value[0] == '-' || value[0] == '\0')
     throw std::invalid_argument(fmt::format("{} {}: expected a non-negative integer", flag, value));
   return v;
+}
+
+static std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) { b /= 1000; u++; }
+  return fmt::format("{:.1f} {}", b, units[u]);
+}
+
+// A bar redrawn in place on a terminal; a plain line every 10 s otherwise (logs, CI).
+static void show_progress(const t6::PrepareProgress& p) {
+  static const bool tty = isatty(STDERR_FILENO);
+  static double last = -1;
+  if (p.seconds - last < (tty ? 0.2 : 10.0)) return;
+  last = p.seconds;
+  const double frac = p.bytes_total ? std::min(1.0, (double)p.bytes_done / p.bytes_total) : 0.0;
+  const double rate = p.seconds > 0 ? p.bytes_done / p.seconds : 0.0;
+  const double eta = rate > 0 ? (p.bytes_total - p.bytes_done) / rate : 0.0;
+  const std::string stats = fmt::format("{:5.1f}% {} of {}, {}/s, {} tokens, ETA {:.0f} s", 100 * frac,
+                                        human_bytes(p.bytes_done), human_bytes(p.bytes_total), human_bytes(rate),
+                                        p.tokens, eta);
+  if (tty) {
+    const int width = 30, filled = (int)(frac * width);
+    fmt::print(stderr, "\r[{}{}] {}   ", std::string(filled, '#'), std::string(width - filled, '-'), stats);
+  } else {
+    fmt::print(stderr, "t6-prepare: {}\n", stats);
+  }
 }
 
 int main(int argc, char** argv) {
@@ -38,21 +74,27 @@ int main(int argc, char** argv) {
       if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
       else if (a == "--out") opt.out_dir = value();
       else if (a == "--tokenizer") opt.tokenizer = value();
-      else if (a == "--shard-tokens") opt.shard_tokens = parse_count("--shard-tokens", value());
-      else if (a == "--val-tokens") opt.val_tokens = parse_count("--val-tokens", value());
+      else if (a == "--vocab-dir") opt.vocab_dir = value();
+      else if (a == "--shard-tokens") opt.shard_tokens = parse_count(a, value());
+      else if (a == "--val-tokens") opt.val_tokens = parse_count(a, value());
+      else if (a == "--jsonl-field") opt.jsonl_field = value();
+      else if (a == "--from-bin") opt.from_bin = true;
       else if (a == "--compress") opt.compress = true;
       else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
       else opt.inputs.push_back(a);
     }
     if (opt.out_dir.empty()) throw std::invalid_argument("--out DIR is required");
-    const t6::PrepareSummary s = t6::prepare(opt);
-    fmt::print("t6-prepare: {} documents, {} tokens ({:.2f} bytes/token) → {} train shard(s) ({} tokens), "
-               "{} val shard(s) ({} tokens) in {}, {:.1f} s\n",
-               s.documents, s.tokens, s.tokens ? (double)s.bytes / s.tokens : 0.0, s.train_shards, s.train_tokens,
-               s.val_shards, s.val_tokens, opt.out_dir, s.seconds);
+    const t6::PrepareSummary s = t6::prepare(opt, show_progress);
+    if (isatty(STDERR_FILENO)) fmt::print(stderr, "\n");
+    fmt::print("t6-prepare: {} documents{}, {} of text, {} tokens ({:.2f} bytes/token) → {} train shard(s) "
+               "({} tokens), {} val shard(s) ({} tokens) in {}; {:.1f} s, {}/s\n",
+               s.documents, s.empty_documents ? fmt::format(" ({} empty ones skipped)", s.empty_documents) : "",
+               human_bytes(s.bytes), s.tokens, s.tokens ? (double)s.bytes / s.tokens : 0.0, s.train_shards,
+               s.train_tokens, s.val_shards, s.val_tokens, opt.out_dir, s.seconds,
+               human_bytes(s.seconds > 0 ? s.bytes / s.seconds : 0));
     return 0;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "t6-prepare: error: {}\n{}", e.what(), kUsage);
+    fmt::print(stderr, "\nt6-prepare: error: {}\n(t6-prepare --help shows the options)\n", e.what());
     return 1;
   }
 }

@@ -55,7 +55,7 @@ TrainResult train(const Config& cfg) {
   const size_t tokens_per_step = (size_t)B * T * accum;
 
   DataLoader train_data(expand_shards(cfg.data.train, "data.train"), B, T, cfg.data.shuffle, cfg.data.seed,
-                        mc.vocab_size, "data.train");
+                        mc.vocab_size, "data.train", 0, 1, /*prefetch=*/4);
   std::unique_ptr<DataLoader> val_data;
   if (!cfg.data.val.empty())
     val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
