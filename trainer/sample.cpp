@@ -8,18 +8,19 @@
 
 namespace t6 {
 
-std::string sample_text(const Config& cfg, const std::vector<float>& params) {
+std::string sample_text(const Config& cfg, const std::vector<float>& params, const Tokenizer& tokenizer) {
   const Context ctx;
   const int T = cfg.model.block_size;
   T6<float> model(cfg.model, ctx, 1, T);
   model.params_from_host(params);
 
-  std::vector<int32_t> seq(cfg.sample.prompt.begin(), cfg.sample.prompt.end());
-  for (int32_t& t : seq) t &= 0xff;
-  if (seq.empty()) seq.push_back(0);  // an empty prompt starts a new document (byte end-of-text is 0)
+  std::vector<uint32_t> prompt;
+  tokenizer.encode(cfg.sample.prompt, prompt);
+  std::vector<int32_t> seq(prompt.begin(), prompt.end());
+  if (seq.empty()) seq.push_back(tokenizer.eot_token());  // an empty prompt starts a new document
+  std::vector<uint32_t> generated;
   std::mt19937_64 rng(cfg.sample.seed);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
-  std::string out;
   std::vector<int32_t> window(T, 0);
   for (int i = 0; i < cfg.sample.max_new_tokens; i++) {
     // The model sees the last T tokens; positions after them are padding that causal
@@ -32,7 +33,9 @@ std::string sample_text(const Config& cfg, const std::vector<float>& params) {
 
     std::vector<std::pair<double, int>> cand;
     const double maxv = *std::max_element(logits.begin(), logits.end());
-    for (int v = 0; v < (int)logits.size(); v++) cand.push_back({(logits[v] - maxv) / cfg.sample.temperature, v});
+    // Only ids the tokenizer knows: the model's vocabulary is padded (50304 for GPT-2's 50257).
+    for (int v = 0; v < std::min<int>((int)logits.size(), tokenizer.vocab_size()); v++)
+      cand.push_back({(logits[v] - maxv) / cfg.sample.temperature, v});
     if (cfg.sample.top_k > 0 && cfg.sample.top_k < (int)cand.size()) {
       std::partial_sort(cand.begin(), cand.begin() + cfg.sample.top_k, cand.end(), std::greater<>());
       cand.resize(cfg.sample.top_k);
@@ -45,9 +48,9 @@ std::string sample_text(const Config& cfg, const std::vector<float>& params) {
       if ((r -= c.first) <= 0) { next = c.second; break; }
     }
     seq.push_back(next);
-    out.push_back((char)next);
+    generated.push_back((uint32_t)next);
   }
-  return out;
+  return tokenizer.decode(generated);
 }
 
 }  // namespace t6

@@ -137,13 +137,9 @@ TrainResult train(const Config& cfg) {
   fmt::print("saved {}\n", weights.string());
 
   if (cfg.sample.max_new_tokens > 0) {
-    if (train_data.meta().tokenizer != "byte") {
-      fmt::print("sample: skipped; sampling decodes byte-level vocabularies only (this data uses '{}')\n",
-                 train_data.meta().tokenizer);
-    } else {
-      fmt::print("sample (temperature {}, top-k {}):\n{}{}\n", cfg.sample.temperature, cfg.sample.top_k,
-                 cfg.sample.prompt, sample_text(cfg, final_params));
-    }
+    const auto tokenizer = make_tokenizer(train_data.meta().tokenizer);
+    fmt::print("sample (temperature {}, top-k {}):\n{}{}\n", cfg.sample.temperature, cfg.sample.top_k,
+               cfg.sample.prompt, sample_text(cfg, final_params, *tokenizer));
   }
   return result;
 }
