@@ -1,5 +1,7 @@
 #include "data/shard.h"
 
+#include "data/h5.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -8,73 +10,6 @@
 #include <stdexcept>
 
 namespace t6 {
-
-namespace {
-
-// HDF5 prints its error stack to stderr by default; we collect the innermost message instead
-// and put it into the exception, so errors reach the user once and in one place.
-struct SilenceHdf5 {
-  SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-} silence_hdf5;
-
-herr_t collect_message(unsigned n, const H5E_error2_t* err, void* data) {
-  if (n == 0) *static_cast<std::string*>(data) = err->desc ? err->desc : "";
-  return 0;
-}
-
-}  // namespace
-
-std::mutex& hdf5_mutex() {
-  static std::mutex m;
-  return m;
-}
-
-int64_t h5_check(int64_t status, const char* call, const char* file, int line) {
-  if (status >= 0) return status;
-  std::string message;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_message, &message);
-  H5Eclear2(H5E_DEFAULT);
-  throw std::runtime_error(fmt::format("HDF5 call {} failed at {}:{}: {}", call, file, line, message));
-}
-
-static int64_t read_int_attr(hid_t file, const std::string& path, const char* name) {
-  if (H5Aexists(file, name) <= 0)
-    throw std::runtime_error(fmt::format("{}: missing attribute '{}' (see data/README.md)", path, name));
-  hid_t attr = H5_CHECK(H5Aopen(file, name, H5P_DEFAULT));
-  int64_t value = 0;
-  herr_t status = H5Aread(attr, H5T_NATIVE_INT64, &value);
-  H5_CHECK(H5Aclose(attr));
-  if (status < 0) throw std::runtime_error(fmt::format("{}: attribute '{}' is not an integer", path, name));
-  return value;
-}
-
-static std::string read_string_attr(hid_t file, const std::string& path, const char* name) {
-  if (H5Aexists(file, name) <= 0)
-    throw std::runtime_error(fmt::format("{}: missing attribute '{}' (see data/README.md)", path, name));
-  hid_t attr = H5_CHECK(H5Aopen(file, name, H5P_DEFAULT));
-  hid_t type = H5_CHECK(H5Aget_type(attr));
-  std::string value;
-  if (H5Tget_class(type) != H5T_STRING) {
-    H5Tclose(type);
-    H5Aclose(attr);
-    throw std::runtime_error(fmt::format("{}: attribute '{}' must be a string", path, name));
-  }
-  if (H5Tis_variable_str(type) > 0) {
-    char* s = nullptr;
-    hid_t mem = H5_CHECK(H5Tget_native_type(type, H5T_DIR_ASCEND));
-    H5_CHECK(H5Aread(attr, mem, &s));
-    value = s ? s : "";
-    H5free_memory(s);
-    H5_CHECK(H5Tclose(mem));
-  } else {
-    std::string buf(H5Tget_size(type), '\0');
-    H5_CHECK(H5Aread(attr, type, buf.data()));
-    value = buf.c_str();  // fixed-length strings may be NUL-padded
-  }
-  H5_CHECK(H5Tclose(type));
-  H5_CHECK(H5Aclose(attr));
-  return value;
-}
 
 ShardReader::ShardReader(const std::string& path) : path_(path) {
   std::lock_guard<std::mutex> lock(hdf5_mutex());
@@ -145,27 +80,6 @@ void ShardReader::read(uint64_t start, uint64_t count, int32_t* out) const {
   }
   H5_CHECK(H5Sclose(mem_space));
   H5_CHECK(H5Sclose(file_space));
-}
-
-static void write_int_attr(hid_t file, const char* name, int64_t value) {
-  hid_t space = H5_CHECK(H5Screate(H5S_SCALAR));
-  hid_t attr = H5_CHECK(H5Acreate2(file, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT));
-  H5_CHECK(H5Awrite(attr, H5T_NATIVE_INT64, &value));
-  H5_CHECK(H5Aclose(attr));
-  H5_CHECK(H5Sclose(space));
-}
-
-static void write_string_attr(hid_t file, const char* name, const std::string& value) {
-  hid_t type = H5_CHECK(H5Tcopy(H5T_C_S1));
-  H5_CHECK(H5Tset_size(type, H5T_VARIABLE));
-  H5_CHECK(H5Tset_cset(type, H5T_CSET_UTF8));
-  hid_t space = H5_CHECK(H5Screate(H5S_SCALAR));
-  hid_t attr = H5_CHECK(H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
-  const char* s = value.c_str();
-  H5_CHECK(H5Awrite(attr, type, &s));
-  H5_CHECK(H5Aclose(attr));
-  H5_CHECK(H5Sclose(space));
-  H5_CHECK(H5Tclose(type));
 }
 
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, const ShardMeta& meta, bool compress) {

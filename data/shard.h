@@ -9,14 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "data/h5.h"
+
 namespace t6 {
-
-// Throws std::runtime_error with the call, file:line and HDF5's own message when a call fails.
-#define H5_CHECK(call) ::t6::h5_check((int64_t)(call), #call, __FILE__, __LINE__)
-int64_t h5_check(int64_t status, const char* call, const char* file, int line);
-
-// Debian's and Ubuntu's HDF5 is not built thread-safe: every HDF5 call of ours holds this lock.
-std::mutex& hdf5_mutex();
 
 struct ShardMeta {
   uint64_t num_tokens = 0;

@@ -57,9 +57,11 @@ bool parse_bool(const YAML::Node& n, const Source& src) {
   fail(src, fmt::format("expected true or false, got '{}'", s));
 }
 
+// Absolute, so that an effective config (out_dir/config.yaml, the copy in a checkpoint) means
+// the same from any directory.
 std::string resolve(const std::string& p, const Source& src) {
   if (p.empty() || fs::path(p).is_absolute()) return p;
-  return (src.base_dir / p).lexically_normal().string();
+  return fs::absolute(src.base_dir / p).lexically_normal().string();
 }
 
 // One config key: how to read it from YAML into the Config, and how to write it back.
@@ -190,6 +192,9 @@ const std::vector<Key>& schema() {
       number("optim", "eps", FIELD(optim.adamw.eps)),
       number("optim", "grad_clip", FIELD(optim.grad_clip)),
 
+      integer("checkpoint", "interval", FIELD(checkpoint.interval)),
+      integer("checkpoint", "keep", FIELD(checkpoint.keep)),
+
       text("sample", "prompt", FIELD(sample.prompt)),
       integer("sample", "max_new_tokens", FIELD(sample.max_new_tokens)),
       number("sample", "temperature", FIELD(sample.temperature)),
@@ -201,7 +206,7 @@ const std::vector<Key>& schema() {
 
 #undef FIELD
 
-const std::vector<std::string> kSections = {"model", "data", "train", "optim", "sample"};
+const std::vector<std::string> kSections = {"model", "data", "train", "optim", "checkpoint", "sample"};
 
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
@@ -239,7 +244,7 @@ const Key& find_key(const std::string& section, const std::string& name, const s
       if (edit_distance(section, s) < best_d) { best_d = edit_distance(section, s); best = s; }
     throw std::invalid_argument(fmt::format("{}: unknown section '{}'{}", where, section,
                                             best_d <= 2 ? fmt::format("; did you mean '{}'?", best)
-                                                        : "; sections are model, data, train, optim, sample"));
+                                                        : "; sections are model, data, train, optim, checkpoint, sample"));
   }
   for (const Key& k : schema())
     if (k.section == section && k.name == name) return k;
@@ -279,6 +284,8 @@ void validate(const Config& c) {
   check(a.eps > 0, "optim.eps", fmt::format("must be positive, got {}", a.eps));
   check(a.weight_decay >= 0, "optim.weight_decay", fmt::format("must not be negative, got {}", a.weight_decay));
   check(c.optim.grad_clip >= 0, "optim.grad_clip", fmt::format("must not be negative (0 = off), got {}", c.optim.grad_clip));
+  check(c.checkpoint.interval >= 0, "checkpoint.interval", "must not be negative (0 = only at the end)");
+  check(c.checkpoint.keep >= 0, "checkpoint.keep", "must not be negative (0 = keep all)");
   check(c.sample.max_new_tokens >= 0, "sample.max_new_tokens", "must not be negative");
   check(c.sample.temperature > 0, "sample.temperature", fmt::format("must be positive, got {}", c.sample.temperature));
   check(c.sample.top_k >= 0, "sample.top_k", "must not be negative (0 = whole vocabulary)");
@@ -286,15 +293,9 @@ void validate(const Config& c) {
 
 }  // namespace
 
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw std::invalid_argument(fmt::format("{}: cannot read config file", path));
-  } catch (const YAML::Exception& e) {
-    throw std::invalid_argument(fmt::format("{}: not valid YAML: {}", path, e.what()));
-  }
+namespace {
+
+Config parse_config(const YAML::Node& root, const std::string& path, const std::vector<std::string>& overrides) {
   Config c;
   c.path = path;
   const fs::path file_dir = fs::path(path).parent_path();
@@ -336,6 +337,45 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.train.out_dir.empty()) c.train.out_dir = (fs::current_path() / "out" / fs::path(path).stem()).string();
   validate(c);
   return c;
+}
+
+std::string emit_value(const Key& k, const Config& c) {
+  YAML::Emitter e;
+  k.emit(c, e);
+  return e.c_str();
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw std::invalid_argument(fmt::format("{}: cannot read config file", path));
+  } catch (const YAML::Exception& e) {
+    throw std::invalid_argument(fmt::format("{}: not valid YAML: {}", path, e.what()));
+  }
+  return parse_config(root, path, overrides);
+}
+
+Config load_config_text(const std::string& yaml, const std::string& where) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    throw std::invalid_argument(fmt::format("{}: not valid YAML: {}", where, e.what()));
+  }
+  return parse_config(root, where, {});
+}
+
+std::vector<std::string> config_differences(const Config& a, const Config& b) {
+  std::vector<std::string> out;
+  for (const Key& k : schema()) {
+    const std::string va = emit_value(k, a), vb = emit_value(k, b);
+    if (va != vb) out.push_back(fmt::format("{}.{}: {} → {}", k.section, k.name, va, vb));
+  }
+  return out;
 }
 
 std::string Config::to_yaml() const {

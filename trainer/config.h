@@ -33,6 +33,11 @@ struct OptimConfig {
   double grad_clip = 1.0;  // 0: no clipping
 };
 
+struct CheckpointConfig {
+  int64_t interval = 1000;  // save every this many steps; 0 = only at the end and on SIGINT/SIGTERM
+  int keep = 3;             // keep the newest this many checkpoints; 0 = all
+};
+
 struct SampleConfig {
   std::string prompt = "\n";
   int max_new_tokens = 0;  // 0: no sample at the end
@@ -46,6 +51,7 @@ struct Config {
   DataConfig data;
   TrainConfig train;
   OptimConfig optim;
+  CheckpointConfig checkpoint;
   SampleConfig sample;
   std::string path;  // the file it came from
 
@@ -56,5 +62,11 @@ struct Config {
 // Relative paths in the file are relative to the file's directory; in overrides, to the
 // current directory. Throws std::invalid_argument naming the file and key on any problem.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The same from YAML text (an effective config stored in a checkpoint); `where` names it in errors.
+Config load_config_text(const std::string& yaml, const std::string& where);
+
+// Every key whose value differs, as "section.key: <in a> → <in b>".
+std::vector<std::string> config_differences(const Config& a, const Config& b);
 
 }  // namespace t6

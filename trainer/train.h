@@ -1,7 +1,8 @@
 // The training loop of one process: micro-batches with accumulation, clipping, AdamW, the
-// schedule, periodic validation, logs and metrics, the final weights and a sample.
+// schedule, periodic validation, logs and metrics, checkpoints, the final weights and a sample.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "trainer/config.h"
@@ -14,11 +15,15 @@ struct StepRecord {
 };
 
 struct TrainResult {
-  std::vector<StepRecord> steps;
-  double final_val_loss = -1;  // −1 when there is no validation data
+  std::vector<StepRecord> steps;   // the steps this process ran
+  double final_val_loss = -1;      // −1 when there is no validation data
+  bool interrupted = false;        // stopped by SIGINT/SIGTERM after saving a checkpoint
+  std::string last_checkpoint;
 };
 
-// Runs the whole experiment; writes out_dir/{config.yaml, metrics.jsonl, model.safetensors}.
-TrainResult train(const Config& cfg);
+// Runs the experiment; writes out_dir/{config.yaml, metrics.jsonl, ckpt_<iter>/, latest,
+// model.safetensors}. resume: "" (start fresh), "auto" (the newest valid checkpoint in
+// out_dir, or fresh when there is none) or a checkpoint directory.
+TrainResult train(const Config& cfg, const std::string& resume = "");
 
 }  // namespace t6

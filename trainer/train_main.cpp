@@ -1,6 +1,7 @@
 // t6-train: trains T6 as a config file says.
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <exception>
 #include <string>
 #include <vector>
@@ -9,13 +10,17 @@
 #include "trainer/train.h"
 
 static const char* kUsage =
-    "usage: t6-train --config FILE.yaml [--set section.key=value ...]\n"
+    "usage: t6-train --config FILE.yaml [--set section.key=value ...] [--resume auto|CKPT_DIR]\n"
     "  --config FILE   the experiment (configs/README.md lists every key)\n"
-    "  --set K=V       override one key, e.g. --set train.max_iters=100 --set optim.learning_rate=1e-3\n";
+    "  --set K=V       override one key, e.g. --set train.max_iters=100 --set optim.learning_rate=1e-3\n"
+    "  --resume auto   continue from the newest valid checkpoint in train.out_dir (or start fresh)\n"
+    "  --resume DIR    continue from that checkpoint (out_dir/ckpt_<iter>)\n";
 
 int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // one log line at a time, also into files and pipes
   std::string config;
   std::vector<std::string> overrides;
+  std::string resume;
   try {
     for (int i = 1; i < argc; i++) {
       const std::string a = argv[i];
@@ -26,12 +31,13 @@ int main(int argc, char** argv) {
       if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
       else if (a == "--config") config = value();
       else if (a == "--set") overrides.push_back(value());
+      else if (a == "--resume") resume = value();
       else if (a.rfind("--set=", 0) == 0) overrides.push_back(a.substr(6));
       else if (a.rfind("--config=", 0) == 0) config = a.substr(9);
       else throw std::invalid_argument("unknown argument '" + a + "'");
     }
     if (config.empty()) throw std::invalid_argument("--config FILE.yaml is required");
-    t6::train(t6::load_config(config, overrides));
+    t6::train(t6::load_config(config, overrides), resume);
     return 0;
   } catch (const std::exception& e) {
     fmt::print(stderr, "t6-train: error: {}\n", e.what());

@@ -1,0 +1,25 @@
+// HDF5 plumbing shared by shards and checkpoints: the error-check macro, the process-wide lock,
+// and scalar attributes.
+#pragma once
+#include <hdf5.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+namespace t6 {
+
+// Throws std::runtime_error with the call, file:line and HDF5's own message when a call fails.
+#define H5_CHECK(call) ::t6::h5_check((int64_t)(call), #call, __FILE__, __LINE__)
+int64_t h5_check(int64_t status, const char* call, const char* file, int line);
+
+// Debian's and Ubuntu's HDF5 is not built thread-safe: every HDF5 call of ours holds this lock.
+std::mutex& hdf5_mutex();
+
+// Scalar attributes of an object (a file's root group, a dataset). Readers name `path` in errors.
+int64_t read_int_attr(hid_t obj, const std::string& path, const char* name);
+std::string read_string_attr(hid_t obj, const std::string& path, const char* name);
+void write_int_attr(hid_t obj, const char* name, int64_t value);
+void write_string_attr(hid_t obj, const char* name, const std::string& value);
+
+}  // namespace t6

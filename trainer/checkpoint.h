@@ -1,0 +1,39 @@
+// Checkpoints: out_dir/ckpt_<iter>/state.h5 holds everything a run needs to continue exactly
+// (README.md, "Checkpoints"). Written under a temporary name, fsynced and renamed, so a crash
+// mid-save never damages an existing checkpoint; every dataset carries a CRC-32.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "model/layout.h"
+
+namespace t6 {
+
+constexpr int64_t kCheckpointFormat = 1;
+
+struct TrainingState {
+  int64_t iter = 0;             // optimizer steps completed
+  std::vector<float> params;    // layout order, fp32
+  std::vector<float> adam_m, adam_v;
+  int64_t adam_steps = 0;
+  LoaderState loader;
+  int world_size = 1;
+  std::string config_yaml;      // the effective config of the run that saved it
+};
+
+// Writes out_dir/ckpt_<iter>, then points out_dir/latest at it, then deletes the oldest
+// checkpoints beyond `keep` (0 keeps all). Returns the checkpoint's directory.
+std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& state, int keep);
+
+// Reads and verifies (format version, shapes, checksums) a checkpoint directory.
+TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout);
+
+// The effective config stored in a checkpoint, without reading the tensors.
+std::string checkpoint_config(const std::string& dir);
+
+// The checkpoint directories in out_dir (complete ones: ckpt_<iter>), newest first.
+std::vector<std::string> list_checkpoints(const std::string& out_dir);
+
+}  // namespace t6
