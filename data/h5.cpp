@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <stdexcept>
+#include <vector>
 
 namespace t6 {
 
@@ -14,8 +15,8 @@ struct SilenceHdf5 {
   SilenceHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 } silence_hdf5;
 
-herr_t collect_message(unsigned n, const H5E_error2_t* err, void* data) {
-  if (n == 0) *static_cast<std::string*>(data) = err->desc ? err->desc : "";
+herr_t collect_message(unsigned, const H5E_error2_t* err, void* data) {
+  static_cast<std::vector<std::string>*>(data)->push_back(err->desc ? err->desc : "");
   return 0;
 }
 
@@ -28,10 +29,23 @@ std::mutex& hdf5_mutex() {
 
 int64_t h5_check(int64_t status, const char* call, const char* file, int line) {
   if (status >= 0) return status;
-  std::string message;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_message, &message);
+  // The stack runs from the API call down to the cause (often the system's own message, such
+  // as "No space left on device"); both ends matter to a reader.
+  std::vector<std::string> stack;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_message, &stack);
   H5Eclear2(H5E_DEFAULT);
+  std::string message = stack.empty() ? "no details" : stack.front();
+  if (stack.size() > 1) message += " (cause: " + stack.back() + ")";
   throw std::runtime_error(fmt::format("HDF5 call {} failed at {}:{}: {}", call, file, line, message));
+}
+
+hid_t file_access_closing_everything() {
+  static const hid_t fapl = [] {
+    hid_t p = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fclose_degree(p, H5F_CLOSE_STRONG);
+    return p;
+  }();
+  return fapl;
 }
 
 int64_t read_int_attr(hid_t file, const std::string& path, const char* name) {

@@ -16,6 +16,10 @@ int64_t h5_check(int64_t status, const char* call, const char* file, int line);
 // Debian's and Ubuntu's HDF5 is not built thread-safe: every HDF5 call of ours holds this lock.
 std::mutex& hdf5_mutex();
 
+// File-access properties under which closing a file also closes every object still open in
+// it, so an error path that closes the file releases it completely.
+hid_t file_access_closing_everything();
+
 // Scalar attributes of an object (a file's root group, a dataset). Readers name `path` in errors.
 int64_t read_int_attr(hid_t obj, const std::string& path, const char* name);
 std::string read_string_attr(hid_t obj, const std::string& path, const char* name);

@@ -16,7 +16,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   if (!std::filesystem::exists(path)) throw std::runtime_error(fmt::format("{}: no such shard file", path));
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw std::runtime_error(fmt::format("{}: not an HDF5 file (truncated or corrupt?)", path));
-  file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, file_access_closing_everything());
   if (file_ < 0) throw std::runtime_error(fmt::format("{}: cannot open as HDF5 (truncated or corrupt?)", path));
   try {
     if (H5Lexists(file_, "tokens", H5P_DEFAULT) <= 0)
@@ -89,7 +89,7 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
           fmt::format("{}: token {} at position {} is not below vocab_size {}", path, tokens[i], i, meta.vocab_size));
   const std::string tmp = path + ".tmp";
   std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, file_access_closing_everything());
   if (file < 0) throw std::runtime_error(fmt::format("{}: cannot create file", tmp));
   try {
     const bool narrow = meta.vocab_size <= 65536;

@@ -32,8 +32,9 @@ static float bf16_to_float(uint16_t b) {
   return f;
 }
 
-std::map<std::string, HostTensor> read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+// Reads the JSON header; leaves `in` open and reports where the data starts and its size.
+static json read_header(const std::string& path, std::ifstream& in, uint64_t& data_start, uint64_t& data_size) {
+  in.open(path, std::ios::binary);
   if (!in) throw std::runtime_error(fmt::format("{}: cannot open safetensors file ({})", path, std::strerror(errno)));
   in.seekg(0, std::ios::end);
   const uint64_t file_size = (uint64_t)in.tellg();
@@ -49,7 +50,26 @@ std::map<std::string, HostTensor> read_safetensors(const std::string& path) {
   } catch (const json::exception& e) {
     throw std::runtime_error(fmt::format("{}: safetensors header is not valid JSON: {}", path, e.what()));
   }
-  const uint64_t data_start = 8 + header_len, data_size = file_size - data_start;
+  data_start = 8 + header_len;
+  data_size = file_size - data_start;
+  return meta;
+}
+
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
+  std::ifstream in;
+  uint64_t start, size;
+  const json meta = read_header(path, in, start, size);
+  std::map<std::string, std::string> out;
+  if (meta.contains("__metadata__") && meta["__metadata__"].is_object())
+    for (auto& [k, v] : meta["__metadata__"].items())
+      if (v.is_string()) out[k] = v.get<std::string>();
+  return out;
+}
+
+std::map<std::string, HostTensor> read_safetensors(const std::string& path) {
+  std::ifstream in;
+  uint64_t data_start, data_size;
+  const json meta = read_header(path, in, data_start, data_size);
 
   std::map<std::string, HostTensor> tensors;
   for (auto& [name, info] : meta.items()) {

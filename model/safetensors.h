@@ -17,6 +17,9 @@ struct HostTensor {
 // Every tensor of a safetensors file. Throws std::runtime_error naming the file on bad input.
 std::map<std::string, HostTensor> read_safetensors(const std::string& path);
 
+// The file's __metadata__ (string to string); empty when it has none.
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path);
+
 // Writes the flat buffer as one F32 tensor per layout entry (plus optional metadata), to a
 // temporary name first, so an interrupted write never leaves a file that looks complete.
 void save_weights(const std::string& path, const ParamLayout& layout, const std::vector<float>& flat,

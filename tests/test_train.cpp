@@ -17,13 +17,7 @@ namespace t6 {
 namespace {
 
 Config tiny_run(const std::string& out, std::vector<std::string> extra = {}) {
-  std::vector<std::string> overrides = {"train.out_dir=" + out, "model.n_layer=2", "model.n_embd=64",
-                                        "model.n_head=4", "model.head_dim=16", "model.block_size=64",
-                                        "train.batch_size=8", "train.max_iters=60", "train.eval_interval=30",
-                                        "train.eval_iters=8", "optim.warmup_iters=10", "train.log_interval=20",
-                                        "sample.max_new_tokens=0"};
-  overrides.insert(overrides.end(), extra.begin(), extra.end());
-  return load_config(test::source_path("configs/demo.yaml"), overrides);
+  return load_config(test::source_path("configs/demo.yaml"), test::tiny_overrides(out, std::move(extra)));
 }
 
 // Entropy (nats) of the token frequencies in the validation shards: the loss of the best

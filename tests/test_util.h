@@ -31,6 +31,16 @@ inline std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
+// --set overrides that shrink configs/demo.yaml to a model that trains in milliseconds a step.
+inline std::vector<std::string> tiny_overrides(const std::string& out_dir, std::vector<std::string> extra = {}) {
+  std::vector<std::string> o = {"train.out_dir=" + out_dir, "model.n_layer=2", "model.n_embd=64", "model.n_head=4",
+                                "model.head_dim=16", "model.block_size=64", "train.batch_size=8",
+                                "train.max_iters=60", "train.eval_interval=30", "train.eval_iters=8",
+                                "optim.warmup_iters=10", "train.log_interval=20", "sample.max_new_tokens=0"};
+  o.insert(o.end(), extra.begin(), extra.end());
+  return o;
+}
+
 // ‖a − b‖ / ‖b‖ (‖a − b‖ when b is zero).
 template <class A, class B>
 double rel_error(const A& a, const B& b) {

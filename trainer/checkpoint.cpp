@@ -59,7 +59,7 @@ int64_t iter_of(const fs::path& dir) {
 
 void write_state_file(const std::string& path, const ParamLayout& layout, const TrainingState& state) {
   std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, file_access_closing_everything());
   if (file < 0) throw std::runtime_error(fmt::format("{}: cannot create ({})", path, std::strerror(errno)));
   try {
     write_int_attr(file, "format_version", kCheckpointFormat);
@@ -158,7 +158,7 @@ std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layou
 static hid_t open_state(const std::string& path) {
   if (!fs::exists(path)) throw std::runtime_error(fmt::format("{}: missing (not a checkpoint directory?)", path));
   if (H5Fis_hdf5(path.c_str()) <= 0) throw std::runtime_error(fmt::format("{}: not an HDF5 file (truncated or corrupt)", path));
-  hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, file_access_closing_everything());
   if (file < 0) throw std::runtime_error(fmt::format("{}: cannot open as HDF5 (truncated or corrupt)", path));
   return file;
 }

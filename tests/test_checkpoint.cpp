@@ -1,0 +1,313 @@
+// Checkpoints: resuming gives bitwise the run that never stopped; crashes (kill -9) at any
+// moment of a save never cost the previous checkpoint; damaged or foreign checkpoints are
+// skipped or refused with a clear message; full or read-only disks leave the last one intact.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "data/h5.h"
+#include "model/safetensors.h"
+#include "test_util.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/train.h"
+
+namespace t6 {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Fixed schedule length, so that runs of different max_iters share their learning rates.
+Config tiny(const std::string& out, std::vector<std::string> extra = {}) {
+  extra.insert(extra.begin(), {"optim.lr_decay_iters=40", "train.gradient_accumulation_steps=2",
+                               "train.batch_size=4", "checkpoint.keep=0", "train.eval_interval=0",
+                               "optim.warmup_iters=3"});
+  return load_config(test::source_path("configs/demo.yaml"), test::tiny_overrides(out, extra));
+}
+
+std::vector<float> final_weights(const std::string& out_dir) {
+  std::vector<float> all;
+  for (const auto& [name, t] : read_safetensors(out_dir + "/model.safetensors")) all.insert(all.end(), t.data.begin(), t.data.end());
+  return all;
+}
+
+std::vector<double> metric_losses(const std::string& out_dir) {
+  std::vector<double> losses;
+  std::ifstream in(out_dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) {
+      EXPECT_EQ(j["step"].get<size_t>(), losses.size()) << "steps in order, each once";
+      losses.push_back(j["loss"]);
+    }
+  }
+  return losses;
+}
+
+TEST(Resume, EqualsTheRunThatNeverStopped) {
+  const std::string a = test::temp_dir("resume_straight"), b = test::temp_dir("resume_from_path"),
+                    c = test::temp_dir("resume_auto");
+  const TrainResult straight = train(tiny(a, {"train.max_iters=12", "checkpoint.interval=5"}));
+  ASSERT_TRUE(fs::exists(a + "/ckpt_5") && fs::exists(a + "/ckpt_10") && fs::exists(a + "/ckpt_12"));
+
+  // k steps + resume (from an explicit checkpoint, into another out_dir) + N−k steps.
+  const TrainResult resumed = train(tiny(b, {"train.max_iters=12"}), a + "/ckpt_5");
+  ASSERT_EQ(resumed.steps.size(), 7u);
+  for (size_t i = 0; i < 7; i++) EXPECT_EQ(resumed.steps[i].loss, straight.steps[5 + i].loss) << "step " << 5 + i;
+  EXPECT_EQ(final_weights(b), final_weights(a));  // bitwise
+
+  // The same through --resume auto in one out_dir: a run stopped at 5, then continued.
+  train(tiny(c, {"train.max_iters=5"}));
+  train(tiny(c, {"train.max_iters=12"}), "auto");
+  std::vector<double> want;
+  for (const auto& s : straight.steps) want.push_back(s.loss);
+  EXPECT_EQ(metric_losses(c), want);  // metrics.jsonl: every step once, same losses
+  EXPECT_EQ(final_weights(c), final_weights(a));
+}
+
+TEST(Resume, AutoWithoutCheckpointsStartsFresh) {
+  const std::string out = test::temp_dir("resume_fresh");
+  const TrainResult r = train(tiny(out, {"train.max_iters=2"}), "auto");
+  EXPECT_EQ(r.steps.front().step, 0);
+}
+
+pid_t spawn_trainer(const std::vector<std::string>& args, const std::string& log) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    std::string bin = T6_TRAIN_BIN;
+    argv.push_back(bin.data());
+    std::vector<std::string> copy = args;
+    for (std::string& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    freopen(log.c_str(), "w", stdout);
+    freopen(log.c_str(), "a", stderr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::vector<std::string> cli_args(const std::string& out, std::vector<std::string> extra) {
+  std::vector<std::string> args = {"--config", test::source_path("configs/demo.yaml")};
+  const Config probe = tiny(out);  // the same overrides as tiny(), as --set arguments
+  for (const std::string& o : test::tiny_overrides(out, {"optim.lr_decay_iters=40", "train.gradient_accumulation_steps=2",
+                                                         "train.batch_size=4", "train.eval_interval=0",
+                                                         "optim.warmup_iters=3"})) {
+    args.push_back("--set");
+    args.push_back(o);
+  }
+  for (const std::string& o : extra) {
+    args.push_back("--set");
+    args.push_back(o);
+  }
+  (void)probe;
+  return args;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST(Resume, SigtermSavesAndExitsCleanly) {
+  const std::string out = test::temp_dir("sigterm"), straight = test::temp_dir("sigterm_straight");
+  auto args = cli_args(out, {"train.max_iters=40", "checkpoint.interval=0"});
+  const pid_t pid = spawn_trainer(args, out + ".log");
+  while (metric_losses(out).size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << read_file(out + ".log");
+  EXPECT_EQ(WEXITSTATUS(status), 0) << read_file(out + ".log");
+  const std::string log = read_file(out + ".log");
+  EXPECT_NE(log.find("stopped by SIGTERM"), std::string::npos) << log;
+  EXPECT_NE(log.find("--resume auto"), std::string::npos) << log;
+  const auto ckpts = list_checkpoints(out);
+  ASSERT_EQ(ckpts.size(), 1u);
+  const int64_t k = std::stoll(fs::path(ckpts[0]).filename().string().substr(5));
+  EXPECT_GE(k, 3);
+
+  // Continuing to k+2 steps equals a straight run of k+2 steps.
+  const std::string n = "train.max_iters=" + std::to_string(k + 2);
+  train(tiny(out, {n}), "auto");
+  train(tiny(straight, {n}));
+  EXPECT_EQ(final_weights(out), final_weights(straight));
+}
+
+TEST(Crash, KillNineDuringSavesNeverLosesTheLastCheckpoint) {
+  const std::string out = test::temp_dir("kill9"), straight = test::temp_dir("kill9_straight");
+  const auto args_base = cli_args(out, {"train.max_iters=30", "checkpoint.interval=1", "checkpoint.keep=2"});
+  std::mt19937 rng(11);
+  int kills = 0;
+  for (int round = 0; round < 8; round++) {
+    auto args = args_base;
+    args.push_back("--resume");
+    args.push_back("auto");
+    const pid_t pid = spawn_trainer(args, out + ".log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 400));
+    kills += kill(pid, SIGKILL) == 0;
+    int status = 0;
+    waitpid(pid, &status, 0);
+    // The newest complete checkpoint loads, and `latest` names an existing one.
+    const auto ckpts = list_checkpoints(out);
+    if (ckpts.empty()) continue;  // killed before the first save
+    const Config cfg = tiny(out);
+    EXPECT_NO_THROW(load_checkpoint(ckpts.front(), make_layout(cfg.model))) << "round " << round;
+    if (fs::exists(out + "/latest")) {
+      std::string name;
+      std::ifstream(out + "/latest") >> name;
+      EXPECT_TRUE(fs::exists(out + "/" + name)) << "latest -> " << name;
+    }
+  }
+  EXPECT_GE(kills, 4);
+  // Finishing the crashed run gives bitwise the run that never crashed.
+  train(tiny(out, {"train.max_iters=30", "checkpoint.interval=1", "checkpoint.keep=2"}), "auto");
+  train(tiny(straight, {"train.max_iters=30"}));
+  EXPECT_EQ(final_weights(out), final_weights(straight));
+  EXPECT_EQ(metric_losses(out), metric_losses(straight));
+}
+
+// Three checkpoints (2, 4, 6) of a short run, to damage.
+std::string run_with_checkpoints(const std::string& name) {
+  const std::string out = test::temp_dir(name);
+  train(tiny(out, {"train.max_iters=6", "checkpoint.interval=2"}));
+  return out;
+}
+
+std::string resume_error(const Config& cfg, const std::string& resume) {
+  return test::error_of([&] { train(cfg, resume); });
+}
+
+TEST(Damaged, TruncatedCheckpointIsSkippedByAutoAndRefusedByPath) {
+  const std::string out = run_with_checkpoints("truncated");
+  fs::resize_file(out + "/ckpt_6/state.h5", fs::file_size(out + "/ckpt_6/state.h5") / 2);
+  testing::internal::CaptureStderr();
+  const TrainResult r = train(tiny(out, {"train.max_iters=8", "checkpoint.interval=2"}), "auto");
+  const std::string warnings = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.steps.front().step, 4);  // resumed from ckpt_4
+  EXPECT_NE(warnings.find("skipping " + out + "/ckpt_6"), std::string::npos) << warnings;
+  EXPECT_NE(warnings.find("truncated or corrupt"), std::string::npos) << warnings;
+
+  const std::string again = run_with_checkpoints("truncated_path");
+  fs::resize_file(again + "/ckpt_6/state.h5", 1000);
+  const std::string err = resume_error(tiny(again, {"train.max_iters=8"}), again + "/ckpt_6");
+  EXPECT_NE(err.find("ckpt_6/state.h5"), std::string::npos) << err;
+  EXPECT_NE(err.find("truncated or corrupt"), std::string::npos) << err;
+}
+
+TEST(Damaged, FlippedByteFailsTheChecksum) {
+  const std::string out = run_with_checkpoints("flipped");
+  const std::string file = out + "/ckpt_6/state.h5";
+  haddr_t offset;
+  {
+    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "adam_v/transformer.h.1.mlp.c_fc2.weight", H5P_DEFAULT);
+    offset = H5Dget_offset(d);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  {
+    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekg(offset + 101);
+    char c;
+    io.read(&c, 1);
+    c ^= 0x10;
+    io.seekp(offset + 101);
+    io.write(&c, 1);
+  }
+  const Config cfg = tiny(out, {"train.max_iters=8"});
+  const std::string err = test::error_of([&] { load_checkpoint(out + "/ckpt_6", make_layout(cfg.model)); });
+  EXPECT_NE(err.find("adam_v/transformer.h.1.mlp.c_fc2.weight fails its checksum"), std::string::npos) << err;
+  testing::internal::CaptureStderr();
+  EXPECT_EQ(train(cfg, "auto").steps.front().step, 4);  // auto falls back to ckpt_4
+  EXPECT_NE(testing::internal::GetCapturedStderr().find("fails its checksum"), std::string::npos);
+}
+
+TEST(Damaged, WrongFormatVersionIsRefused) {
+  const std::string out = run_with_checkpoints("version");
+  {
+    hid_t f = H5Fopen((out + "/ckpt_6/state.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+    const int64_t v = 99;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    H5Fclose(f);
+  }
+  const std::string err = resume_error(tiny(out, {"train.max_iters=8"}), out + "/ckpt_6");
+  EXPECT_NE(err.find("checkpoint format version 99, this build reads version 1"), std::string::npos) << err;
+}
+
+TEST(Damaged, AnotherModelShapeIsRefusedListingTheKeys) {
+  const std::string out = run_with_checkpoints("other_model");
+  const std::string err = resume_error(tiny(out, {"train.max_iters=8", "model.n_layer=3", "model.n_head=2"}), "auto");
+  EXPECT_NE(err.find("holds another model"), std::string::npos) << err;
+  EXPECT_NE(err.find("model.n_layer: 2 → 3"), std::string::npos) << err;
+  EXPECT_NE(err.find("model.n_head: 4 → 2"), std::string::npos) << err;
+}
+
+TEST(Damaged, MissingLatestDoesNotMatter) {
+  const std::string out = run_with_checkpoints("no_latest");
+  fs::remove(out + "/latest");
+  EXPECT_EQ(train(tiny(out, {"train.max_iters=8", "checkpoint.interval=2"}), "auto").steps.front().step, 6);
+}
+
+TEST(Damaged, KeepDeletesOnlyOlderCheckpoints) {
+  const std::string out = test::temp_dir("keep");
+  train(tiny(out, {"train.max_iters=9", "checkpoint.interval=2", "checkpoint.keep=2"}));
+  std::vector<std::string> names;
+  for (const auto& d : list_checkpoints(out)) names.push_back(fs::path(d).filename().string());
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt_9", "ckpt_8"}));
+  std::string latest;
+  std::ifstream(out + "/latest") >> latest;
+  EXPECT_EQ(latest, "ckpt_9");
+}
+
+// A small tmpfs stands in for a full or read-only disk (needs root; skipped otherwise).
+TEST(Disk, FullOrReadOnlyFilesystemKeepsThePreviousCheckpoint) {
+  const std::string mnt = test::temp_dir("smallfs");
+  const Config cfg = tiny(mnt + "/out");
+  const ParamLayout layout = make_layout(cfg.model);
+  TrainingState s;
+  s.params.assign(layout.total, 0.5f);
+  s.adam_m.assign(layout.total, 0.25f);
+  s.adam_v.assign(layout.total, 0.125f);
+  s.config_yaml = cfg.to_yaml();
+  const uint64_t bytes = layout.total * 12 + (64 << 10);  // about one checkpoint and a half, in 4 KB pages
+  const std::string opts = "size=" + std::to_string((bytes * 3 / 2) / 4096 * 4096);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, opts.c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << "); needs root";
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { umount(dir.c_str()); }
+  } unmount{mnt};
+  s.iter = 1;
+  ASSERT_NO_THROW(save_checkpoint(mnt + "/out", layout, s, 1));
+  s.iter = 2;
+  const std::string full = test::error_of([&] { save_checkpoint(mnt + "/out", layout, s, 1); });
+  EXPECT_NE(full.find("saving checkpoint " + mnt + "/out/ckpt_2 failed"), std::string::npos) << full;
+  EXPECT_NE(full.find("No space left on device"), std::string::npos) << full;
+  EXPECT_EQ(list_checkpoints(mnt + "/out"), std::vector<std::string>{mnt + "/out/ckpt_1"});
+  EXPECT_FALSE(fs::exists(mnt + "/out/.ckpt_2.tmp"));
+  EXPECT_EQ(load_checkpoint(mnt + "/out/ckpt_1", layout).params, s.params);
+
+  ASSERT_EQ(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, opts.c_str()), 0) << std::strerror(errno);
+  s.iter = 3;
+  const std::string ro = test::error_of([&] { save_checkpoint(mnt + "/out", layout, s, 1); });
+  EXPECT_NE(ro.find("Read-only file system"), std::string::npos) << ro;
+  EXPECT_EQ(load_checkpoint(mnt + "/out/ckpt_1", layout).iter, 1);
+}
+
+}  // namespace
+}  // namespace t6

@@ -1,0 +1,42 @@
+// t6-export: a checkpoint (or weights file) → model.safetensors + config.json for PyTorch and
+// Hugging Face tooling.
+#include <fmt/format.h>
+
+#include <exception>
+#include <string>
+
+#include "trainer/tools.h"
+
+static const char* kUsage =
+    "usage: t6-export CKPT_DIR|WEIGHTS.safetensors --out DIR [--config FILE.yaml]\n"
+    "  writes DIR/model.safetensors (fp32, the reference parameter names) and DIR/config.json\n"
+    "  (vocab_size, n_layer, n_head, head_dim, n_embd, rank, q_rank, block_size, attention, ...)\n"
+    "  --config   the model's config, for a weights file that does not carry one\n";
+
+int main(int argc, char** argv) {
+  try {
+    std::string source, out, config;
+    for (int i = 1; i < argc; i++) {
+      const std::string a = argv[i];
+      auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+        return argv[++i];
+      };
+      if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
+      else if (a == "--out") out = value();
+      else if (a == "--config") config = value();
+      else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
+      else if (source.empty()) source = a;
+      else throw std::invalid_argument("more than one source given: " + a);
+    }
+    if (source.empty() || out.empty()) throw std::invalid_argument("a source and --out DIR are required");
+    const t6::WeightsAndConfig w = t6::load_weights_and_config(source, config);
+    t6::export_weights(w, out);
+    fmt::print("t6-export: {} parameters of T6 {} → {}/model.safetensors and {}/config.json\n", w.params.size(),
+               t6::attention_name(w.config.model.attention), out, out);
+    return 0;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "t6-export: error: {}\n{}", e.what(), kUsage);
+    return 1;
+  }
+}

@@ -1,0 +1,88 @@
+#include "trainer/tools.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "data/loader.h"
+#include "model/safetensors.h"
+#include "model/t6.h"
+#include "trainer/checkpoint.h"
+
+namespace t6 {
+
+namespace fs = std::filesystem;
+
+WeightsAndConfig load_weights_and_config(const std::string& source, const std::string& config_path) {
+  WeightsAndConfig w;
+  if (fs::is_directory(source)) {
+    w.config = load_config_text(checkpoint_config(source), source + "/state.h5");
+    if (!config_path.empty()) w.config = load_config(config_path);
+    w.params = load_checkpoint(source, make_layout(w.config.model)).params;
+    return w;
+  }
+  if (!fs::exists(source)) throw std::invalid_argument(fmt::format("{}: no such checkpoint directory or weights file", source));
+  if (!config_path.empty()) {
+    w.config = load_config(config_path);
+  } else {
+    const auto meta = read_safetensors_metadata(source);
+    const auto it = meta.find("t6_config");
+    if (it == meta.end())
+      throw std::invalid_argument(fmt::format(
+          "{}: the file carries no T6 config in its metadata; pass the model's config with --config FILE.yaml", source));
+    w.config = load_config_text(it->second, source + " (metadata)");
+  }
+  w.params = load_weights(source, make_layout(w.config.model));
+  return w;
+}
+
+void export_weights(const WeightsAndConfig& w, const std::string& out_dir) {
+  const ModelConfig& m = w.config.model;
+  fs::create_directories(out_dir);
+  save_weights(out_dir + "/model.safetensors", make_layout(m), w.params,
+               {{"format", "pt"}, {"t6_config", w.config.to_yaml()}});
+  nlohmann::json j = {{"model_type", "t6"},         {"attention", attention_name(m.attention)},
+                      {"vocab_size", m.vocab_size}, {"n_layer", m.n_layer},
+                      {"n_head", m.n_head},         {"head_dim", m.head_dim},
+                      {"n_embd", m.n_embd},         {"block_size", m.block_size}};
+  if (m.factored_q()) j["q_rank"] = m.q_rank;
+  if (m.factored_kv()) {
+    j["rank"] = m.rank;
+    if (m.rank_k() != m.rank || m.rank_v() != m.rank) {
+      j["k_rank"] = m.rank_k();
+      j["v_rank"] = m.rank_v();
+    }
+  }
+  if (m.attention == Attention::gqa || m.attention == Attention::mqa) j["n_kv_head"] = m.kv_heads();
+  const std::string path = out_dir + "/config.json", tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(2) << "\n";
+    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed", tmp));
+  }
+  fs::rename(tmp, path);
+}
+
+EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch) {
+  const ModelConfig& m = w.config.model;
+  DataLoader loader(expand_shards(data, "--data"), batch, m.block_size, false, 0, m.vocab_size, "--data");
+  const Context ctx;
+  T6<float> model(m, ctx, batch, m.block_size);
+  model.params_from_host(w.params);
+  std::vector<int32_t> in((size_t)batch * m.block_size), tgt(in.size());
+  EvalResult r;
+  double total = 0;
+  for (uint64_t i = 0; i < loader.windows_per_epoch(); i++) {
+    loader.next(in.data(), tgt.data());
+    total += model.forward(in.data(), tgt.data());
+  }
+  r.windows = loader.windows_per_epoch();
+  r.tokens = r.windows * in.size();
+  r.loss = total / r.windows;
+  return r;
+}
+
+}  // namespace t6

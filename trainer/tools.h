@@ -1,0 +1,30 @@
+// What t6-export and t6-eval do, as functions the tests can call.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "trainer/config.h"
+
+namespace t6 {
+
+struct WeightsAndConfig {
+  Config config;
+  std::vector<float> params;  // layout order
+};
+
+// From a checkpoint directory (its stored config) or a safetensors file (the config in its
+// metadata, as t6-train writes it, or else the YAML file `config_path`).
+WeightsAndConfig load_weights_and_config(const std::string& source, const std::string& config_path = "");
+
+// Writes DIR/model.safetensors and DIR/config.json (the reference GPTConfig's fields).
+void export_weights(const WeightsAndConfig& w, const std::string& out_dir);
+
+struct EvalResult {
+  double loss = 0;      // mean over windows of the mean token loss
+  uint64_t windows = 0, tokens = 0;
+};
+
+// Every window of the data once, in order, batch × block_size tokens at a time.
+EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch);
+
+}  // namespace t6
