@@ -1,6 +1,11 @@
 #include "data/h5.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <stdexcept>
 #include <vector>
@@ -46,6 +51,55 @@ hid_t file_access_closing_everything() {
     return p;
   }();
   return fapl;
+}
+
+hid_t create_in_memory(const std::string& name) {
+  hid_t fapl = H5_CHECK(H5Pcreate(H5P_FILE_ACCESS));
+  hid_t file = -1;
+  try {
+    H5_CHECK(H5Pset_fapl_core(fapl, 64 << 20, /*backing_store=*/0));
+    H5_CHECK(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG));
+    file = H5_CHECK(H5Fcreate(name.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
+  } catch (...) {
+    H5Pclose(fapl);
+    throw;
+  }
+  H5_CHECK(H5Pclose(fapl));
+  return file;
+}
+
+void write_image_and_close(hid_t file, const std::string& path) {
+  std::vector<char> image;
+  try {
+    H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));
+    const ssize_t size = H5_CHECK(H5Fget_file_image(file, nullptr, 0));
+    image.resize((size_t)size);
+    H5_CHECK(H5Fget_file_image(file, image.data(), image.size()));
+  } catch (...) {
+    H5Fclose(file);
+    throw;
+  }
+  H5_CHECK(H5Fclose(file));
+
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot create ({})", path, std::strerror(errno)));
+  size_t done = 0;
+  while (done < image.size()) {
+    const ssize_t n = ::write(fd, image.data() + done, image.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      throw std::runtime_error(fmt::format("{}: write failed ({})", path, std::strerror(err)));
+    }
+    done += (size_t)n;
+  }
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw std::runtime_error(fmt::format("{}: fsync failed ({})", path, std::strerror(err)));
+  }
+  if (::close(fd) != 0) throw std::runtime_error(fmt::format("{}: close failed ({})", path, std::strerror(errno)));
 }
 
 int64_t read_int_attr(hid_t file, const std::string& path, const char* name) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace t6 {
 
@@ -19,6 +20,13 @@ std::mutex& hdf5_mutex();
 // File-access properties under which closing a file also closes every object still open in
 // it, so an error path that closes the file releases it completely.
 hid_t file_access_closing_everything();
+
+// Writing: the file is built in memory and then written with plain POSIX calls, so that a
+// full or read-only disk comes back as a clear errno message and never leaves HDF5 with a
+// half-closed file (which crashes its exit handler). `name` only labels the in-memory file.
+hid_t create_in_memory(const std::string& name);
+// Closes `file` and writes its bytes to `path` (created or truncated), fsynced.
+void write_image_and_close(hid_t file, const std::string& path);
 
 // Scalar attributes of an object (a file's root group, a dataset). Readers name `path` in errors.
 int64_t read_int_attr(hid_t obj, const std::string& path, const char* name);

@@ -89,8 +89,7 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
           fmt::format("{}: token {} at position {} is not below vocab_size {}", path, tokens[i], i, meta.vocab_size));
   const std::string tmp = path + ".tmp";
   std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, file_access_closing_everything());
-  if (file < 0) throw std::runtime_error(fmt::format("{}: cannot create file", tmp));
+  hid_t file = create_in_memory(tmp);
   try {
     const bool narrow = meta.vocab_size <= 65536;
     hsize_t dims[1] = {tokens.size()};
@@ -110,10 +109,13 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
     write_int_attr(file, "vocab_size", meta.vocab_size);
     write_string_attr(file, "tokenizer", meta.tokenizer);
     write_int_attr(file, "eot_token", meta.eot_token);
-    H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));
-    H5_CHECK(H5Fclose(file));
   } catch (...) {
     H5Fclose(file);
+    throw;
+  }
+  try {
+    write_image_and_close(file, tmp);
+  } catch (...) {
     std::remove(tmp.c_str());
     throw;
   }

@@ -59,8 +59,7 @@ int64_t iter_of(const fs::path& dir) {
 
 void write_state_file(const std::string& path, const ParamLayout& layout, const TrainingState& state) {
   std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, file_access_closing_everything());
-  if (file < 0) throw std::runtime_error(fmt::format("{}: cannot create ({})", path, std::strerror(errno)));
+  hid_t file = create_in_memory(path);
   try {
     write_int_attr(file, "format_version", kCheckpointFormat);
     write_int_attr(file, "iter", state.iter);
@@ -84,12 +83,11 @@ void write_state_file(const std::string& path, const ParamLayout& layout, const 
       }
       H5_CHECK(H5Gclose(group));
     }
-    H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));
-    H5_CHECK(H5Fclose(file));
   } catch (...) {
     H5Fclose(file);
     throw;
   }
+  write_image_and_close(file, path);  // fsynced
 }
 
 }  // namespace
@@ -114,7 +112,6 @@ std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layou
     fs::remove_all(tmp_dir);  // the remains of a save that crashed
     fs::create_directory(tmp_dir);
     write_state_file((tmp_dir / "state.h5").string(), layout, state);
-    fsync_path(tmp_dir / "state.h5");
     fsync_path(tmp_dir);
     fs::remove_all(final_dir);  // an older save of the same iteration (a resumed run repeating it)
     fs::rename(tmp_dir, final_dir);
