@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config libhdf5-dev libyaml-cpp-dev libfmt-dev
-          libgtest-dev libopenblas-openmp-dev nlohmann-json3-dev zlib1g-dev)
+          libgtest-dev libopenblas-openmp-dev nlohmann-json3-dev zlib1g-dev
+          libopenmpi-dev openmpi-bin)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   # Not a Debian/Ubuntu machine (e.g. a prepared GPU image): trust what is installed.

@@ -17,6 +17,15 @@ T6<T>::T6(const ModelConfig& config, const Context& context, int batch, int seq)
   grads = Buffer<T>(ctx, layout.total);
   w_ = views(params.data());
   g_ = views(grads.data());
+  for (int l = 0; l < cfg.n_layer; l++) {
+    size_t first = SIZE_MAX, end = 0;
+    for (const ParamInfo& p : layout.params)
+      if (p.name.rfind(layer_param(l, ""), 0) == 0) {
+        first = std::min(first, p.offset);
+        end = std::max(end, p.offset + p.size);
+      }
+    layer_ranges_.push_back({first, end - first});
+  }
   tokens_ = Buffer<int32_t>(ctx, N_);
   targets_ = Buffer<int32_t>(ctx, N_);
   plan_memory();
@@ -189,7 +198,7 @@ double T6<T>::forward(const int32_t* tokens, const int32_t* targets, double dlos
 
 // The logits buffer holds dlogits, written by the fused classifier in forward().
 template <class T>
-void T6<T>::backward() {
+void T6<T>::backward(const std::function<void(size_t, size_t)>& grads_ready) {
   const int C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(), D = cfg.head_dim, F = cfg.mlp_hidden(),
             V = cfg.vocab_size;
   const int Rq = cfg.q_rank, Rk = cfg.rank_k(), Rv = cfg.rank_v();
@@ -221,8 +230,10 @@ void T6<T>::backward() {
     project_backward(s_.dh, g.W_A_v, g.W_B_v, g.c_v, s_.dv, s_.da_v, s_.db_v, a.a_v, a.b_v, w.W_A_v, w.W_B_v, w.c_v,
                      a.h1, Hkv, Rv, false, true);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
+    if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
   }
   embedding_backward(ctx, g_.wte, s_.dx, tokens_.data(), N_, C);
+  if (grads_ready) grads_ready(0, (size_t)cfg.vocab_size * C);  // the tied matrix: both of its uses are done
 }
 
 template <class T>

@@ -3,6 +3,7 @@
 // forward and backward that are sequences of backend ops (kernels/ops.h).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kernels/context.h"
@@ -23,7 +24,10 @@ class T6 {
   // Returns the mean loss over valid targets and leaves what backward() needs to add
   // dloss·∂loss/∂θ into grads. With targets == nullptr it only computes the logits.
   double forward(const int32_t* tokens, const int32_t* targets, double dloss = 1.0);
-  void backward();
+  // grads_ready(offset, count), if given, is called as soon as a contiguous range of the
+  // gradient buffer is final for this micro-batch (each layer, last to first, then the
+  // embedding), so communication can overlap the rest of the backward pass.
+  void backward(const std::function<void(size_t offset, size_t count)>& grads_ready = {});
   void zero_grads() { grads.zero(); }
 
   std::vector<float> logits_at(int n) const;  // after forward(tokens, nullptr)
@@ -64,6 +68,7 @@ class T6 {
                         const T* W_a, const T* W_b, const T* W_dense, const T* h, int heads, int R, bool rotate,
                         bool accumulate);
 
+  std::vector<std::pair<size_t, size_t>> layer_ranges_;  // (offset, count) of each layer's parameters
   int B_, T_, N_;
   Weights w_, g_;
   std::vector<LayerActs> acts_;

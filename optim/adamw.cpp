@@ -20,9 +20,14 @@ void AdamW<T>::step(T* params, const T* grads, double lr) {
 }
 
 template <class T>
+void clip_to_norm(const Context& ctx, T* grads, size_t n, double norm, double max_norm) {
+  if (max_norm > 0 && norm > max_norm) scale(ctx, grads, max_norm / (norm + 1e-6), n);
+}
+
+template <class T>
 double clip_grad_norm(const Context& ctx, T* grads, size_t n, double max_norm) {
   const double norm = std::sqrt(sum_squares(ctx, grads, n));
-  if (max_norm > 0 && norm > max_norm) scale(ctx, grads, max_norm / (norm + 1e-6), n);
+  clip_to_norm(ctx, grads, n, norm, max_norm);
   return norm;
 }
 
@@ -30,5 +35,7 @@ template class AdamW<float>;
 template class AdamW<double>;
 template double clip_grad_norm<float>(const Context&, float*, size_t, double);
 template double clip_grad_norm<double>(const Context&, double*, size_t, double);
+template void clip_to_norm<float>(const Context&, float*, size_t, double, double);
+template void clip_to_norm<double>(const Context&, double*, size_t, double, double);
 
 }  // namespace t6

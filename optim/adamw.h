@@ -33,6 +33,10 @@ class AdamW {
 template <class T>
 double clip_grad_norm(const Context& ctx, T* grads, size_t n, double max_norm);
 
+// The scaling half of clipping, for a norm computed elsewhere (e.g. across ranks).
+template <class T>
+void clip_to_norm(const Context& ctx, T* grads, size_t n, double norm, double max_norm);
+
 extern template class AdamW<float>;
 extern template class AdamW<double>;
 

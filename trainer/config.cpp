@@ -178,6 +178,10 @@ const std::vector<Key>& schema() {
       integer("train", "eval_iters", FIELD(train.eval_iters)),
       integer("train", "log_interval", FIELD(train.log_interval)),
       text("train", "out_dir", FIELD(train.out_dir), true),
+      integer("train", "consistency_interval", FIELD(train.consistency_interval)),
+      number("train", "skip_zscore_loss", FIELD(train.skip_zscore_loss)),
+      number("train", "skip_zscore_grad", FIELD(train.skip_zscore_grad)),
+      integer("train", "max_consecutive_skips", FIELD(train.max_consecutive_skips)),
 
       number("optim", "learning_rate", FIELD(optim.schedule.lr)),
       number("optim", "min_lr", FIELD(optim.schedule.min_lr)),
@@ -191,6 +195,7 @@ const std::vector<Key>& schema() {
       number("optim", "beta2", FIELD(optim.adamw.beta2)),
       number("optim", "eps", FIELD(optim.adamw.eps)),
       number("optim", "grad_clip", FIELD(optim.grad_clip)),
+      integer("optim", "zero", FIELD(optim.zero)),
 
       integer("checkpoint", "interval", FIELD(checkpoint.interval)),
       integer("checkpoint", "keep", FIELD(checkpoint.keep)),
@@ -284,6 +289,11 @@ void validate(const Config& c) {
   check(a.eps > 0, "optim.eps", fmt::format("must be positive, got {}", a.eps));
   check(a.weight_decay >= 0, "optim.weight_decay", fmt::format("must not be negative, got {}", a.weight_decay));
   check(c.optim.grad_clip >= 0, "optim.grad_clip", fmt::format("must not be negative (0 = off), got {}", c.optim.grad_clip));
+  check(c.optim.zero == 0 || c.optim.zero == 1, "optim.zero", fmt::format("must be 0 or 1 (ZeRO-1), got {}", c.optim.zero));
+  check(c.train.consistency_interval >= 0, "train.consistency_interval", "must not be negative (0 = never)");
+  check(c.train.skip_zscore_loss >= 0, "train.skip_zscore_loss", "must not be negative (0 = off)");
+  check(c.train.skip_zscore_grad >= 0, "train.skip_zscore_grad", "must not be negative (0 = off)");
+  check(c.train.max_consecutive_skips > 0, "train.max_consecutive_skips", "must be positive");
   check(c.checkpoint.interval >= 0, "checkpoint.interval", "must not be negative (0 = only at the end)");
   check(c.checkpoint.keep >= 0, "checkpoint.keep", "must not be negative (0 = keep all)");
   check(c.sample.max_new_tokens >= 0, "sample.max_new_tokens", "must not be negative");

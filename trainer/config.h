@@ -25,12 +25,17 @@ struct TrainConfig {
   int eval_iters = 20;
   int64_t log_interval = 10;
   std::string out_dir;          // default: out/<config file name without .yaml>
+  int64_t consistency_interval = 100;  // compare a parameter checksum across ranks this often; 0 = never
+  double skip_zscore_loss = 0;         // skip a step whose loss is this many std devs above the recent mean; 0 = off
+  double skip_zscore_grad = 0;         // the same for the gradient norm
+  int max_consecutive_skips = 10;      // then save the last good state and stop
 };
 
 struct OptimConfig {
   LrSchedule schedule;  // learning_rate, min_lr, schedule, warmup_iters, lr_decay_iters, wsd_decay_fraction
   AdamWConfig adamw;    // beta1, beta2, eps, weight_decay
   double grad_clip = 1.0;  // 0: no clipping
+  int zero = 0;            // 1: ZeRO-1, optimizer state sharded across ranks
 };
 
 struct CheckpointConfig {

@@ -2,11 +2,14 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <zlib.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -21,6 +24,7 @@
 #include "optim/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/sample.h"
+#include "kernels/ops.h"
 
 namespace t6 {
 
@@ -144,31 +148,86 @@ void trim_metrics(const fs::path& path, int64_t start) {
   write_text_file(path, kept);
 }
 
+
+// Test hooks (tests/test_mpi.cpp): T6_TEST_NAN_STEP / T6_TEST_THROW_STEP, with
+// T6_TEST_FAULT_RANK, poison the gradients of, or throw on, one rank at one step.
+struct FaultInjection {
+  int64_t nan_step = -1, throw_step = -1;
+  int rank = 0;
+  FaultInjection() {
+    if (const char* v = std::getenv("T6_TEST_NAN_STEP")) nan_step = std::atoll(v);
+    if (const char* v = std::getenv("T6_TEST_THROW_STEP")) throw_step = std::atoll(v);
+    if (const char* v = std::getenv("T6_TEST_FAULT_RANK")) rank = std::atoi(v);
+  }
+};
+
+// Mean and standard deviation over the last `window` accepted values: is x an outlier?
+struct Outliers {
+  std::deque<double> recent;
+  bool above(double x, double zscore) const {
+    if (zscore <= 0 || recent.size() < 20) return false;
+    double mean = 0, var = 0;
+    for (double v : recent) mean += v / recent.size();
+    for (double v : recent) var += (v - mean) * (v - mean) / recent.size();
+    return x > mean + zscore * std::sqrt(var);
+  }
+  void add(double x) {
+    recent.push_back(x);
+    if (recent.size() > 100) recent.pop_front();
+  }
+};
+
 }  // namespace
 
-TrainResult train(const Config& cfg, const std::string& resume) {
+TrainResult train(const Config& cfg, const std::string& resume, Communicator* comm) {
+  std::unique_ptr<Communicator> local;
+  if (!comm) {
+    local = make_local_communicator();
+    comm = local.get();
+  }
+  const int W = comm->size(), rank = comm->rank();
+  const bool root = rank == 0;
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const int B = tc.batch_size, T = mc.block_size, accum = tc.gradient_accumulation_steps;
-  const size_t tokens_per_step = (size_t)B * T * accum;
+  const size_t tokens_per_step = (size_t)B * T * accum * W;
 
   // Data and weights are checked before anything is written, so a bad run leaves no outputs.
   DataLoader train_data(expand_shards(cfg.data.train, "data.train"), B, T, cfg.data.shuffle, cfg.data.seed,
-                        mc.vocab_size, "data.train", 0, 1, /*prefetch=*/4);
+                        mc.vocab_size, "data.train", rank, W, /*prefetch=*/4);
   std::unique_ptr<DataLoader> val_data;
   if (!cfg.data.val.empty())
     val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
                                             "data.val");
   const Context ctx;
   T6<float> model(mc, ctx, B, T);
-  AdamW<float> optimizer(ctx, model.layout.total, cfg.optim.adamw);
+  const size_t total = model.layout.total;
+
+  // ZeRO-1: rank r owns the optimizer state of one contiguous range of the flat buffers.
+  const bool zero = cfg.optim.zero == 1 && W > 1;
+  std::vector<size_t> counts(W), offsets(W);
+  for (int r = 0; r < W; r++) {
+    counts[r] = total / W + ((size_t)r < total % W);
+    offsets[r] = r ? offsets[r - 1] + counts[r - 1] : 0;
+  }
+  const size_t shard_begin = zero ? offsets[rank] : 0, shard_size = zero ? counts[rank] : total;
+  AdamW<float> optimizer(ctx, shard_size, cfg.optim.adamw);
+  Buffer<float> grad_shard;
+  if (zero) grad_shard = Buffer<float>(ctx, shard_size);
+
+  // Rank 0 chooses the checkpoint; every rank loads that one and takes its part.
   int64_t start = 0;
   TrainingState resumed;
   std::string resumed_from;
-  if (!resume.empty() && find_resume_state(cfg, resume, model.layout, resumed, resumed_from)) {
+  if (!resume.empty()) {
+    if (root) find_resume_state(cfg, resume, model.layout, resumed, resumed_from);
+    comm->broadcast_string(resumed_from, 0);
+    if (!root && !resumed_from.empty()) resumed = load_checkpoint(resumed_from, model.layout);
+  }
+  if (!resumed_from.empty()) {
     model.params_from_host(resumed.params);
-    optimizer.m.from_host(resumed.adam_m.data(), resumed.adam_m.size());
-    optimizer.v.from_host(resumed.adam_v.data(), resumed.adam_v.size());
+    optimizer.m.from_host(resumed.adam_m.data() + shard_begin, shard_size);
+    optimizer.v.from_host(resumed.adam_v.data() + shard_begin, shard_size);
     optimizer.steps = resumed.adam_steps;
     train_data.restore(resumed.loader);
     start = resumed.iter;
@@ -178,106 +237,197 @@ TrainResult train(const Config& cfg, const std::string& resume) {
     model.params_from_host(init_params(mc, model.layout, mc.seed));
   }
 
-  fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
-  fs::create_directories(tc.out_dir);
-  write_text_file(fs::path(tc.out_dir) / "config.yaml", cfg.to_yaml());
-  fmt::print("model: T6 {}, {} layers, n_embd {}, {} heads ({} KV) × {}, {} parameters; {}\n",
-             attention_name(mc.attention), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim,
-             model.layout.total,
-             !resumed_from.empty() ? fmt::format("resumed from {} at step {}", resumed_from, start)
-             : mc.init_from.empty() ? fmt::format("init from seed {}", mc.seed)
-                                    : "init from " + mc.init_from);
-  fmt::print("data: {} tokens for training ({} windows of {}×{}+1, tokenizer '{}', shuffle {}){}\n",
-             train_data.total_tokens(), train_data.windows_per_epoch(), B, T, train_data.meta().tokenizer,
-             cfg.data.shuffle,
-             val_data ? fmt::format(", {} tokens for validation", val_data->total_tokens()) : ", no validation data");
-  fmt::print("batch: {} sequences × {} tokens × {} accumulation = {} tokens per step, steps {} to {}\n", B, T, accum,
-             tokens_per_step, start, tc.max_iters);
-
   const fs::path metrics_path = fs::path(tc.out_dir) / "metrics.jsonl";
-  if (start > 0) trim_metrics(metrics_path, start);
-  std::ofstream metrics(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
-  if (!metrics) throw std::runtime_error(fmt::format("{}: cannot write", metrics_path.string()));
-  auto record = [&](const nlohmann::json& j) { metrics << j.dump() << "\n" << std::flush; };
+  std::ofstream metrics;
+  if (root) {
+    fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
+    fs::create_directories(tc.out_dir);
+    write_text_file(fs::path(tc.out_dir) / "config.yaml", cfg.to_yaml());
+    fmt::print("model: T6 {}, {} layers, n_embd {}, {} heads ({} KV) × {}, {} parameters; {}\n",
+               attention_name(mc.attention), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim, total,
+               !resumed_from.empty() ? fmt::format("resumed from {} at step {}", resumed_from, start)
+               : mc.init_from.empty() ? fmt::format("init from seed {}", mc.seed)
+                                      : "init from " + mc.init_from);
+    fmt::print("data: {} tokens for training ({} windows of {}×{}+1, tokenizer '{}', shuffle {}){}\n",
+               train_data.total_tokens(), train_data.windows_per_epoch(), B, T, train_data.meta().tokenizer,
+               cfg.data.shuffle,
+               val_data ? fmt::format(", {} tokens for validation", val_data->total_tokens()) : ", no validation data");
+    fmt::print("batch: {} sequences × {} tokens × {} accumulation × {} rank(s) = {} tokens per step (global batch "
+               "{} sequences), steps {} to {}\n",
+               B, T, accum, W, tokens_per_step, B * accum * W, start, tc.max_iters);
+    if (W > 1)
+      fmt::print("optimizer state: {:.1f} MB per rank{}\n", 2.0 * shard_size * sizeof(float) / 1e6,
+                 zero ? fmt::format(" (ZeRO-1: 1/{} of {:.1f} MB)", W, 2.0 * total * sizeof(float) / 1e6) : "");
+    if (start > 0) trim_metrics(metrics_path, start);
+    metrics.open(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
+    if (!metrics) throw std::runtime_error(fmt::format("{}: cannot write", metrics_path.string()));
+  }
+  auto record = [&](const nlohmann::json& j) {
+    if (root) metrics << j.dump() << "\n" << std::flush;
+  };
 
   TrainResult result;
+  // Every rank takes part (ZeRO gathers the moments); rank 0 writes.
   auto checkpoint = [&](int64_t iter) {
     TrainingState s;
     s.iter = iter;
     s.params = model.params_to_host();
-    s.adam_m.resize(model.layout.total);
-    s.adam_v.resize(model.layout.total);
-    optimizer.m.to_host(s.adam_m.data(), s.adam_m.size());
-    optimizer.v.to_host(s.adam_v.data(), s.adam_v.size());
+    s.adam_m.resize(total);
+    s.adam_v.resize(total);
+    optimizer.m.to_host(s.adam_m.data() + shard_begin, shard_size);
+    optimizer.v.to_host(s.adam_v.data() + shard_begin, shard_size);
+    if (zero) {
+      comm->all_gather(s.adam_m.data() + shard_begin, s.adam_m.data(), counts);
+      comm->all_gather(s.adam_v.data() + shard_begin, s.adam_v.data(), counts);
+    }
     s.adam_steps = optimizer.steps;
     s.loader = train_data.state();
-    s.world_size = 1;
+    s.world_size = W;
     s.config_yaml = cfg.to_yaml();
-    result.last_checkpoint = save_checkpoint(tc.out_dir, model.layout, s, cfg.checkpoint.keep);
-    fmt::print("saved checkpoint {}\n", result.last_checkpoint);
+    if (root) {
+      result.last_checkpoint = save_checkpoint(tc.out_dir, model.layout, s, cfg.checkpoint.keep);
+      fmt::print("saved checkpoint {}\n", result.last_checkpoint);
+    }
+    comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
   };
 
   StopSignals signals;
+  const FaultInjection faults;
+  Outliers loss_history, norm_history;
+  int consecutive_skips = 0;
   std::vector<int32_t> inputs((size_t)B * T), targets((size_t)B * T);
   int64_t epoch = train_data.epoch();
   for (int64_t step = start; step < tc.max_iters; step++) {
     const auto step_start = std::chrono::steady_clock::now();
     model.zero_grads();
     double loss = 0;
+    const bool poison = rank == faults.rank && step == faults.nan_step;
+    auto poison_at = [&](size_t index) {
+      const float nan = std::nanf("");
+      model.grads.from_host(&nan, 1, index);
+    };
     for (int micro = 0; micro < accum; micro++) {
       train_data.next(inputs.data(), targets.data());
       loss += model.forward(inputs.data(), targets.data(), 1.0 / accum);
-      model.backward();
+      // In the last micro-batch each layer's gradients are final as soon as its backward is
+      // done: their all-reduce starts then and overlaps the layers below.
+      const bool overlap = W > 1 && !zero && micro + 1 == accum;
+      if (overlap) {
+        model.backward([&](size_t off, size_t n) {
+          if (poison && off > 0) poison_at(off);  // before the range leaves this rank
+          comm->start_all_reduce_sum(model.grads.data() + off, n);
+        });
+      } else {
+        model.backward();
+      }
     }
-    loss /= accum;
-    if (!std::isfinite(loss))
-      throw std::runtime_error(fmt::format(
-          "step {}: the training loss is {}; the run diverged (try a lower optim.learning_rate or longer warmup)",
-          step, loss));
-    const double grad_norm = clip_grad_norm(ctx, model.grads.data(), model.layout.total, cfg.optim.grad_clip);
+    if (rank == faults.rank && step == faults.throw_step)
+      throw std::runtime_error(fmt::format("injected failure at step {} (T6_TEST_THROW_STEP)", step));
+    if (poison && !(W > 1 && !zero)) poison_at(total / 2);
+
+    // Average over ranks: the gradients (or this rank's shard of them), the loss.
+    float* grads = model.grads.data();
+    if (zero) {
+      comm->reduce_scatter_sum(model.grads.data(), grad_shard.data(), counts);
+      grads = grad_shard.data();
+    } else {
+      comm->wait_all();
+    }
+    if (W > 1) scale(ctx, grads, 1.0 / W, shard_size);
+    double sums[2] = {loss / accum, sum_squares(ctx, grads, shard_size)};
+    comm->all_reduce_sum(&sums[0], 1);
+    if (zero) comm->all_reduce_sum(&sums[1], 1);
+    loss = sums[0] / W;
+    const double grad_norm = std::sqrt(sums[1]);
+
+    // Every rank sees the same global loss and norm, so every rank makes the same decision.
+    const char* skip_reason = !std::isfinite(loss) || !std::isfinite(grad_norm) ? "non-finite loss or gradient norm"
+                              : loss_history.above(loss, tc.skip_zscore_loss)   ? "loss outlier"
+                              : norm_history.above(grad_norm, tc.skip_zscore_grad) ? "gradient-norm outlier"
+                                                                                    : nullptr;
     const double lr = cfg.optim.schedule.at(step);
-    optimizer.step(model.params.data(), model.grads.data(), lr);
+    if (skip_reason) {
+      result.skipped++;
+      consecutive_skips++;
+      if (root)
+        fmt::print("step {:>6}/{} | skipped: {} (loss {}, grad norm {}); {} skipped so far\n", step, tc.max_iters,
+                   skip_reason, loss, grad_norm, result.skipped);
+      record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"skipped", skip_reason}});
+      if (consecutive_skips >= tc.max_consecutive_skips) {
+        checkpoint(step);  // the parameters are still those of the last good step
+        if (root)
+          fmt::print("stopping: {} consecutive steps skipped (the last: {}). The last good state is in {}. Lower "
+                     "optim.learning_rate or raise optim.warmup_iters, then continue with --resume auto.\n",
+                     consecutive_skips, skip_reason, result.last_checkpoint);
+        result.gave_up = true;
+        return result;
+      }
+    } else {
+      consecutive_skips = 0;
+      loss_history.add(loss);
+      norm_history.add(grad_norm);
+      clip_to_norm(ctx, grads, shard_size, grad_norm, cfg.optim.grad_clip);
+      optimizer.step(model.params.data() + shard_begin, grads, lr);
+      if (zero) comm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
 
     StepRecord r{step, loss, lr, grad_norm, tokens_per_step / seconds, seconds * 1e3};
     result.steps.push_back(r);
-    record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-            {"tokens_per_sec", r.tokens_per_sec}, {"ms", r.ms}});
-    if (step % tc.log_interval == 0 || step + 1 == tc.max_iters)
+    if (!skip_reason)
+      record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
+              {"tokens_per_sec", r.tokens_per_sec}, {"ms", r.ms}});
+    if (root && (step % tc.log_interval == 0 || step + 1 == tc.max_iters) && !skip_reason)
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms\n", step,
                  tc.max_iters, loss, lr, grad_norm, r.tokens_per_sec, r.ms);
     if (train_data.epoch() != epoch) {
       epoch = train_data.epoch();
-      fmt::print("data: epoch {} begins (the training data wrapped around)\n", epoch);
+      if (root) fmt::print("data: epoch {} begins (the training data wrapped around)\n", epoch);
+    }
+    if (W > 1 && tc.consistency_interval > 0 && (step + 1) % tc.consistency_interval == 0) {
+      // Identical parameters on every rank: the max and min of a checksum agree.
+      const std::vector<float> p = model.params_to_host();
+      const double crc = crc32(0L, reinterpret_cast<const Bytef*>(p.data()), (uInt)(p.size() * sizeof(float)));
+      double span[2] = {crc, -crc};
+      comm->all_reduce_max(span, 2);
+      if (span[0] != -span[1])
+        throw std::runtime_error(fmt::format(
+            "step {}: the ranks' parameters diverged (checksums differ); this is a bug or a hardware fault", step));
     }
     const bool last = step + 1 == tc.max_iters;
     if (val_data && ((tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0) || last)) {
-      const double val = evaluate(model, *val_data, tc.eval_iters);
+      const double val = evaluate(model, *val_data, tc.eval_iters);  // every rank the same: no communication
       result.final_val_loss = val;
       record({{"step", step}, {"val_loss", val}});
-      fmt::print("step {:>6}/{} | val loss {:.4f}\n", step, tc.max_iters, val);
+      if (root) fmt::print("step {:>6}/{} | val loss {:.4f}\n", step, tc.max_iters, val);
     }
-    const bool stopping = stop_signal != 0;
+    // A signal reaches one rank or all; the max makes it everyone's decision.
+    double stop = stop_signal;
+    comm->all_reduce_max(&stop, 1);
+    const bool stopping = stop != 0;
     if (last || stopping || (cfg.checkpoint.interval > 0 && (step + 1) % cfg.checkpoint.interval == 0))
       checkpoint(step + 1);
     if (stopping && !last) {
-      fmt::print("stopped by {} after step {}, with checkpoint {} saved; to continue, run the same command "
-                 "with --resume auto\n", stop_signal == SIGINT ? "SIGINT" : "SIGTERM", step, result.last_checkpoint);
+      if (root)
+        fmt::print("stopped by {} after step {}, with checkpoint {} saved; to continue, run the same command "
+                   "with --resume auto\n", (int)stop == SIGINT ? "SIGINT" : "SIGTERM", step, result.last_checkpoint);
       result.interrupted = true;
       return result;
     }
   }
-  if (start >= tc.max_iters) fmt::print("nothing to do: the checkpoint is at step {} of max_iters {}\n", start, tc.max_iters);
+  if (root && start >= tc.max_iters)
+    fmt::print("nothing to do: the checkpoint is at step {} of max_iters {}\n", start, tc.max_iters);
 
-  const std::vector<float> final_params = model.params_to_host();
-  const fs::path weights = fs::path(tc.out_dir) / "model.safetensors";
-  save_weights(weights.string(), model.layout, final_params, {{"format", "pt"}, {"t6_config", cfg.to_yaml()}});
-  fmt::print("saved {}\n", weights.string());
-
-  if (cfg.sample.max_new_tokens > 0) {
-    const auto tokenizer = make_tokenizer(train_data.meta().tokenizer);
-    fmt::print("sample (temperature {}, top-k {}):\n{}{}\n", cfg.sample.temperature, cfg.sample.top_k,
-               cfg.sample.prompt, sample_text(cfg, final_params, *tokenizer));
+  if (root) {
+    const std::vector<float> final_params = model.params_to_host();
+    const fs::path weights = fs::path(tc.out_dir) / "model.safetensors";
+    save_weights(weights.string(), model.layout, final_params, {{"format", "pt"}, {"t6_config", cfg.to_yaml()}});
+    fmt::print("saved {}\n", weights.string());
+    if (cfg.sample.max_new_tokens > 0) {
+      const auto tokenizer = make_tokenizer(train_data.meta().tokenizer);
+      fmt::print("sample (temperature {}, top-k {}):\n{}{}\n", cfg.sample.temperature, cfg.sample.top_k,
+                 cfg.sample.prompt, sample_text(cfg, final_params, *tokenizer));
+    }
   }
   return result;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "trainer/config.h"
+#include "trainer/runtime.h"
 
 namespace t6 {
 
@@ -18,12 +19,15 @@ struct TrainResult {
   std::vector<StepRecord> steps;   // the steps this process ran
   double final_val_loss = -1;      // −1 when there is no validation data
   bool interrupted = false;        // stopped by SIGINT/SIGTERM after saving a checkpoint
+  bool gave_up = false;            // stopped after train.max_consecutive_skips skipped steps
+  int64_t skipped = 0;             // updates skipped (non-finite or outlier loss / gradient norm)
   std::string last_checkpoint;
 };
 
-// Runs the experiment; writes out_dir/{config.yaml, metrics.jsonl, ckpt_<iter>/, latest,
-// model.safetensors}. resume: "" (start fresh), "auto" (the newest valid checkpoint in
-// out_dir, or fresh when there is none) or a checkpoint directory.
-TrainResult train(const Config& cfg, const std::string& resume = "");
+// Runs the experiment on this rank of `comm` (null: a single process); rank 0 writes
+// out_dir/{config.yaml, metrics.jsonl, ckpt_<iter>/, latest, model.safetensors} and prints.
+// resume: "" (start fresh), "auto" (the newest valid checkpoint in out_dir, or fresh when
+// there is none) or a checkpoint directory.
+TrainResult train(const Config& cfg, const std::string& resume = "", Communicator* comm = nullptr);
 
 }  // namespace t6

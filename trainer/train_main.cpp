@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "trainer/config.h"
+#include "trainer/runtime.h"
 #include "trainer/train.h"
 
 static const char* kUsage =
@@ -18,6 +19,7 @@ static const char* kUsage =
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // one log line at a time, also into files and pipes
+  t6::Runtime rt = t6::init_runtime(&argc, &argv);
   std::string config;
   std::vector<std::string> overrides;
   std::string resume;
@@ -37,11 +39,15 @@ int main(int argc, char** argv) {
       else throw std::invalid_argument("unknown argument '" + a + "'");
     }
     if (config.empty()) throw std::invalid_argument("--config FILE.yaml is required");
-    t6::train(t6::load_config(config, overrides), resume);
-    return 0;
+    const t6::TrainResult r = t6::train(t6::load_config(config, overrides), resume, rt.comm.get());
+    t6::finalize_runtime(rt);
+    return r.gave_up ? 3 : 0;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "t6-train: error: {}\n", e.what());
-    if (config.empty()) fmt::print(stderr, "{}", kUsage);
-    return 1;
+    // Any rank may fail; it names itself and ends the whole job, so no rank waits forever.
+    if (rt.world > 1) fmt::print(stderr, "t6-train: error on rank {} of {}: {}\n", rt.rank, rt.world, e.what());
+    else fmt::print(stderr, "t6-train: error: {}\n", e.what());
+    if (config.empty() && rt.rank == 0) fmt::print(stderr, "{}", kUsage);
+    std::fflush(stderr);
+    t6::abort_job(rt, 1);
   }
 }

@@ -1,0 +1,183 @@
+// Data parallelism under mpirun (ctest runs this binary with -np 2 and -np 3): W ranks equal
+// one rank with the same global batch, ZeRO-1 equals plain data parallelism, a checkpoint
+// resumes on another number of ranks, and a NaN on one rank skips the step on all of them.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "model/safetensors.h"
+#include "test_util.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/runtime.h"
+#include "trainer/train.h"
+
+namespace t6 {
+namespace {
+
+int world_rank() {
+  int r;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int w;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  return w;
+}
+
+std::unique_ptr<Communicator> communicator(MPI_Comm c) {
+  void* handle = nullptr;
+  std::memcpy(&handle, &c, sizeof(c));
+  return make_mpi_communicator(handle);
+}
+
+// One directory for all ranks: rank 0 makes it and tells the others.
+std::string shared_dir(const std::string& name) {
+  std::string dir = world_rank() == 0 ? test::temp_dir(name) : "";
+  communicator(MPI_COMM_WORLD)->broadcast_string(dir, 0);
+  return dir;
+}
+
+// A tiny model on the sample; `accum` micro-batches of 2 sequences per rank and step.
+Config tiny(const std::string& out, int accum, std::vector<std::string> extra = {}) {
+  extra.insert(extra.begin(), {"train.batch_size=2", "train.gradient_accumulation_steps=" + std::to_string(accum),
+                               "optim.lr_decay_iters=20", "optim.warmup_iters=2", "train.eval_interval=0",
+                               "checkpoint.interval=0", "train.consistency_interval=1", "data.val=null",
+                               "model.block_size=32"});
+  return load_config(test::source_path("configs/demo.yaml"), test::tiny_overrides(out, extra));
+}
+
+std::vector<float> weights(const std::string& out_dir) {
+  std::vector<float> all;
+  for (const auto& [name, t] : read_safetensors(out_dir + "/model.safetensors")) all.insert(all.end(), t.data.begin(), t.data.end());
+  return all;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); i++) m = std::max(m, (double)std::abs(a[i] - b[i]));
+  return m;
+}
+
+void expect_same_run(const TrainResult& got, const TrainResult& want, const std::string& got_dir,
+                     const std::string& want_dir) {
+  ASSERT_EQ(got.steps.size(), want.steps.size());
+  for (size_t i = 0; i < want.steps.size(); i++) {
+    EXPECT_NEAR(got.steps[i].loss, want.steps[i].loss, 1e-5 * std::abs(want.steps[i].loss)) << "step " << i;
+    EXPECT_NEAR(got.steps[i].grad_norm, want.steps[i].grad_norm, 1e-4 * want.steps[i].grad_norm) << "step " << i;
+  }
+  EXPECT_LT(max_abs_diff(weights(got_dir), weights(want_dir)), 1e-5);
+}
+
+TEST(DataParallel, RanksMatchOneRankWithTheSameGlobalBatch) {
+  const int W = world_size();
+  const std::string out = shared_dir("dp"), ref = out + "_ref";
+  auto world = communicator(MPI_COMM_WORLD);
+  const TrainResult parallel = train(tiny(out, 2, {"train.max_iters=10"}), "", world.get());
+  if (world_rank() == 0) {
+    auto self = communicator(MPI_COMM_SELF);
+    const TrainResult single = train(tiny(ref, 2 * W, {"train.max_iters=10"}), "", self.get());
+    expect_same_run(parallel, single, out, ref);
+  }
+  world->barrier();
+}
+
+TEST(DataParallel, ZeroOneMatchesPlainDataParallelism) {
+  const std::string plain = shared_dir("zero_plain"), sharded = shared_dir("zero_sharded");
+  auto world = communicator(MPI_COMM_WORLD);
+  const TrainResult a = train(tiny(plain, 2, {"train.max_iters=10"}), "", world.get());
+  const TrainResult b = train(tiny(sharded, 2, {"train.max_iters=10", "optim.zero=1"}), "", world.get());
+  if (world_rank() == 0) {
+    expect_same_run(b, a, sharded, plain);
+  }
+  world->barrier();
+}
+
+TEST(DataParallel, CheckpointOfTwoRanksResumesOnOneAndOnThree) {
+  // 6 sequences per step: 3 micro-batches on 2 ranks, 2 on 3 ranks, 6 on 1.
+  const int W = world_size();
+  const std::string straight = shared_dir("resume_ref"), two = shared_dir("resume_two");
+  auto world = communicator(MPI_COMM_WORLD);
+  TrainResult reference;
+  if (world_rank() == 0) {
+    auto self = communicator(MPI_COMM_SELF);
+    reference = train(tiny(straight, 6, {"train.max_iters=8"}), "", self.get());
+  }
+  // Ranks 0 and 1 train 4 steps and checkpoint; any others wait.
+  MPI_Comm pair;
+  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < 2 ? 0 : 1, world_rank(), &pair);
+  if (world_rank() < 2) {
+    auto comm = communicator(pair);
+    train(tiny(two, 3, {"train.max_iters=4"}), "", comm.get());
+  }
+  MPI_Comm_free(&pair);
+  world->barrier();
+
+  auto check = [&](const TrainResult& r, const std::string& what) {
+    if (world_rank() != 0) return;
+    ASSERT_EQ(r.steps.size(), 4u) << what;
+    for (int i = 0; i < 4; i++)
+      EXPECT_NEAR(r.steps[i].loss, reference.steps[4 + i].loss, 1e-5 * reference.steps[4 + i].loss) << what << " step " << 4 + i;
+  };
+  if (W == 3) {  // all three ranks continue the 2-rank checkpoint
+    const std::string three = shared_dir("resume_three");
+    check(train(tiny(three, 2, {"train.max_iters=8"}), two + "/ckpt_4", world.get()), "3 ranks");
+    if (world_rank() == 0) {
+      EXPECT_LT(max_abs_diff(weights(three), weights(straight)), 1e-5);
+    }
+  }
+  if (world_rank() == 0) {  // and one process continues it too
+    auto self = communicator(MPI_COMM_SELF);
+    const std::string one = test::temp_dir("resume_one");
+    check(train(tiny(one, 6, {"train.max_iters=8"}), two + "/ckpt_4", self.get()), "1 rank");
+    EXPECT_LT(max_abs_diff(weights(one), weights(straight)), 1e-5);
+  }
+  world->barrier();
+}
+
+TEST(Stability, NanOnOneRankSkipsTheStepOnEveryRank) {
+  const int W = world_size();
+  const std::string out = shared_dir("nan"), ref = out + "_ref";
+  auto world = communicator(MPI_COMM_WORLD);
+  setenv("T6_TEST_NAN_STEP", "3", 1);
+  setenv("T6_TEST_FAULT_RANK", std::to_string(W - 1).c_str(), 1);  // the last rank's gradients
+  // consistency_interval=1 checks after every step that all ranks hold the same parameters.
+  const TrainResult parallel = train(tiny(out, 1, {"train.max_iters=6"}), "", world.get());
+  EXPECT_EQ(parallel.skipped, 1);
+  EXPECT_FALSE(std::isfinite(parallel.steps[3].loss) && std::isfinite(parallel.steps[3].grad_norm));
+  if (world_rank() == 0) {
+    // The same run on one process, whose only rank gets the NaN at step 3.
+    setenv("T6_TEST_FAULT_RANK", "0", 1);
+    auto self = communicator(MPI_COMM_SELF);
+    const TrainResult single = train(tiny(ref, W, {"train.max_iters=6"}), "", self.get());
+    EXPECT_EQ(single.skipped, 1);
+    EXPECT_LT(max_abs_diff(weights(out), weights(ref)), 1e-5);
+    for (int i : {0, 1, 2, 4, 5}) EXPECT_NEAR(parallel.steps[i].loss, single.steps[i].loss, 1e-5 * single.steps[i].loss);
+  }
+  unsetenv("T6_TEST_NAN_STEP");
+  unsetenv("T6_TEST_FAULT_RANK");
+  world->barrier();
+}
+
+}  // namespace
+}  // namespace t6
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) {  // one rank reports; the others' failures still fail the job
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS(), any = 0;
+  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any;
+}

@@ -1,0 +1,153 @@
+#include "trainer/runtime.h"
+
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace t6 {
+
+#define MPI_CHECK(call) mpi_check((call), #call, __FILE__, __LINE__)
+
+static void mpi_check(int code, const char* call, const char* file, int line) {
+  if (code == MPI_SUCCESS) return;
+  char message[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, message, &len);
+  throw std::runtime_error(fmt::format("MPI call {} failed at {}:{}: {}", call, file, line, std::string(message, len)));
+}
+
+void Communicator::broadcast_string(std::string& s, int root) {
+  uint64_t n = s.size();
+  broadcast(&n, sizeof(n), root);
+  s.resize(n);
+  if (n) broadcast(s.data(), n, root);
+}
+
+namespace {
+
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(float*, size_t) override {}
+  void all_reduce_sum(double*, size_t) override {}
+  void all_reduce_max(double*, size_t) override {}
+  void start_all_reduce_sum(float*, size_t) override {}
+  void wait_all() override {}
+  void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
+    if (out != in) std::memmove(out, in, counts[0] * sizeof(float));
+  }
+  void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
+    if (out != in) std::memmove(out, in, counts[0] * sizeof(float));
+  }
+  void broadcast(void*, size_t, int) override {}
+  void barrier() override {}
+};
+
+// MPI counts are ints: large buffers go in pieces of at most 1 Gi elements.
+constexpr size_t kMaxCount = 1u << 30;
+
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+    MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));  // errors come back to MPI_CHECK
+    MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void all_reduce_sum(float* data, size_t n) override { reduce(data, n, MPI_FLOAT, MPI_SUM); }
+  void all_reduce_sum(double* data, size_t n) override { reduce(data, n, MPI_DOUBLE, MPI_SUM); }
+  void all_reduce_max(double* data, size_t n) override { reduce(data, n, MPI_DOUBLE, MPI_MAX); }
+  void start_all_reduce_sum(float* data, size_t n) override {
+    for (size_t done = 0; done < n; done += kMaxCount) {
+      MPI_Request req;
+      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + done, (int)std::min(kMaxCount, n - done), MPI_FLOAT, MPI_SUM,
+                               comm_, &req));
+      pending_.push_back(req);
+    }
+  }
+  void wait_all() override {
+    if (pending_.empty()) return;
+    MPI_CHECK(MPI_Waitall((int)pending_.size(), pending_.data(), MPI_STATUSES_IGNORE));
+    pending_.clear();
+  }
+  void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
+    std::vector<int> c(counts.begin(), counts.end());
+    MPI_CHECK(MPI_Reduce_scatter(in, out, c.data(), MPI_FLOAT, MPI_SUM, comm_));
+  }
+  void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
+    std::vector<int> c(counts.begin(), counts.end()), displs(counts.size(), 0);
+    for (size_t r = 1; r < counts.size(); r++) displs[r] = displs[r - 1] + c[r - 1];
+    const void* send = in == out + displs[rank_] ? MPI_IN_PLACE : in;  // the shard already sits in place
+    MPI_CHECK(MPI_Allgatherv(send, c[rank_], MPI_FLOAT, out, c.data(), displs.data(), MPI_FLOAT, comm_));
+  }
+  void broadcast(void* data, size_t bytes, int root) override {
+    for (size_t done = 0; done < bytes; done += kMaxCount)
+      MPI_CHECK(MPI_Bcast(static_cast<char*>(data) + done, (int)std::min(kMaxCount, bytes - done), MPI_BYTE, root, comm_));
+  }
+  void barrier() override { MPI_CHECK(MPI_Barrier(comm_)); }
+
+ private:
+  void reduce(void* data, size_t n, MPI_Datatype type, MPI_Op op) {
+    const size_t width = type == MPI_DOUBLE ? 8 : 4;
+    for (size_t done = 0; done < n; done += kMaxCount)
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + done * width, (int)std::min(kMaxCount, n - done),
+                              type, op, comm_));
+  }
+
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+  std::vector<MPI_Request> pending_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_local_communicator() { return std::make_unique<LocalCommunicator>(); }
+
+std::unique_ptr<Communicator> make_mpi_communicator(void* handle) {
+  MPI_Comm comm;
+  std::memcpy(&comm, &handle, sizeof(comm));
+  return std::make_unique<MpiCommunicator>(comm);
+}
+
+static bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+Runtime init_runtime(int* argc, char*** argv) {
+  Runtime rt;
+  if (!launched_by_mpi()) {
+    rt.comm = make_local_communicator();
+    return rt;
+  }
+  int provided = 0;
+  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));  // only the main thread calls MPI
+  rt.mpi = true;
+  MPI_Comm world = MPI_COMM_WORLD;
+  void* handle = nullptr;
+  std::memcpy(&handle, &world, sizeof(world));
+  rt.comm = make_mpi_communicator(handle);
+  rt.rank = rt.comm->rank();
+  rt.world = rt.comm->size();
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* s = std::getenv(v)) { rt.local_rank = std::atoi(s); break; }
+  return rt;
+}
+
+void finalize_runtime(Runtime& rt) {
+  rt.comm.reset();
+  if (rt.mpi) MPI_Finalize();
+}
+
+void abort_job(const Runtime& rt, int code) {
+  if (rt.mpi && rt.world > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  std::exit(code);
+}
+
+}  // namespace t6
