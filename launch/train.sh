@@ -1,14 +1,39 @@
 #!/usr/bin/env bash
-# Trains a config: install what is missing, build, run t6-train.
-# Usage: launch/train.sh CONFIG.yaml [--set section.key=value ...]
+# Trains a config: install what is missing, build, run t6-train (under mpirun with -n).
+# Usage: launch/train.sh CONFIG.yaml [-n NPROC] [--hostfile FILE] [t6-train args: --set k=v, --resume auto]
+#   -n NPROC         data-parallel processes (default 1: no mpirun)
+#   --hostfile FILE  spread them over the machines in FILE (launch/hostfile.example)
+# Each process gets cores/NPROC OpenMP threads unless OMP_NUM_THREADS is set; the environment
+# (OMP_*, T6_*, NCCL_*) is forwarded to every rank; NVLink multicast stays off
+# (NCCL_NVLS_ENABLE=0) unless you set it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-if [ $# -lt 1 ]; then
-  echo "usage: launch/train.sh CONFIG.yaml [--set section.key=value ...]" >&2
+if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 config="$1"; shift
+nproc=1; hostfile=""; args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n|--nproc) nproc="$2"; shift 2 ;;
+    --hostfile) hostfile="$2"; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
 "$root/launch/setup.sh" >/dev/null
 "$root/launch/build.sh" >/dev/null
-build="${T6_BUILD_DIR:-$root/build}"
-exec "$build/trainer/t6-train" --config "$config" "$@"
+bin="${T6_BUILD_DIR:-$root/build}/trainer/t6-train"
+if [ "$nproc" -eq 1 ] && [ -z "$hostfile" ]; then
+  exec "$bin" --config "$config" "${args[@]}"
+fi
+
+export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / nproc > 0 ? $(nproc) / nproc : 1 ))}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+mpi=(mpirun -np "$nproc" --bind-to none --map-by slot)
+[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
+[ -n "$hostfile" ] && mpi+=(--hostfile "$hostfile") || mpi+=(--oversubscribe)
+# Forward the variables that shape a run to every rank (mpirun passes -x NAME from our environment).
+for v in $(env | cut -d= -f1 | grep -E '^(OMP_|T6_|NCCL_|CUDA_VISIBLE_DEVICES$)' || true); do mpi+=(-x "$v"); done
+exec "${mpi[@]}" "$bin" --config "$config" "${args[@]}"
