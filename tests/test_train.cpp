@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 
 #include "data/loader.h"
@@ -111,6 +112,22 @@ TEST(Train, GradientAccumulationEqualsOneLargerBatch) {
     EXPECT_NEAR(two.steps[i].loss, one.steps[i].loss, 1e-5 * one.steps[i].loss) << "step " << i;
     EXPECT_NEAR(two.steps[i].grad_norm, one.steps[i].grad_norm, 1e-4 * one.steps[i].grad_norm) << "step " << i;
   }
+}
+
+TEST(Train, TooManyConsecutiveSkipsSaveTheLastGoodStateAndStop) {
+  const std::string out = test::temp_dir("skips");
+  setenv("T6_TEST_NAN_STEP", "5", 1);  // a NaN gradient at step 5
+  const TrainResult r = train(tiny_run(out, {"train.max_consecutive_skips=1", "train.max_iters=20", "data.val=null"}));
+  unsetenv("T6_TEST_NAN_STEP");
+  EXPECT_TRUE(r.gave_up);
+  EXPECT_EQ(r.skipped, 1);
+  EXPECT_EQ(r.steps.size(), 5u);  // steps 0-4 ran; step 5 was skipped and the run stopped
+  EXPECT_EQ(r.last_checkpoint, out + "/ckpt_5");  // the state after step 4, the last good one
+  // Continuing redoes step 5 (now without the NaN) and goes on.
+  const TrainResult resumed = train(tiny_run(out, {"train.max_consecutive_skips=1", "train.max_iters=12",
+                                                   "data.val=null"}), "auto");
+  EXPECT_EQ(resumed.steps.front().step, 5);
+  EXPECT_EQ(resumed.skipped, 0);
 }
 
 }  // namespace
