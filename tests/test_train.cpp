@@ -130,5 +130,37 @@ TEST(Train, TooManyConsecutiveSkipsSaveTheLastGoodStateAndStop) {
   EXPECT_EQ(resumed.skipped, 0);
 }
 
+TEST(Train, GradientNormOutliersAreSkippedByTheZScoreRule) {
+  const std::string out = test::temp_dir("zscore");
+  const double z = 0.5;
+  // A learning rate so small that the norms stay put and merely fluctuate from batch to batch.
+  const TrainResult r = train(tiny_run(out, {"train.skip_zscore_grad=0.5", "train.max_consecutive_skips=1000",
+                                             "train.max_iters=80", "data.val=null", "optim.learning_rate=1e-7",
+                                             "optim.min_lr=1e-8"}));
+  EXPECT_GT(r.skipped, 0);
+  // Replay the rule from metrics.jsonl: a step is skipped exactly when, with at least 20
+  // accepted steps before it, its norm exceeds mean + z·std of the last 100 accepted ones.
+  std::ifstream metrics(out + "/metrics.jsonl");
+  std::string line;
+  std::vector<double> accepted;
+  int skipped = 0;
+  while (std::getline(metrics, line)) {
+    const auto j = nlohmann::json::parse(line);
+    const double norm = j["grad_norm"];
+    bool outlier = false;
+    if (accepted.size() >= 20) {
+      const size_t n = std::min<size_t>(100, accepted.size());
+      double mean = 0, var = 0;
+      for (size_t i = accepted.size() - n; i < accepted.size(); i++) mean += accepted[i] / n;
+      for (size_t i = accepted.size() - n; i < accepted.size(); i++) var += (accepted[i] - mean) * (accepted[i] - mean) / n;
+      outlier = norm > mean + z * std::sqrt(var);
+    }
+    EXPECT_EQ(j.contains("skipped"), outlier) << "step " << j["step"];
+    if (outlier) skipped++;
+    else accepted.push_back(norm);
+  }
+  EXPECT_EQ(skipped, r.skipped);
+}
+
 }  // namespace
 }  // namespace t6
