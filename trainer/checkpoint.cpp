@@ -22,6 +22,8 @@ namespace {
 
 const char* kGroups[] = {"params", "adam_m", "adam_v"};
 
+}  // namespace
+
 uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count) {
   uLong crc = crc32(0L, Z_NULL, 0);
   const auto* bytes = reinterpret_cast<const Bytef*>(data.data() + offset);
@@ -34,6 +36,8 @@ uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count) {
   }
   return (uint32_t)crc;
 }
+
+namespace {
 
 // Makes a file's or directory's contents durable before it is renamed into place.
 void fsync_path(const fs::path& p) {

@@ -23,6 +23,9 @@ struct TrainingState {
   std::string config_yaml;      // the effective config of the run that saved it
 };
 
+// CRC-32 of data[offset, offset + count), any size.
+uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count);
+
 // Writes out_dir/ckpt_<iter>, then points out_dir/latest at it, then deletes the oldest
 // checkpoints beyond `keep` (0 keeps all). Returns the checkpoint's directory.
 std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& state, int keep);

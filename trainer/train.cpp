@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <zlib.h>
 
 #include <atomic>
 #include <chrono>
@@ -387,7 +386,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     if (W > 1 && tc.consistency_interval > 0 && (step + 1) % tc.consistency_interval == 0) {
       // Identical parameters on every rank: the max and min of a checksum agree.
       const std::vector<float> p = model.params_to_host();
-      const double crc = crc32(0L, reinterpret_cast<const Bytef*>(p.data()), (uInt)(p.size() * sizeof(float)));
+      const double crc = crc32_of(p, 0, p.size());
       double span[2] = {crc, -crc};
       comm->all_reduce_max(span, 2);
       if (span[0] != -span[1])
