@@ -28,11 +28,15 @@ namespace {
 namespace fs = std::filesystem;
 
 // Fixed schedule length, so that runs of different max_iters share their learning rates.
-Config tiny(const std::string& out, std::vector<std::string> extra = {}) {
+std::vector<std::string> tiny_settings(const std::string& out, std::vector<std::string> extra = {}) {
   extra.insert(extra.begin(), {"optim.lr_decay_iters=40", "train.gradient_accumulation_steps=2",
                                "train.batch_size=4", "checkpoint.keep=0", "train.eval_interval=0",
                                "optim.warmup_iters=3"});
-  return load_config(test::source_path("configs/demo.yaml"), test::tiny_overrides(out, extra));
+  return test::tiny_overrides(out, extra);
+}
+
+Config tiny(const std::string& out, std::vector<std::string> extra = {}) {
+  return load_config(test::source_path("configs/demo.yaml"), tiny_settings(out, std::move(extra)));
 }
 
 std::vector<float> final_weights(const std::string& out_dir) {
@@ -99,20 +103,13 @@ pid_t spawn_trainer(const std::vector<std::string>& args, const std::string& log
   return pid;
 }
 
+// The same run as tiny(out, extra), as t6-train's command line.
 std::vector<std::string> cli_args(const std::string& out, std::vector<std::string> extra) {
   std::vector<std::string> args = {"--config", test::source_path("configs/demo.yaml")};
-  const Config probe = tiny(out);  // the same overrides as tiny(), as --set arguments
-  for (const std::string& o : test::tiny_overrides(out, {"optim.lr_decay_iters=40", "train.gradient_accumulation_steps=2",
-                                                         "train.batch_size=4", "train.eval_interval=0",
-                                                         "optim.warmup_iters=3"})) {
+  for (const std::string& o : tiny_settings(out, std::move(extra))) {
     args.push_back("--set");
     args.push_back(o);
   }
-  for (const std::string& o : extra) {
-    args.push_back("--set");
-    args.push_back(o);
-  }
-  (void)probe;
   return args;
 }
 
