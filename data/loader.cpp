@@ -37,6 +37,8 @@ DataLoader::DataLoader(const std::vector<std::string>& files, int batch, int seq
     : key_(key), B_(batch), T_(seq), rank_(rank), world_(world), prefetch_(prefetch), shuffle_(shuffle), seed_(seed),
       vocab_size_(vocab_size) {
   if (files.empty()) throw std::invalid_argument(fmt::format("{}: no shard files given", key));
+  if (batch <= 0 || seq <= 0)
+    throw std::invalid_argument(fmt::format("{}: micro-batches need positive sizes, got {}×{}", key, batch, seq));
   if (world < 1 || rank < 0 || rank >= world)
     throw std::invalid_argument(fmt::format("{}: rank {} of world size {} is not a valid rank", key, rank, world));
   for (const std::string& f : files) {

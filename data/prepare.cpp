@@ -255,6 +255,8 @@ PrepareSummary prepare(const PrepareOptions& opt, const std::function<void(const
         }, prog.bytes_done);
       }
       summary.bytes = prog.bytes_done;
+      if (train.tokens + val.tokens == 0)
+        throw std::invalid_argument(fmt::format("empty input: the {} token file(s) hold no tokens", files.size()));
     } else {
       TextSource source(files, opt.jsonl_field);
       std::vector<Document> batch;

@@ -122,9 +122,14 @@ TEST(Resume, SigtermSavesAndExitsCleanly) {
   const std::string out = test::temp_dir("sigterm"), straight = test::temp_dir("sigterm_straight");
   auto args = cli_args(out, {"train.max_iters=40", "checkpoint.interval=0"});
   const pid_t pid = spawn_trainer(args, out + ".log");
-  while (metric_losses(out).size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  kill(pid, SIGTERM);
   int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (metric_losses(out).size() < 3) {  // fail, not hang, if the trainer dies or stalls
+    ASSERT_EQ(waitpid(pid, &status, WNOHANG), 0) << "the trainer ended early:\n" << read_file(out + ".log");
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << read_file(out + ".log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pid, SIGTERM);
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status)) << read_file(out + ".log");
   EXPECT_EQ(WEXITSTATUS(status), 0) << read_file(out + ".log");
@@ -154,9 +159,10 @@ TEST(Crash, KillNineDuringSavesNeverLosesTheLastCheckpoint) {
     args.push_back("auto");
     const pid_t pid = spawn_trainer(args, out + ".log");
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 400));
-    kills += kill(pid, SIGKILL) == 0;
+    kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
+    kills += WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;  // it was still running: a real crash
     // The newest complete checkpoint loads, and `latest` names an existing one.
     const auto ckpts = list_checkpoints(out);
     if (ckpts.empty()) continue;  // killed before the first save
@@ -304,6 +310,22 @@ TEST(Disk, FullOrReadOnlyFilesystemKeepsThePreviousCheckpoint) {
   const std::string ro = test::error_of([&] { save_checkpoint(mnt + "/out", layout, s, 1); });
   EXPECT_NE(ro.find("Read-only file system"), std::string::npos) << ro;
   EXPECT_EQ(load_checkpoint(mnt + "/out/ckpt_1", layout).iter, 1);
+}
+
+TEST(Resume, AFreshRunRefusesAnOutDirWithCheckpoints) {
+  const std::string out = run_with_checkpoints("fresh_over_old");
+  const std::string err = test::error_of([&] { train(tiny(out, {"train.max_iters=8"})); });
+  EXPECT_NE(err.find("already holds checkpoints of an earlier run (newest: " + out + "/ckpt_6)"), std::string::npos) << err;
+  EXPECT_NE(err.find("--resume auto"), std::string::npos) << err;
+  EXPECT_EQ(list_checkpoints(out).size(), 3u);  // untouched
+}
+
+TEST(Resume, ChangesThatWouldMisplaceTheDataStreamAreRefused) {
+  const std::string out = run_with_checkpoints("stream_keys");
+  const std::string err = resume_error(tiny(out, {"train.max_iters=8", "train.batch_size=8", "data.seed=9"}), "auto");
+  EXPECT_NE(err.find("cannot continue its data stream"), std::string::npos) << err;
+  EXPECT_NE(err.find("train.batch_size: 4 → 8"), std::string::npos) << err;
+  EXPECT_NE(err.find("data.seed: 1337 → 9"), std::string::npos) << err;
 }
 
 }  // namespace

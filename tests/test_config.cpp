@@ -42,6 +42,13 @@ TEST(Config, DefaultsAndPathResolution) {
   EXPECT_EQ(c.optim.schedule.kind, Schedule::cosine);
 }
 
+TEST(Config, ShortRunsBelowTheWarmupAreValid) {
+  // lr_decay_iters, when unset, is max(max_iters, warmup_iters): a 20-step try of a config with
+  // 50 warmup steps is allowed (its learning rate just never reaches the peak).
+  const Config c = load_config(test::source_path("configs/demo.yaml"), {"train.max_iters=20"});
+  EXPECT_EQ(c.optim.schedule.decay_iters, 50);
+}
+
 TEST(Config, GoldenConfigReadsEveryKeyItSets) {
   const Config c = load_config(test::source_path("tests/golden/gqa/config.yaml"));
   EXPECT_EQ(c.model.attention, Attention::gqa);
@@ -119,6 +126,8 @@ TEST(ConfigErrors, InvalidValuesNameTheKeyAndTheRule) {
   expect("optim:\n  schedule: step\n", "optim.schedule: 'step' is not one of cosine, linear, constant, wsd");
   expect("optim:\n  beta2: 1.5\n", "optim.beta2: must be in [0, 1)");
   expect("data:\n  seed: -3\n", "data.seed: must not be negative");
+  expect("optim:\n  weight_decay: inf\n", "optim.weight_decay: expected a finite number, got 'inf'");
+  expect("sample:\n  temperature: nan\n", "sample.temperature: expected a finite number, got 'nan'");
   const std::string e = error_of("train:\n  max_iters: 5\n");
   EXPECT_NE(e.find("data.train: required"), std::string::npos) << e;
   EXPECT_NE(error_of("model: [1, 2]\n").find("model: expected a mapping"), std::string::npos);

@@ -168,6 +168,7 @@ TEST(LoaderErrors, EachNamesTheFileAndTheProblem) {
   expect_error(load({dir + "/a.h5", dir + "/b.h5"}), {"shards disagree", "b.h5", "vocab_size 200"});
 
   expect_error(load({dir + "/a.h5"}, 256, 4, 32), {"100 tokens", "4×32 needs 129"});
+  expect_error(load({dir + "/a.h5"}, 256, 0, 32), {"data.train", "positive sizes, got 0×32"});
 
   write_shard(dir + "/whole.h5", std::vector<uint32_t>(5000, 3), ShardMeta{0, 256, "byte", 0});
   std::filesystem::copy_file(dir + "/whole.h5", dir + "/cut.h5");

@@ -180,6 +180,9 @@ TEST(PrepareErrors, EachNamesTheInputAndLeavesNoShards) {
   bin.from_bin = true;
   write_llmc_bin(dir + "/short.bin", 1, {1, 2, 3}, /*claim=*/10);
   fails(bin, "short.bin: the header says 10 tokens (20 bytes), the file holds 6 bytes after it (truncated?)");
+  write_file(dir + "/empty.bin", "");
+  bin.inputs = {dir + "/empty.bin"};
+  fails(bin, "empty input: the 1 token file(s) hold no tokens");
   write_file(dir + "/odd.bin", "abc");
   bin.inputs = {dir + "/odd.bin"};
   fails(bin, "odd.bin: no llm.c header and an odd size (3 bytes)");

@@ -70,7 +70,8 @@ TEST(Train, LossFallsAndValidationBeatsTheUnigramEntropy) {
   EXPECT_EQ(evals, 2);  // after steps 29 and 59 (the end)
 
   // The saved weights reproduce the last validation loss, and the saved config the run.
-  T6<float> model(cfg.model, Context{}, cfg.train.batch_size, cfg.model.block_size);
+  const Context ctx;
+  T6<float> model(cfg.model, ctx, cfg.train.batch_size, cfg.model.block_size);
   model.params_from_host(load_weights(out + "/model.safetensors", model.layout));
   DataLoader val(expand_shards(cfg.data.val, "data.val"), cfg.train.batch_size, cfg.model.block_size, false, 0, 256,
                  "data.val");

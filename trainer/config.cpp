@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -47,6 +48,7 @@ double parse_float(const YAML::Node& n, const Source& src) {
   errno = 0;
   double v = std::strtod(s.c_str(), &end);
   if (s.empty() || errno || *end) fail(src, fmt::format("expected a number, got '{}'", s));
+  if (!std::isfinite(v)) fail(src, fmt::format("expected a finite number, got '{}'", s));
   return v;
 }
 
@@ -342,7 +344,8 @@ Config parse_config(const YAML::Node& root, const std::string& path, const std::
     key.set(c, value, Source{"--set", sname + "." + kname, fs::current_path()});
     lr_decay_set |= key.name == "lr_decay_iters" && !value.IsNull();
   }
-  if (!lr_decay_set || c.optim.schedule.decay_iters == 0) c.optim.schedule.decay_iters = c.train.max_iters;
+  if (!lr_decay_set || c.optim.schedule.decay_iters == 0)
+    c.optim.schedule.decay_iters = std::max(c.train.max_iters, c.optim.schedule.warmup_iters);
   // Absolute, so the effective config written beside the outputs means the same from anywhere.
   if (c.train.out_dir.empty()) c.train.out_dir = (fs::current_path() / "out" / fs::path(path).stem()).string();
   validate(c);

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <vector>
@@ -30,7 +31,14 @@ int main(int argc, char** argv) {
       else if (a == "--weights") weights = value();
       else if (a == "--data") data.push_back(value());
       else if (a == "--config") config = value();
-      else if (a == "--batch") batch = std::stoi(value());
+      else if (a == "--batch") {
+        const std::string v = value();
+        char* end = nullptr;
+        const long b = std::strtol(v.c_str(), &end, 10);
+        if (v.empty() || *end || b <= 0 || b > 1 << 20)
+          throw std::invalid_argument(fmt::format("--batch {}: expected a positive integer", v));
+        batch = (int)b;
+      }
       else throw std::invalid_argument("unknown argument " + a);
     }
     if (weights.empty() || data.empty()) throw std::invalid_argument("--weights and --data are required");

@@ -31,11 +31,11 @@ std::string sample_text(const Config& cfg, const std::vector<float>& params, con
     model.forward(window.data(), nullptr);
     std::vector<float> logits = model.logits_at(len - 1);
 
-    std::vector<std::pair<double, int>> cand;
-    const double maxv = *std::max_element(logits.begin(), logits.end());
     // Only ids the tokenizer knows: the model's vocabulary is padded (50304 for GPT-2's 50257).
-    for (int v = 0; v < std::min<int>((int)logits.size(), tokenizer.vocab_size()); v++)
-      cand.push_back({(logits[v] - maxv) / cfg.sample.temperature, v});
+    const int known = std::min<int>((int)logits.size(), tokenizer.vocab_size());
+    const double maxv = *std::max_element(logits.begin(), logits.begin() + known);
+    std::vector<std::pair<double, int>> cand;
+    for (int v = 0; v < known; v++) cand.push_back({(logits[v] - maxv) / cfg.sample.temperature, v});
     if (cfg.sample.top_k > 0 && cfg.sample.top_k < (int)cand.size()) {
       std::partial_sort(cand.begin(), cand.begin() + cfg.sample.top_k, cand.end(), std::greater<>());
       cand.resize(cfg.sample.top_k);

@@ -105,17 +105,26 @@ bool find_resume_state(const Config& cfg, const std::string& resume, const Param
       fmt::print(stderr, "resume: warning: skipping {}: {}\n", dir, e.what());
       continue;
     }
-    std::vector<std::string> model_changes, other_changes;
+    // The model must be the same; so must what defines the data stream's windows and order,
+    // or the saved position would point at other data.
+    std::vector<std::string> model_changes, stream_changes, other_changes;
     for (const std::string& d : config_differences(saved, cfg)) {
-      const bool irrelevant = d.rfind("model.init_from:", 0) == 0 || d.rfind("model.seed:", 0) == 0;
-      if (d.rfind("model.", 0) == 0 && !irrelevant) model_changes.push_back(d);
-      else if (!irrelevant) other_changes.push_back(d);
+      auto is = [&](const char* key) { return d.rfind(key, 0) == 0; };
+      if (is("model.init_from:") || is("model.seed:")) continue;
+      if (is("model.")) model_changes.push_back(d);
+      else if (is("train.batch_size:") || is("data.shuffle:") || is("data.seed:")) stream_changes.push_back(d);
+      else other_changes.push_back(d);
     }
     if (!model_changes.empty())
       throw std::invalid_argument(fmt::format(
           "{} holds another model than the config describes (checkpoint → config):\n  {}\n"
           "Resume with the checkpoint's model settings, or start a new out_dir.",
           dir, fmt::join(model_changes, "\n  ")));
+    if (!stream_changes.empty())
+      throw std::invalid_argument(fmt::format(
+          "{} cannot continue its data stream with these changes (checkpoint → config):\n  {}\n"
+          "Keep them as they were (gradient_accumulation_steps and the number of ranks may change).",
+          dir, fmt::join(stream_changes, "\n  ")));
     try {
       state = load_checkpoint(dir, layout);
     } catch (const std::exception& e) {
@@ -218,6 +227,10 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
   int64_t start = 0;
   TrainingState resumed;
   std::string resumed_from;
+  if (resume.empty() && root && !list_checkpoints(tc.out_dir).empty())
+    throw std::invalid_argument(fmt::format(
+        "{} already holds checkpoints of an earlier run (newest: {}); continue it with --resume auto, or start a "
+        "new run in another train.out_dir (or delete the old one)", tc.out_dir, list_checkpoints(tc.out_dir).front()));
   if (!resume.empty()) {
     if (root) find_resume_state(cfg, resume, model.layout, resumed, resumed_from);
     comm->broadcast_string(resumed_from, 0);
