@@ -139,7 +139,8 @@ TEST_P(AttentionGradient, MatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGradient,
                          ::testing::Values(AttentionShape{2, 5, 3, 3, 4},   // MHA
                                            AttentionShape{1, 6, 4, 2, 4},   // GQA, 2 query heads per KV head
-                                           AttentionShape{2, 4, 3, 1, 2})); // MQA
+                                           AttentionShape{2, 4, 3, 1, 2},   // MQA
+                                           AttentionShape{2, 16, 4, 2, 16})); // large enough to run threaded (kParallelWork)
 
 TEST(Ops, AttentionIsCausalWithConsecutiveHeadsSharingKV) {
   // Changing a future key/value must not change earlier outputs; query head h reads KV head h / (H/Hkv).
