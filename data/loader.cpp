@@ -10,6 +10,16 @@
 
 namespace t6 {
 
+std::vector<std::string> glob_sorted(const std::string& pattern) {
+  glob_t g{};
+  const int rc = glob(pattern.c_str(), 0, nullptr, &g);
+  std::vector<std::string> matches;
+  if (rc == 0) matches.assign(g.gl_pathv, g.gl_pathv + g.gl_pathc);
+  globfree(&g);
+  std::sort(matches.begin(), matches.end());
+  return matches;
+}
+
 std::vector<std::string> expand_shards(const std::vector<std::string>& patterns, const std::string& key) {
   if (patterns.empty()) throw std::invalid_argument(fmt::format("{}: no shard files given", key));
   std::vector<std::string> files;
@@ -20,13 +30,8 @@ std::vector<std::string> expand_shards(const std::vector<std::string>& patterns,
       files.push_back(pattern);
       continue;
     }
-    glob_t g{};
-    const int rc = glob(pattern.c_str(), 0, nullptr, &g);
-    std::vector<std::string> matches(g.gl_pathv, g.gl_pathv + g.gl_pathc);
-    globfree(&g);
-    if (rc != 0 || matches.empty())
-      throw std::invalid_argument(fmt::format("{}: pattern '{}' matches no file", key, pattern));
-    std::sort(matches.begin(), matches.end());
+    const std::vector<std::string> matches = glob_sorted(pattern);
+    if (matches.empty()) throw std::invalid_argument(fmt::format("{}: pattern '{}' matches no file", key, pattern));
     files.insert(files.end(), matches.begin(), matches.end());
   }
   return files;

@@ -20,6 +20,9 @@
 
 namespace t6 {
 
+// The files a glob pattern matches, in file-name order (empty when none).
+std::vector<std::string> glob_sorted(const std::string& pattern);
+
 // Expands each entry (a path or a glob pattern; a glob's matches in file-name order) into
 // files. `key` names the config key in errors, e.g. "data.train".
 std::vector<std::string> expand_shards(const std::vector<std::string>& patterns, const std::string& key);

@@ -1,7 +1,6 @@
 #include "data/prepare.h"
 
 #include <fmt/format.h>
-#include <glob.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 
@@ -35,12 +35,8 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
     } else if (fs::exists(in)) {
       files.push_back(in);
     } else if (in.find_first_of("*?[") != std::string::npos) {
-      glob_t g{};
-      const int rc = glob(in.c_str(), 0, nullptr, &g);
-      std::vector<std::string> matches(g.gl_pathv, g.gl_pathv + g.gl_pathc);
-      globfree(&g);
-      if (rc != 0 || matches.empty()) throw std::invalid_argument(fmt::format("{}: pattern matches no file", in));
-      std::sort(matches.begin(), matches.end());
+      const std::vector<std::string> matches = glob_sorted(in);
+      if (matches.empty()) throw std::invalid_argument(fmt::format("{}: pattern matches no file", in));
       files.insert(files.end(), matches.begin(), matches.end());
     } else {
       throw std::invalid_argument(fmt::format("{}: no such file or directory", in));

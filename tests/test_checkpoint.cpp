@@ -39,11 +39,7 @@ Config tiny(const std::string& out, std::vector<std::string> extra = {}) {
   return load_config(test::source_path("configs/demo.yaml"), tiny_settings(out, std::move(extra)));
 }
 
-std::vector<float> final_weights(const std::string& out_dir) {
-  std::vector<float> all;
-  for (const auto& [name, t] : read_safetensors(out_dir + "/model.safetensors")) all.insert(all.end(), t.data.begin(), t.data.end());
-  return all;
-}
+std::vector<float> final_weights(const std::string& out_dir) { return test::flat_weights(out_dir + "/model.safetensors"); }
 
 std::vector<double> metric_losses(const std::string& out_dir) {
   std::vector<double> losses;

@@ -51,11 +51,7 @@ Config tiny(const std::string& out, int accum, std::vector<std::string> extra = 
   return load_config(test::source_path("configs/demo.yaml"), test::tiny_overrides(out, extra));
 }
 
-std::vector<float> weights(const std::string& out_dir) {
-  std::vector<float> all;
-  for (const auto& [name, t] : read_safetensors(out_dir + "/model.safetensors")) all.insert(all.end(), t.data.begin(), t.data.end());
-  return all;
-}
+std::vector<float> weights(const std::string& out_dir) { return test::flat_weights(out_dir + "/model.safetensors"); }
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());

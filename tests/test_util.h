@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "model/safetensors.h"
+
 namespace t6::test {
 
 inline std::string source_path(const std::string& rel) { return std::string(T6_SOURCE_DIR) + "/" + rel; }
@@ -39,6 +41,13 @@ inline std::vector<std::string> tiny_overrides(const std::string& out_dir, std::
                                 "optim.warmup_iters=10", "train.log_interval=20", "sample.max_new_tokens=0"};
   o.insert(o.end(), extra.begin(), extra.end());
   return o;
+}
+
+// Every tensor of a safetensors file, concatenated in name order.
+inline std::vector<float> flat_weights(const std::string& path) {
+  std::vector<float> all;
+  for (const auto& [name, t] : read_safetensors(path)) all.insert(all.end(), t.data.begin(), t.data.end());
+  return all;
 }
 
 // ‖a − b‖ / ‖b‖ (‖a − b‖ when b is zero).

@@ -96,6 +96,17 @@ void write_state_file(const std::string& path, const ParamLayout& layout, const 
 
 }  // namespace
 
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << text;
+    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed", tmp));
+  }
+  fsync_path(tmp);
+  fs::rename(tmp, path);
+}
+
 std::vector<std::string> list_checkpoints(const std::string& out_dir) {
   std::vector<std::pair<int64_t, std::string>> found;
   if (fs::is_directory(out_dir))
@@ -121,19 +132,8 @@ std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layou
     fs::rename(tmp_dir, final_dir);
     fsync_path(out);
 
-    const fs::path latest_tmp = out / "latest.tmp";
-    {
-      std::ofstream latest(latest_tmp);
-      latest << final_dir.filename().string() << "\n";
-      if (!latest.flush()) throw std::runtime_error(fmt::format("{}: write failed", latest_tmp.string()));
-    }
-    fsync_path(latest_tmp);
-    fs::rename(latest_tmp, out / "latest");
+    write_file_atomically((out / "latest").string(), final_dir.filename().string() + "\n");
     fsync_path(out);
-  } catch (const fs::filesystem_error& e) {
-    std::error_code ignored;
-    fs::remove_all(tmp_dir, ignored);
-    throw std::runtime_error(fmt::format("saving checkpoint {} failed: {}", final_dir.string(), e.what()));
   } catch (const std::exception& e) {
     std::error_code ignored;
     fs::remove_all(tmp_dir, ignored);

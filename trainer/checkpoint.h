@@ -23,6 +23,10 @@ struct TrainingState {
   std::string config_yaml;      // the effective config of the run that saved it
 };
 
+// Writes `text` to path.tmp, fsyncs it and renames it to `path`: readers see the old file or
+// the whole new one, never a part.
+void write_file_atomically(const std::string& path, const std::string& text);
+
 // CRC-32 of data[offset, offset + count), any size.
 uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count);
 

@@ -42,7 +42,6 @@ int main(int argc, char** argv) {
       else throw std::invalid_argument("unknown argument " + a);
     }
     if (weights.empty() || data.empty()) throw std::invalid_argument("--weights and --data are required");
-    if (batch <= 0) throw std::invalid_argument("--batch must be positive");
     const t6::WeightsAndConfig w = t6::load_weights_and_config(weights, config);
     const t6::EvalResult r = t6::evaluate_data(w, data, batch);
     fmt::print("loss {:.6f} | perplexity {:.4f} | {} windows of {}×{} = {} tokens\n", r.loss, std::exp(r.loss),

@@ -57,13 +57,18 @@ void export_weights(const WeightsAndConfig& w, const std::string& out_dir) {
     }
   }
   if (m.attention == Attention::gqa || m.attention == Attention::mqa) j["n_kv_head"] = m.kv_heads();
-  const std::string path = out_dir + "/config.json", tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(2) << "\n";
-    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed", tmp));
+  write_file_atomically(out_dir + "/config.json", j.dump(2) + "\n");
+}
+
+double mean_loss(T6<float>& model, DataLoader& data, uint64_t windows) {
+  const size_t n = (size_t)model.batch() * model.seq();
+  std::vector<int32_t> inputs(n), targets(n);
+  double total = 0;
+  for (uint64_t i = 0; i < windows; i++) {
+    data.next(inputs.data(), targets.data());
+    total += model.forward(inputs.data(), targets.data());
   }
-  fs::rename(tmp, path);
+  return total / windows;
 }
 
 EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch) {
@@ -72,16 +77,10 @@ EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::strin
   const Context ctx;
   T6<float> model(m, ctx, batch, m.block_size);
   model.params_from_host(w.params);
-  std::vector<int32_t> in((size_t)batch * m.block_size), tgt(in.size());
   EvalResult r;
-  double total = 0;
-  for (uint64_t i = 0; i < loader.windows_per_epoch(); i++) {
-    loader.next(in.data(), tgt.data());
-    total += model.forward(in.data(), tgt.data());
-  }
   r.windows = loader.windows_per_epoch();
-  r.tokens = r.windows * in.size();
-  r.loss = total / r.windows;
+  r.tokens = r.windows * batch * m.block_size;
+  r.loss = mean_loss(model, loader, r.windows);
   return r;
 }
 

@@ -23,6 +23,7 @@
 #include "optim/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/sample.h"
+#include "trainer/tools.h"
 #include "kernels/ops.h"
 
 namespace t6 {
@@ -57,29 +58,11 @@ struct StopSignals {
   }
 };
 
-void write_text_file(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << text;
-    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed", tmp.string()));
-  }
-  fs::rename(tmp, path);
-}
-
 // Mean loss over the first eval_iters windows of the validation data (all of them if fewer):
 // the same tokens at every evaluation, so the numbers are comparable along a run.
 double evaluate(T6<float>& model, DataLoader& val, int eval_iters) {
   val.reset();
-  const size_t n = (size_t)model.batch() * model.seq();
-  std::vector<int32_t> inputs(n), targets(n);
-  const int iters = (int)std::min<uint64_t>(eval_iters, val.windows_per_epoch());
-  double total = 0;
-  for (int i = 0; i < iters; i++) {
-    val.next(inputs.data(), targets.data());
-    total += model.forward(inputs.data(), targets.data());
-  }
-  return total / iters;
+  return mean_loss(model, val, std::min<uint64_t>(eval_iters, val.windows_per_epoch()));
 }
 
 // The checkpoint to resume from and its state, or nothing (a fresh start). A checkpoint that
@@ -153,7 +136,7 @@ void trim_metrics(const fs::path& path, int64_t start) {
       }
     }
   }
-  write_text_file(path, kept);
+  write_file_atomically(path.string(), kept);
 }
 
 
@@ -254,7 +237,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
   if (root) {
     fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
     fs::create_directories(tc.out_dir);
-    write_text_file(fs::path(tc.out_dir) / "config.yaml", cfg.to_yaml());
+    write_file_atomically((fs::path(tc.out_dir) / "config.yaml").string(), cfg.to_yaml());
     fmt::print("model: T6 {}, {} layers, n_embd {}, {} heads ({} KV) × {}, {} parameters; {}\n",
                attention_name(mc.attention), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim, total,
                !resumed_from.empty() ? fmt::format("resumed from {} at step {}", resumed_from, start)
