@@ -4,21 +4,39 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <utility>
+
+#include "kernels/bf16.h"
 
 namespace t6 {
 
-enum class Device { cpu };
+enum class Device { cpu, cuda };
+
+struct CudaState;  // kernels/cuda/context.cu: device, stream, cuBLASLt handle and workspace
 
 struct Context {
   Device device = Device::cpu;
+  std::shared_ptr<CudaState> cuda;  // set when device == cuda
 
   void* alloc(size_t bytes) const;  // zero-filled
   void release(void* ptr) const;
   void to_host(void* dst, const void* src, size_t bytes) const;
   void from_host(void* dst, const void* src, size_t bytes) const;
   void zero(void* ptr, size_t bytes) const;
+  void synchronize() const;  // waits for the device's queued work (nothing to do on the CPU)
 };
+
+// GPUs this process can use: 0 when the build has no CUDA backend or the machine no device.
+int cuda_device_count();
+// A context on GPU `index` with its own stream; throws with the reason when there is none.
+Context make_cuda_context(int index);
+// Bytes of GPU memory: in use now on the device (all processes), the most this process has
+// held at once through Context::alloc, and the card's total.
+struct GpuMemory { size_t used = 0, peak_allocated = 0, total = 0; };
+GpuMemory gpu_memory(const Context& ctx);
+std::string gpu_name(const Context& ctx);
 
 template <class T>
 class Buffer {

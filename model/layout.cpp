@@ -59,4 +59,8 @@ ParamLayout make_layout(const ModelConfig& cfg) {
   return layout;
 }
 
+double flops_per_token(const ModelConfig& cfg) {
+  return 6.0 * make_layout(cfg).total + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size;
+}
+
 }  // namespace t6

@@ -27,6 +27,9 @@ struct ParamLayout {
 
 ParamLayout make_layout(const ModelConfig& cfg);
 
+// Model FLOPs per token of training, the reference's formula (T6_SPEC.md): 6·N + 12·L·H·D·T.
+double flops_per_token(const ModelConfig& cfg);
+
 // "transformer.h.{layer}.{suffix}".
 std::string layer_param(int layer, const char* suffix);
 

@@ -2,21 +2,52 @@
 
 #include <algorithm>
 #include <stdexcept>
-
-#include "kernels/ops.h"
+#include <type_traits>
 
 namespace t6 {
 
-template <class T>
-T6<T>::T6(const ModelConfig& config, const Context& context, int batch, int seq)
-    : cfg(config), layout(make_layout(config)), ctx(context), B_(batch), T_(seq), N_(batch * seq) {
+namespace {
+
+// Each layer's parameters in layout order are: the q/k/v projections, attn.c_proj, c_fc1,
+// c_fc2, mlp.c_proj. Stacked, the projections are one matrix (one matmul); so are c_fc1 and
+// c_fc2. This records the q/k/v sections' columns in the stacked product.
+QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
+  auto offset = [&](const char* suffix) { return layout.at(layer_param(0, suffix)).offset; };
+  const size_t first = layout.params[1].offset, C = cfg.n_embd;
+  auto col = [&](const char* suffix) { return (int)((offset(suffix) - first) / C); };
+  const char* dense[3] = {cfg.attention == Attention::tpa_kvonly ? "attn.c_qkv.c_q.weight" : "attn.c_q.weight",
+                          "attn.c_k.weight", "attn.c_v.weight"};
+  const char* fa[3] = {"attn.c_qkv.W_A_q.weight", "attn.c_qkv.W_A_k.weight", "attn.c_qkv.W_A_v.weight"};
+  const char* fb[3] = {"attn.c_qkv.W_B_q.weight", "attn.c_qkv.W_B_k.weight", "attn.c_qkv.W_B_v.weight"};
+  const int ranks[3] = {cfg.factored_q() ? cfg.q_rank : 0, cfg.factored_kv() ? cfg.rank_k() : 0,
+                        cfg.factored_kv() ? cfg.rank_v() : 0};
+  QkvLayout q;
+  q.D = cfg.head_dim;
+  q.width = col("attn.c_proj.weight");
+  for (int s = 0; s < 3; s++) {
+    q.heads[s] = s == 0 ? cfg.n_head : cfg.kv_heads();
+    q.rank[s] = ranks[s];
+    if (ranks[s]) {
+      q.a[s] = col(fa[s]);
+      q.b[s] = col(fb[s]);
+    } else {
+      q.dense[s] = col(dense[s]);
+    }
+  }
+  return q;
+}
+
+}  // namespace
+
+template <class A, class P>
+T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int seq, bool recompute)
+    : cfg(config), layout(make_layout(config)), ctx(context), B_(batch), T_(seq), N_(batch * seq),
+      recompute_(recompute) {
   cfg.validate();
   if (seq > cfg.block_size)
     throw std::invalid_argument("sequence length exceeds model.block_size");
-  params = Buffer<T>(ctx, layout.total);
-  grads = Buffer<T>(ctx, layout.total);
-  w_ = views(params.data());
-  g_ = views(grads.data());
+  // Logits are formed for at most 2^28 elements at a time (512 MB in bf16).
+  chunk_ = std::clamp<int>((int)((size_t(1) << 28) / cfg.vocab_size), 1, N_);
   for (int l = 0; l < cfg.n_layer; l++) {
     size_t first = SIZE_MAX, end = 0;
     for (const ParamInfo& p : layout.params)
@@ -26,84 +57,78 @@ T6<T>::T6(const ModelConfig& config, const Context& context, int batch, int seq)
       }
     layer_ranges_.push_back({first, end - first});
   }
+  qkv_ = qkv_layout(cfg, layout);
+  attn_width_ = qkv_.width;
+  params = Buffer<P>(ctx, layout.total);
+  grads = Buffer<P>(ctx, layout.total);
+  if constexpr (std::is_same_v<A, P>) {
+    w_ = views<const A>(params.data());
+  } else {
+    weights_ = Buffer<A>(ctx, layout.total);
+    w_ = views<const A>(weights_.data());
+  }
+  g_ = views<P>(grads.data());
   tokens_ = Buffer<int32_t>(ctx, N_);
   targets_ = Buffer<int32_t>(ctx, N_);
   plan_memory();
 }
 
-template <class T>
-typename T6<T>::Weights T6<T>::views(T* base) const {
-  auto view = [&](const std::string& name) -> T* {
-    const ParamInfo* p = layout.find(name);
-    return p ? base + p->offset : nullptr;
-  };
-  Weights w;
-  w.wte = view("transformer.wte.weight");
+
+template <class A, class P>
+template <class X>
+typename T6<A, P>::template Weights<X> T6<A, P>::views(X* base) const {
+  Weights<X> w;
+  w.wte = base + layout.at("transformer.wte.weight").offset;
   for (int i = 0; i < cfg.n_layer; i++) {
-    auto at = [&](const char* suffix) { return view(layer_param(i, suffix)); };
-    Layer l;
-    l.W_A_q = at("attn.c_qkv.W_A_q.weight");
-    l.W_B_q = at("attn.c_qkv.W_B_q.weight");
-    l.W_A_k = at("attn.c_qkv.W_A_k.weight");
-    l.W_B_k = at("attn.c_qkv.W_B_k.weight");
-    l.W_A_v = at("attn.c_qkv.W_A_v.weight");
-    l.W_B_v = at("attn.c_qkv.W_B_v.weight");
-    l.c_q = cfg.attention == Attention::tpa_kvonly ? at("attn.c_qkv.c_q.weight") : at("attn.c_q.weight");
-    l.c_k = at("attn.c_k.weight");
-    l.c_v = at("attn.c_v.weight");
-    l.attn_proj = at("attn.c_proj.weight");
-    l.fc1 = at("mlp.c_fc1.weight");
-    l.fc2 = at("mlp.c_fc2.weight");
-    l.mlp_proj = at("mlp.c_proj.weight");
-    w.layers.push_back(l);
+    auto at = [&](const char* suffix) { return base + layout.at(layer_param(i, suffix)).offset; };
+    w.layers.push_back({base + layer_ranges_[i].first, at("attn.c_proj.weight"), at("mlp.c_fc1.weight"),
+                        at("mlp.c_proj.weight")});
   }
   return w;
 }
 
-// One arena holds every activation and scratch buffer. The carving runs twice: first to size
-// the arena, then to hand out pointers into it, so both passes stay in sync by construction.
-template <class T>
-void T6<T>::plan_memory() {
+// One arena holds every activation and scratch buffer, and one more the fp32 statistics. The
+// carving runs twice: first to size the arenas, then to hand out pointers into them, so both
+// passes stay in sync by construction.
+template <class A, class P>
+void T6<A, P>::plan_memory() {
   const size_t N = N_, C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(), D = cfg.head_dim,
-               F = cfg.mlp_hidden(), V = cfg.vocab_size;
-  const size_t Rq = cfg.factored_q() ? cfg.q_rank : 0, Rk = cfg.factored_kv() ? cfg.rank_k() : 0,
-               Rv = cfg.factored_kv() ? cfg.rank_v() : 0;
+               F = cfg.mlp_hidden(), V = cfg.vocab_size, Wp = attn_width_;
   for (int pass = 0; pass < 2; pass++) {
-    size_t used = 0;
-    auto carve = [&](size_t count) -> T* {
-      if (count == 0) return nullptr;
-      T* p = pass == 1 ? arena_.data() + used : nullptr;
-      used += (count + 15) / 16 * 16;  // keep every buffer 64-byte aligned
+    size_t used = 0, used_stats = 0;
+    auto carve = [&](size_t count) -> A* {
+      A* p = pass == 1 ? arena_.data() + used : nullptr;
+      used += (count + 63) / 64 * 64;  // keep every buffer 128-byte aligned
+      return p;
+    };
+    auto carve_stats = [&](size_t count) -> P* {
+      P* p = pass == 1 ? stats_.data() + used_stats : nullptr;
+      used_stats += (count + 31) / 32 * 32;
       return p;
     };
     acts_.assign(cfg.n_layer, LayerActs{});
+    h_scratch_ = recompute_ ? carve(N * C) : nullptr;
+    g_scratch_ = recompute_ ? carve(N * F) : nullptr;
     for (LayerActs& a : acts_) {
       a.x = carve(N * C);
-      a.rstd1 = carve(N);
-      a.h1 = carve(N * C);
-      a.a_q = carve(N * H * Rq);
-      a.b_q = carve(N * Rq * D);
-      a.a_k = carve(N * H * Rk);
-      a.b_k = carve(N * Rk * D);
-      a.a_v = carve(N * H * Rv);
-      a.b_v = carve(N * Rv * D);
+      a.rstd1 = carve_stats(N);
+      a.h1 = recompute_ ? h_scratch_ : carve(N * C);
+      a.proj = carve(N * Wp);
       a.q = carve(N * H * D);
       a.k = carve(N * Hkv * D);
       a.v = carve(N * Hkv * D);
-      a.att = carve((size_t)B_ * H * T_ * T_);
+      a.lse = carve_stats((size_t)B_ * H * T_);
       a.y = carve(N * H * D);
       a.x_mid = carve(N * C);
-      a.rstd2 = carve(N);
-      a.h2 = carve(N * C);
-      a.fc1 = carve(N * F);
-      a.fc2 = carve(N * F);
-      a.g = carve(N * F);
+      a.rstd2 = carve_stats(N);
+      a.h2 = recompute_ ? h_scratch_ : carve(N * C);
+      a.fc = carve(N * 2 * F);
+      a.g = recompute_ ? g_scratch_ : carve(N * F);
     }
     x_final_ = carve(N * C);
-    rstd_final_ = carve(N);
+    rstd_final_ = carve_stats(N);
     h_final_ = carve(N * C);
-    logits_ = carve(N * V);
-    losses_ = carve(N);
+    losses_ = carve_stats(N);
     s_.dx = carve(N * C);
     s_.dh = carve(N * C);
     s_.branch = carve(N * C);
@@ -111,124 +136,105 @@ void T6<T>::plan_memory() {
     s_.dq = carve(N * H * D);
     s_.dk = carve(N * Hkv * D);
     s_.dv = carve(N * Hkv * D);
-    s_.da_q = carve(N * H * Rq);
-    s_.db_q = carve(N * Rq * D);
-    s_.da_k = carve(N * H * Rk);
-    s_.db_k = carve(N * Rk * D);
-    s_.da_v = carve(N * H * Rv);
-    s_.db_v = carve(N * Rv * D);
-    s_.dfc1 = carve(N * F);
-    s_.dfc2 = carve(N * F);
+    s_.dproj = carve(N * Wp);
+    s_.dfc = carve(N * 2 * F);
     s_.dg = carve(N * F);
-    if (pass == 0) arena_ = Buffer<T>(ctx, used);
+    s_.logits = carve((size_t)chunk_ * V);
+    if (pass == 0) {
+      arena_ = Buffer<A>(ctx, used);
+      stats_ = Buffer<P>(ctx, used_stats);
+    }
   }
 }
 
-// q, k or v for all heads: either TPA's contraction of A = W_a·h and B = W_b·h (RoPE on B's
-// rows), or a dense projection W_dense·h (RoPE on each head).
-template <class T>
-void T6<T>::project(T* out, T* a, T* b, const T* W_a, const T* W_b, const T* W_dense, const T* h, int heads, int R,
-                    bool rotate) {
-  const int C = cfg.n_embd, D = cfg.head_dim;
-  if (W_dense) {
-    matmul_forward(ctx, out, h, W_dense, N_, C, heads * D);
-    if (rotate) rope_forward(ctx, out, B_, T_, heads, D);
-    return;
-  }
-  matmul_forward(ctx, a, h, W_a, N_, C, heads * R);
-  matmul_forward(ctx, b, h, W_b, N_, C, R * D);
-  if (rotate) rope_forward(ctx, b, B_, T_, R, D);
-  factor_contract_forward(ctx, out, a, b, N_, heads, R, D);
+template <class A, class P>
+const A* T6<A, P>::h1(int l) {
+  const LayerActs& a = acts_[l];
+  if (recompute_) rmsnorm_forward(ctx, a.h1, a.rstd1, a.x, N_, cfg.n_embd, kRmsEps);
+  return a.h1;
 }
 
-template <class T>
-void T6<T>::project_backward(T* dh, T* dW_a, T* dW_b, T* dW_dense, T* dout, T* da, T* db, const T* a, const T* b,
-                             const T* W_a, const T* W_b, const T* W_dense, const T* h, int heads, int R, bool rotate,
-                             bool accumulate) {
-  const int C = cfg.n_embd, D = cfg.head_dim;
-  if (W_dense) {
-    if (rotate) rope_backward(ctx, dout, B_, T_, heads, D);
-    matmul_backward(ctx, dh, dW_dense, dout, h, W_dense, N_, C, heads * D, accumulate);
-    return;
-  }
-  factor_contract_backward(ctx, da, db, dout, a, b, N_, heads, R, D);
-  if (rotate) rope_backward(ctx, db, B_, T_, R, D);
-  matmul_backward(ctx, dh, dW_a, da, h, W_a, N_, C, heads * R, accumulate);
-  matmul_backward(ctx, dh, dW_b, db, h, W_b, N_, C, R * D, true);
+template <class A, class P>
+const A* T6<A, P>::h2(int l) {
+  const LayerActs& a = acts_[l];
+  if (recompute_) rmsnorm_forward(ctx, a.h2, a.rstd2, a.x_mid, N_, cfg.n_embd, kRmsEps);
+  return a.h2;
 }
 
-template <class T>
-double T6<T>::forward(const int32_t* tokens, const int32_t* targets, double dloss) {
+template <class A, class P>
+const A* T6<A, P>::g(int l) {
+  const LayerActs& a = acts_[l];
+  if (recompute_) swiglu_forward(ctx, a.g, a.fc, N_, cfg.mlp_hidden());
+  return a.g;
+}
+
+template <class A, class P>
+double T6<A, P>::forward(const int32_t* tokens, const int32_t* targets, double dloss) {
   const int C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(), D = cfg.head_dim, F = cfg.mlp_hidden(),
             V = cfg.vocab_size;
-  const int Rq = cfg.q_rank, Rk = cfg.rank_k(), Rv = cfg.rank_v();
   tokens_.from_host(tokens, N_);
 
   embedding_forward(ctx, acts_[0].x, tokens_.data(), w_.wte, N_, C);
+  rmsnorm_forward(ctx, acts_[0].h1, acts_[0].rstd1, acts_[0].x, N_, C, kRmsEps);
   for (int l = 0; l < cfg.n_layer; l++) {
     LayerActs& a = acts_[l];
-    const Layer& w = w_.layers[l];
-    T* x_out = l + 1 < cfg.n_layer ? acts_[l + 1].x : x_final_;
+    const Layer<const A>& w = w_.layers[l];
+    const bool last = l + 1 == cfg.n_layer;
 
-    rmsnorm_forward(ctx, a.h1, a.rstd1, a.x, N_, C, kRmsEps);
-    project(a.q, a.a_q, a.b_q, w.W_A_q, w.W_B_q, w.c_q, a.h1, H, Rq, true);
-    project(a.k, a.a_k, a.b_k, w.W_A_k, w.W_B_k, w.c_k, a.h1, Hkv, Rk, true);
-    project(a.v, a.a_v, a.b_v, w.W_A_v, w.W_B_v, w.c_v, a.h1, Hkv, Rv, false);
-    attention_forward(ctx, a.y, a.att, a.q, a.k, a.v, B_, T_, H, Hkv, D);
+    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_width_);
+    qkv_forward(ctx, a.q, a.k, a.v, a.proj, qkv_, B_, T_);
+    attention_forward(ctx, a.y, a.lse, a.q, a.k, a.v, B_, T_, H, Hkv, D);
     matmul_forward(ctx, s_.branch, a.y, w.attn_proj, N_, H * D, C);
-    add(ctx, a.x_mid, a.x, s_.branch, (size_t)N_ * C);
+    residual_rmsnorm_forward(ctx, a.x_mid, a.h2, a.rstd2, a.x, s_.branch, N_, C, kRmsEps);
 
-    rmsnorm_forward(ctx, a.h2, a.rstd2, a.x_mid, N_, C, kRmsEps);
-    matmul_forward(ctx, a.fc1, a.h2, w.fc1, N_, C, F);
-    matmul_forward(ctx, a.fc2, a.h2, w.fc2, N_, C, F);
-    swiglu_forward(ctx, a.g, a.fc1, a.fc2, (size_t)N_ * F);
+    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, 2 * F);
+    swiglu_forward(ctx, a.g, a.fc, N_, F);
     matmul_forward(ctx, s_.branch, a.g, w.mlp_proj, N_, F, C);
-    add(ctx, x_out, a.x_mid, s_.branch, (size_t)N_ * C);
+    residual_rmsnorm_forward(ctx, last ? x_final_ : acts_[l + 1].x, last ? h_final_ : acts_[l + 1].h1,
+                             last ? rstd_final_ : acts_[l + 1].rstd1, a.x_mid, s_.branch, N_, C, kRmsEps);
   }
-  rmsnorm_forward(ctx, h_final_, rstd_final_, x_final_, N_, C, kRmsEps);
-  matmul_forward(ctx, logits_, h_final_, w_.wte, N_, C, V);  // tied output head
   if (!targets) return 0.0;
 
+  // The tied output head and the loss, chunk by chunk; with dloss ≠ 0 each chunk's logits
+  // become dlogits at once and flow back into dh_final (s_.dh) and the embedding's gradient.
   int n_valid = 0;
   for (int n = 0; n < N_; n++) n_valid += targets[n] >= 0;
   targets_.from_host(targets, N_);
-  classifier_forward_backward(ctx, logits_, losses_, targets_.data(), N_, V, n_valid, dloss);
+  for (int n0 = 0; n0 < N_; n0 += chunk_) {
+    const int rows = std::min(chunk_, N_ - n0);
+    matmul_forward(ctx, s_.logits, h_final_ + (size_t)n0 * C, w_.wte, rows, C, V);
+    classifier_forward_backward(ctx, s_.logits, losses_ + n0, targets_.data() + n0, rows, V, n_valid, dloss);
+    if (dloss != 0)
+      matmul_backward(ctx, s_.dh + (size_t)n0 * C, g_.wte, s_.logits, h_final_ + (size_t)n0 * C, w_.wte, rows, C, V,
+                      false);
+  }
   return n_valid > 0 ? sum(ctx, losses_, N_) / n_valid : 0.0;
 }
 
-// The logits buffer holds dlogits, written by the fused classifier in forward().
-template <class T>
-void T6<T>::backward(const std::function<void(size_t, size_t)>& grads_ready) {
-  const int C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(), D = cfg.head_dim, F = cfg.mlp_hidden(),
-            V = cfg.vocab_size;
-  const int Rq = cfg.q_rank, Rk = cfg.rank_k(), Rv = cfg.rank_v();
-  const T* dlogits = logits_;
+// s_.dh holds dloss/dh_final, written by forward().
+template <class A, class P>
+void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) {
+  const int C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(), D = cfg.head_dim, F = cfg.mlp_hidden();
 
-  matmul_backward(ctx, s_.dh, g_.wte, dlogits, h_final_, w_.wte, N_, C, V, false);
-  ctx.zero(s_.dx, sizeof(T) * N_ * C);
+  ctx.zero(s_.dx, sizeof(A) * N_ * C);
   rmsnorm_backward(ctx, s_.dx, s_.dh, x_final_, rstd_final_, N_, C);
 
   for (int l = cfg.n_layer - 1; l >= 0; l--) {
     const LayerActs& a = acts_[l];
-    const Layer& w = w_.layers[l];
-    const Layer& g = g_.layers[l];
+    const Layer<const A>& w = w_.layers[l];
+    const Layer<P>& g = g_.layers[l];
 
     // MLP branch; s_.dx holds the gradient of the block's output.
-    matmul_backward(ctx, s_.dg, g.mlp_proj, s_.dx, a.g, w.mlp_proj, N_, F, C, false);
-    swiglu_backward(ctx, s_.dfc1, s_.dfc2, s_.dg, a.fc1, a.fc2, (size_t)N_ * F);
-    matmul_backward(ctx, s_.dh, g.fc1, s_.dfc1, a.h2, w.fc1, N_, C, F, false);
-    matmul_backward(ctx, s_.dh, g.fc2, s_.dfc2, a.h2, w.fc2, N_, C, F, true);
+    matmul_backward(ctx, s_.dg, g.mlp_proj, s_.dx, this->g(l), w.mlp_proj, N_, F, C, false);
+    swiglu_backward(ctx, s_.dfc, s_.dg, a.fc, N_, F);
+    matmul_backward(ctx, s_.dh, g.fc, s_.dfc, h2(l), w.fc, N_, C, 2 * F, false);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x_mid, a.rstd2, N_, C);
 
     // Attention branch; s_.dx now holds the gradient of x_mid.
     matmul_backward(ctx, s_.dy, g.attn_proj, s_.dx, a.y, w.attn_proj, N_, H * D, C, false);
-    attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.att, B_, T_, H, Hkv, D);
-    project_backward(s_.dh, g.W_A_q, g.W_B_q, g.c_q, s_.dq, s_.da_q, s_.db_q, a.a_q, a.b_q, w.W_A_q, w.W_B_q, w.c_q,
-                     a.h1, H, Rq, true, false);
-    project_backward(s_.dh, g.W_A_k, g.W_B_k, g.c_k, s_.dk, s_.da_k, s_.db_k, a.a_k, a.b_k, w.W_A_k, w.W_B_k, w.c_k,
-                     a.h1, Hkv, Rk, true, true);
-    project_backward(s_.dh, g.W_A_v, g.W_B_v, g.c_v, s_.dv, s_.da_v, s_.db_v, a.a_v, a.b_v, w.W_A_v, w.W_B_v, w.c_v,
-                     a.h1, Hkv, Rv, false, true);
+    attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.y, a.lse, B_, T_, H, Hkv, D);
+    qkv_backward(ctx, s_.dproj, s_.dq, s_.dk, s_.dv, a.proj, qkv_, B_, T_);
+    matmul_backward(ctx, s_.dh, g.attn_in, s_.dproj, h1(l), w.attn_in, N_, C, attn_width_, false);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
   }
@@ -236,35 +242,55 @@ void T6<T>::backward(const std::function<void(size_t, size_t)>& grads_ready) {
   if (grads_ready) grads_ready(0, (size_t)cfg.vocab_size * C);  // the tied matrix: both of its uses are done
 }
 
-template <class T>
-std::vector<float> T6<T>::logits_at(int n) const {
-  std::vector<T> row(cfg.vocab_size);
-  ctx.to_host(row.data(), logits_ + (size_t)n * cfg.vocab_size, sizeof(T) * row.size());
-  return std::vector<float>(row.begin(), row.end());
+template <class A, class P>
+std::vector<float> T6<A, P>::logits_at(int n) {
+  const int V = cfg.vocab_size;
+  matmul_forward(ctx, s_.logits, h_final_ + (size_t)n * cfg.n_embd, w_.wte, 1, cfg.n_embd, V);
+  std::vector<A> row(V);
+  ctx.to_host(row.data(), s_.logits, sizeof(A) * V);
+  std::vector<float> out(V);
+  for (int i = 0; i < V; i++) out[i] = (float)to_float(row[i]);
+  return out;
 }
 
-template <class T>
-std::vector<float> T6<T>::params_to_host() const {
-  std::vector<T> host(layout.total);
+template <class A, class P>
+std::vector<float> T6<A, P>::params_to_host() const {
+  std::vector<P> host(layout.total);
   params.to_host(host.data(), host.size());
   return std::vector<float>(host.begin(), host.end());
 }
 
-template <class T>
-std::vector<float> T6<T>::grads_to_host() const {
-  std::vector<T> host(layout.total);
+template <class A, class P>
+std::vector<float> T6<A, P>::grads_to_host() const {
+  std::vector<P> host(layout.total);
   grads.to_host(host.data(), host.size());
   return std::vector<float>(host.begin(), host.end());
 }
 
-template <class T>
-void T6<T>::params_from_host(const std::vector<float>& host) {
+template <class A, class P>
+void T6<A, P>::params_from_host(const std::vector<float>& host) {
   if (host.size() != layout.total) throw std::invalid_argument("parameter vector has the wrong size");
-  std::vector<T> converted(host.begin(), host.end());
+  std::vector<P> converted(host.begin(), host.end());
   params.from_host(converted.data(), converted.size());
+  refresh_weights();
+}
+
+template <class A, class P>
+void T6<A, P>::refresh_weights(size_t offset, size_t count) {
+  if constexpr (std::is_same_v<A, bf16>)
+    convert(ctx, weights_.data() + offset, params.data() + offset, std::min(count, layout.total - offset));
+}
+
+template <class A, class P>
+bf16* T6<A, P>::bf16_weights(size_t offset) {
+  if constexpr (std::is_same_v<A, bf16>) return weights_.data() + offset;
+  else return nullptr;
 }
 
 template class T6<float>;
 template class T6<double>;
+#ifdef T6_WITH_CUDA
+template class T6<bf16, float>;
+#endif
 
 }  // namespace t6

@@ -1,12 +1,17 @@
 // The T6 model: parameters and gradients in flat backend buffers (addressed by ParamLayout),
 // activations in one arena planned at construction for a fixed micro-batch shape, and a
 // forward and backward that are sequences of backend ops (kernels/ops.h).
+//
+// A is the activations' type and P the parameters' (T6_SPEC.md's precision: on the GPU,
+// T6<bf16, float> computes in bf16 from a bf16 copy of the fp32 master weights, and
+// accumulates fp32 gradients; on the CPU, T6<float> and T6<double> use one type throughout).
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <vector>
 
 #include "kernels/context.h"
+#include "kernels/ops.h"
 #include "model/config.h"
 #include "model/layout.h"
 
@@ -15,70 +20,88 @@ namespace t6 {
 // rmsnorm's eps: float32 machine epsilon, what the reference's F.rms_norm uses (T6_SPEC.md).
 constexpr double kRmsEps = 1.1920928955078125e-07;
 
-template <class T>
+template <class A, class P = A>
 class T6 {
  public:
-  T6(const ModelConfig& cfg, const Context& ctx, int batch, int seq);
+  // recompute: keep only the residual stream of each layer's norms and the MLP's input
+  // projection, and recompute the normalized inputs and the SwiGLU output in backward.
+  T6(const ModelConfig& cfg, const Context& ctx, int batch, int seq, bool recompute = false);
 
   // tokens and targets are host arrays of batch·seq ids; a target of −1 is ignored.
-  // Returns the mean loss over valid targets and leaves what backward() needs to add
-  // dloss·∂loss/∂θ into grads. With targets == nullptr it only computes the logits.
-  double forward(const int32_t* tokens, const int32_t* targets, double dloss = 1.0);
+  // Returns the mean loss over valid targets. With dloss ≠ 0 it also starts the backward pass
+  // (the classifier's gradient, chunk by chunk so the logits never exist all at once) and
+  // leaves what backward() needs to add dloss·∂loss/∂θ into grads. With targets == nullptr it
+  // runs the network up to the final norm (then logits_at reads the output).
+  double forward(const int32_t* tokens, const int32_t* targets, double dloss = 0);
   // grads_ready(offset, count), if given, is called as soon as a contiguous range of the
   // gradient buffer is final for this micro-batch (each layer, last to first, then the
   // embedding), so communication can overlap the rest of the backward pass.
   void backward(const std::function<void(size_t offset, size_t count)>& grads_ready = {});
   void zero_grads() { grads.zero(); }
 
-  std::vector<float> logits_at(int n) const;  // after forward(tokens, nullptr)
+  std::vector<float> logits_at(int n);  // position n's logits, after forward()
   std::vector<float> params_to_host() const;
   void params_from_host(const std::vector<float>& host);
   std::vector<float> grads_to_host() const;
+  // After params changed on the device (an optimizer step, a gather across ranks): refresh
+  // the compute copy from [offset, offset + count) of the master weights. No-op when A == P.
+  void refresh_weights(size_t offset = 0, size_t count = SIZE_MAX);
+  // The bf16 compute copy of the weights at an element offset, for the fused optimizer; null
+  // when there is none (A == P).
+  bf16* bf16_weights(size_t offset);
 
   int batch() const { return B_; }
   int seq() const { return T_; }
+  size_t activation_bytes() const { return arena_.size() * sizeof(A) + stats_.size() * sizeof(P); }
 
   const ModelConfig cfg;
   const ParamLayout layout;
   const Context& ctx;
-  Buffer<T> params, grads;
+  Buffer<P> params, grads;
 
  private:
-  struct Layer {  // views into params or grads; null where the attention variant has no such tensor
-    T *W_A_q = nullptr, *W_B_q = nullptr, *W_A_k = nullptr, *W_B_k = nullptr, *W_A_v = nullptr, *W_B_v = nullptr;
-    T *c_q = nullptr, *c_k = nullptr, *c_v = nullptr, *attn_proj = nullptr;
-    T *fc1 = nullptr, *fc2 = nullptr, *mlp_proj = nullptr;
+  template <class X> struct Layer {  // views: each layer's four weight matrices (the layout keeps them contiguous)
+    X *attn_in, *attn_proj, *fc, *mlp_proj;  // attn_in: every q/k/v projection stacked; fc: c_fc1 over c_fc2
   };
-  struct Weights {
-    T* wte = nullptr;
-    std::vector<Layer> layers;
+  template <class X> struct Weights {
+    X* wte = nullptr;
+    std::vector<Layer<X>> layers;
   };
   struct LayerActs {  // what backward reads, per layer
-    T *x, *rstd1, *h1, *a_q, *b_q, *a_k, *b_k, *a_v, *b_v, *q, *k, *v, *att, *y, *x_mid, *rstd2, *h2, *fc1, *fc2, *g;
+    A *x, *h1, *proj, *q, *k, *v, *y, *x_mid, *h2, *fc, *g;
+    P *rstd1, *lse, *rstd2;
   };
   struct Scratch {  // gradients of activations, reused by every layer
-    T *dx, *dh, *branch, *dy, *dq, *dk, *dv, *da_q, *db_q, *da_k, *db_k, *da_v, *db_v, *dfc1, *dfc2, *dg;
+    A *dx, *dh, *branch, *dy, *dq, *dk, *dv, *dproj, *dfc, *dg, *logits;
   };
 
-  Weights views(T* base) const;
+  template <class X> Weights<X> views(X* base) const;
   void plan_memory();
-  void project(T* out, T* a, T* b, const T* W_a, const T* W_b, const T* W_dense, const T* h, int heads, int R,
-               bool rotate);
-  void project_backward(T* dh, T* dW_a, T* dW_b, T* dW_dense, T* dout, T* da, T* db, const T* a, const T* b,
-                        const T* W_a, const T* W_b, const T* W_dense, const T* h, int heads, int R, bool rotate,
-                        bool accumulate);
+  const A* h1(int l);  // the normalized inputs: stored, or recomputed into scratch
+  const A* h2(int l);
+  const A* g(int l);
 
   std::vector<std::pair<size_t, size_t>> layer_ranges_;  // (offset, count) of each layer's parameters
-  int B_, T_, N_;
-  Weights w_, g_;
+  int B_, T_, N_, chunk_;  // chunk_: rows of logits formed at once
+  bool recompute_;
+  int attn_width_;         // rows of attn_in
+  QkvLayout qkv_;
+  Buffer<A> weights_;      // the compute copy (A ≠ P only)
+  Weights<const A> w_;
+  Weights<P> g_;
   std::vector<LayerActs> acts_;
-  T *x_final_, *rstd_final_, *h_final_, *logits_, *losses_;
+  A *x_final_, *h_final_, *h_scratch_, *g_scratch_;
+  P *rstd_final_, *losses_;
   Scratch s_;
-  Buffer<T> arena_;
+  Buffer<A> arena_;
+  Buffer<P> stats_;
   Buffer<int32_t> tokens_, targets_;
 };
 
 extern template class T6<float>;
 extern template class T6<double>;
+#ifdef T6_WITH_CUDA
+extern template class T6<bf16, float>;
+#endif
 
 }  // namespace t6

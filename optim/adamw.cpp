@@ -11,12 +11,12 @@ AdamW<T>::AdamW(const Context& ctx, size_t n, const AdamWConfig& config)
     : cfg(config), m(ctx, n), v(ctx, n), ctx_(ctx) {}
 
 template <class T>
-void AdamW<T>::step(T* params, const T* grads, double lr) {
+void AdamW<T>::step(T* params, const T* grads, double lr, bf16* weights) {
   steps++;
   const double bias1 = 1.0 - std::pow(cfg.beta1, (double)steps);
   const double bias2 = 1.0 - std::pow(cfg.beta2, (double)steps);
   adamw_update(ctx_, params, grads, m.data(), v.data(), m.size(), lr, cfg.beta1, cfg.beta2, cfg.eps,
-               cfg.weight_decay, bias1, bias2);
+               cfg.weight_decay, bias1, bias2, weights);
 }
 
 template <class T>

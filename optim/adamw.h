@@ -18,7 +18,8 @@ class AdamW {
  public:
   AdamW(const Context& ctx, size_t n, const AdamWConfig& cfg);
   // One update at learning rate lr; the bias corrections use the step count after increment.
-  void step(T* params, const T* grads, double lr);
+  // weights (CUDA only), if not null, receives the new parameters in bf16 in the same pass.
+  void step(T* params, const T* grads, double lr, bf16* weights = nullptr);
 
   AdamWConfig cfg;
   int64_t steps = 0;  // updates taken so far

@@ -35,7 +35,7 @@ TEST_P(Golden, LossAndGradientsAtInit) {
   data.next(inputs.data(), targets.data());
 
   model.zero_grads();
-  const double loss = model.forward(inputs.data(), targets.data());
+  const double loss = model.forward(inputs.data(), targets.data(), 1.0);
   model.backward();
   const double want = expected()["loss_at_init"];
   EXPECT_NEAR(loss, want, 1e-6 * want);

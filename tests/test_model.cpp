@@ -50,7 +50,7 @@ TEST_P(ModelGradient, MatchesFiniteDifferences) {
   const std::vector<int32_t> tokens = {1, 4, 4, 0, 10, 7, 2, 9, 3, 3};
   const std::vector<int32_t> targets = {4, 4, 0, -1, 7, 2, 9, 3, 3, 5};  // one ignored position
   model.zero_grads();
-  model.forward(tokens.data(), targets.data());
+  model.forward(tokens.data(), targets.data(), 1.0);
   model.backward();
   std::vector<double> grads(model.layout.total);
   model.grads.to_host(grads.data(), grads.size());

@@ -67,7 +67,10 @@ void expect_same_run(const TrainResult& got, const TrainResult& want, const std:
     EXPECT_NEAR(got.steps[i].loss, want.steps[i].loss, 1e-5 * std::abs(want.steps[i].loss)) << "step " << i;
     EXPECT_NEAR(got.steps[i].grad_norm, want.steps[i].grad_norm, 1e-4 * want.steps[i].grad_norm) << "step " << i;
   }
-  EXPECT_LT(max_abs_diff(weights(got_dir), weights(want_dir)), 1e-5);
+  // AdamW divides by √v, so a weight whose gradient is near zero turns rounding differences
+  // (another summation order across ranks) into steps of up to ~lr·1e-3; the losses above are
+  // the tight check of the arithmetic.
+  EXPECT_LT(max_abs_diff(weights(got_dir), weights(want_dir)), 3e-5);
 }
 
 TEST(DataParallel, RanksMatchOneRankWithTheSameGlobalBatch) {

@@ -77,42 +77,81 @@ TEST(OpsGradient, Matmul) {
   EXPECT_LT(test::rel_error(dW, numeric_grad(W, f)), kTol);
 }
 
-TEST(OpsGradient, FactorContraction) {
-  std::mt19937_64 rng(4);
-  const int N = 3, H = 5, R = 3, D = 4;
-  Vec a = random_vec(N * H * R, rng), b = random_vec(N * R * D, rng), w = random_vec(N * H * D, rng), out(N * H * D);
-  auto f = [&] { factor_contract_forward(ctx, out.data(), a.data(), b.data(), N, H, R, D); return dot(out, w); };
-  Vec da(a.size()), db(b.size());
-  factor_contract_backward(ctx, da.data(), db.data(), w.data(), a.data(), b.data(), N, H, R, D);
-  EXPECT_LT(test::rel_error(da, numeric_grad(a, f)), kTol);
-  EXPECT_LT(test::rel_error(db, numeric_grad(b, f)), kTol);
-}
-
-TEST(OpsGradient, Rope) {
-  std::mt19937_64 rng(5);
-  const int B = 2, T = 5, rows = 3, D = 8;
-  Vec x = random_vec(B * T * rows * D, rng), w = random_vec(x.size(), rng);
+TEST(OpsGradient, ResidualRmsNorm) {
+  std::mt19937_64 rng(12);
+  const int N = 3, C = 7;
+  Vec x = random_vec(N * C, rng), br = random_vec(N * C, rng), w = random_vec(N * C, rng), wx = random_vec(N * C, rng);
+  Vec xo(N * C), out(N * C), rstd(N);
+  // Both outputs feed the objective: the stream x_out and its normalization.
   auto f = [&] {
-    Vec y = x;
-    rope_forward(ctx, y.data(), B, T, rows, D);
-    return dot(y, w);
+    residual_rmsnorm_forward(ctx, xo.data(), out.data(), rstd.data(), x.data(), br.data(), N, C, 1e-6);
+    return dot(out, w) + dot(xo, wx);
   };
-  Vec dx = w;
-  rope_backward(ctx, dx.data(), B, T, rows, D);
+  f();
+  Vec dx = wx;  // the stream's own gradient, into which backward accumulates
+  rmsnorm_backward(ctx, dx.data(), w.data(), xo.data(), rstd.data(), N, C);
   EXPECT_LT(test::rel_error(dx, numeric_grad(x, f)), kTol);
+  EXPECT_LT(test::rel_error(dx, numeric_grad(br, f)), kTol);  // the branch gets the same gradient
 }
 
-TEST(Ops, RopeMatchesTheSpecConvention) {
-  // Position t = 3, D = 4: pair i rotates by θ = 3·10000^(−2i/4), as (x1·cos + x2·sin, −x1·sin + x2·cos).
-  const int D = 4;
-  Vec x(4 * D, 0.0);
-  for (int d = 0; d < D; d++) x[3 * D + d] = d + 1.0;  // position 3 holds (1, 2, 3, 4)
-  rope_forward(ctx, x.data(), 1, 4, 1, D);
+// A projection row holding every kind of section: factored q (rank 3, 2 heads), dense k
+// (2 heads), factored v (rank 2); columns deliberately out of order.
+QkvLayout mixed_layout(int D) {
+  QkvLayout L;
+  L.D = D;
+  L.heads[0] = 2, L.rank[0] = 3, L.a[0] = 0, L.b[0] = 6;
+  L.heads[1] = 2, L.rank[1] = 0, L.dense[1] = 6 + 3 * D;
+  L.heads[2] = 2, L.rank[2] = 2, L.b[2] = 6 + 5 * D, L.a[2] = 6 + 7 * D;
+  L.width = 6 + 7 * D + 4;
+  return L;
+}
+
+TEST(OpsGradient, QkvFactorsDenseAndRope) {
+  std::mt19937_64 rng(4);
+  const int B = 2, T = 3, D = 4;
+  const QkvLayout L = mixed_layout(D);
+  const int N = B * T, Hd = 2 * D;
+  Vec proj = random_vec((size_t)N * L.width, rng), wq = random_vec(N * Hd, rng), wk = random_vec(N * Hd, rng),
+      wv = random_vec(N * Hd, rng), q(N * Hd), k(N * Hd), v(N * Hd);
+  auto f = [&] {
+    qkv_forward(ctx, q.data(), k.data(), v.data(), proj.data(), L, B, T);
+    return dot(q, wq) + dot(k, wk) + dot(v, wv);
+  };
+  Vec dproj(proj.size(), 1e9);  // every column must be written
+  qkv_backward(ctx, dproj.data(), wq.data(), wk.data(), wv.data(), proj.data(), L, B, T);
+  EXPECT_LT(test::rel_error(dproj, numeric_grad(proj, f)), kTol);
+}
+
+TEST(Ops, QkvContractsFactorsAndRotatesWithTheSpecConvention) {
+  // Position t = 3, D = 4. Dense q (one head) rotates pair i by θ = 3·10000^(−2i/4), as
+  // (x1·cos + x2·sin, −x1·sin + x2·cos). Factored k, rank 2: (1/2)·Σ_r A[r]·rope(B[r]).
+  // Dense v is copied unrotated.
+  const int D = 4, T = 4;
+  QkvLayout L;
+  L.D = D;
+  L.heads[0] = L.heads[1] = L.heads[2] = 1;
+  L.dense[0] = 0;
+  L.rank[1] = 2, L.a[1] = D, L.b[1] = D + 2;
+  L.dense[2] = 3 * D + 2;
+  L.width = 4 * D + 2;
+  Vec proj((size_t)T * L.width, 0.0);
+  double* row = proj.data() + 3 * L.width;
+  const Vec x = {1, 2, 3, 4}, b0 = {0.5, -1, 2, 1}, b1 = {1, 1, -1, 3}, a = {2, -3};
+  for (int d = 0; d < D; d++) row[d] = x[d], row[D + 2 + d] = b0[d], row[2 * D + 2 + d] = b1[d], row[3 * D + 2 + d] = x[d];
+  row[D] = a[0], row[D + 1] = a[1];
+  Vec q(T * D), k(T * D), v(T * D);
+  qkv_forward(ctx, q.data(), k.data(), v.data(), proj.data(), L, 1, T);
   const double t0 = 3.0, t1 = 3.0 / 100.0;
-  EXPECT_NEAR(x[3 * D + 0], 1 * std::cos(t0) + 3 * std::sin(t0), 1e-12);
-  EXPECT_NEAR(x[3 * D + 1], 2 * std::cos(t1) + 4 * std::sin(t1), 1e-12);
-  EXPECT_NEAR(x[3 * D + 2], -1 * std::sin(t0) + 3 * std::cos(t0), 1e-12);
-  EXPECT_NEAR(x[3 * D + 3], -2 * std::sin(t1) + 4 * std::cos(t1), 1e-12);
+  auto rope = [&](const Vec& y) {
+    return Vec{y[0] * std::cos(t0) + y[2] * std::sin(t0), y[1] * std::cos(t1) + y[3] * std::sin(t1),
+               -y[0] * std::sin(t0) + y[2] * std::cos(t0), -y[1] * std::sin(t1) + y[3] * std::cos(t1)};
+  };
+  const Vec rq = rope(x), r0 = rope(b0), r1 = rope(b1);
+  for (int d = 0; d < D; d++) {
+    EXPECT_NEAR(q[3 * D + d], rq[d], 1e-12);
+    EXPECT_NEAR(k[3 * D + d], (a[0] * r0[d] + a[1] * r1[d]) / 2, 1e-12);
+    EXPECT_EQ(v[3 * D + d], x[d]);
+  }
 }
 
 struct AttentionShape { int B, T, H, Hkv, D; };
@@ -122,15 +161,15 @@ TEST_P(AttentionGradient, MatchesFiniteDifferences) {
   const auto [B, T, H, Hkv, D] = GetParam();
   std::mt19937_64 rng(6);
   Vec q = random_vec(B * T * H * D, rng), k = random_vec(B * T * Hkv * D, rng), v = random_vec(k.size(), rng);
-  Vec w = random_vec(q.size(), rng), out(q.size()), att((size_t)B * H * T * T);
+  Vec w = random_vec(q.size(), rng), out(q.size()), lse((size_t)B * H * T);
   auto f = [&] {
-    attention_forward(ctx, out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+    attention_forward(ctx, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
     return dot(out, w);
   };
   f();
   Vec dq(q.size()), dk(k.size()), dv(v.size());
-  attention_backward(ctx, dq.data(), dk.data(), dv.data(), w.data(), q.data(), k.data(), v.data(), att.data(), B, T, H,
-                     Hkv, D);
+  attention_backward(ctx, dq.data(), dk.data(), dv.data(), w.data(), q.data(), k.data(), v.data(), out.data(),
+                     lse.data(), B, T, H, Hkv, D);
   EXPECT_LT(test::rel_error(dq, numeric_grad(q, f)), kTol);
   EXPECT_LT(test::rel_error(dk, numeric_grad(k, f)), kTol);
   EXPECT_LT(test::rel_error(dv, numeric_grad(v, f)), kTol);
@@ -147,10 +186,10 @@ TEST(Ops, AttentionIsCausalWithConsecutiveHeadsSharingKV) {
   const int B = 1, T = 4, H = 4, Hkv = 2, D = 2;
   std::mt19937_64 rng(7);
   Vec q = random_vec(B * T * H * D, rng), k = random_vec(B * T * Hkv * D, rng), v = random_vec(k.size(), rng);
-  Vec out(q.size()), out2(q.size()), att((size_t)B * H * T * T);
-  attention_forward(ctx, out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+  Vec out(q.size()), out2(q.size()), lse((size_t)B * H * T);
+  attention_forward(ctx, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
   for (int d = 0; d < D; d++) v[((T - 1) * Hkv + 1) * D + d] += 1.0;  // last position, KV head 1
-  attention_forward(ctx, out2.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+  attention_forward(ctx, out2.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
   for (int t = 0; t < T; t++)
     for (int h = 0; h < H; h++) {
       const bool affected = t == T - 1 && h >= 2;  // heads 2 and 3 share KV head 1
@@ -162,13 +201,15 @@ TEST(Ops, AttentionIsCausalWithConsecutiveHeadsSharingKV) {
 
 TEST(OpsGradient, SwiGLU) {
   std::mt19937_64 rng(8);
-  const size_t n = 20;
-  Vec a = random_vec(n, rng, 3.0), b = random_vec(n, rng), w = random_vec(n, rng), out(n);
-  auto f = [&] { swiglu_forward(ctx, out.data(), a.data(), b.data(), n); return dot(out, w); };
-  Vec da(n), db(n);
-  swiglu_backward(ctx, da.data(), db.data(), w.data(), a.data(), b.data(), n);
-  EXPECT_LT(test::rel_error(da, numeric_grad(a, f)), kTol);
-  EXPECT_LT(test::rel_error(db, numeric_grad(b, f)), kTol);
+  const int N = 3, F = 5;
+  Vec fc = random_vec(N * 2 * F, rng, 3.0), w = random_vec(N * F, rng), out(N * F);
+  auto f = [&] { swiglu_forward(ctx, out.data(), fc.data(), N, F); return dot(out, w); };
+  Vec dfc(fc.size());
+  swiglu_backward(ctx, dfc.data(), w.data(), fc.data(), N, F);
+  EXPECT_LT(test::rel_error(dfc, numeric_grad(fc, f)), kTol);
+  // silu(a)·b against the definition, for row 1, column 2.
+  const double a = fc[1 * 2 * F + 2], b = fc[1 * 2 * F + F + 2];
+  EXPECT_NEAR(out[1 * F + 2], a / (1 + std::exp(-a)) * b, 1e-12);
 }
 
 TEST(OpsGradient, ClassifierIgnoresTargetMinusOne) {
@@ -196,9 +237,7 @@ TEST(OpsGradient, ClassifierIgnoresTargetMinusOne) {
 }
 
 TEST(Ops, ReductionsAndElementwise) {
-  Vec x = {1, -2, 3}, y = {0.5, 0.5, 0.5}, out(3);
-  add(ctx, out.data(), x.data(), y.data(), 3);
-  EXPECT_EQ(out, (Vec{1.5, -1.5, 3.5}));
+  Vec x = {1, -2, 3};
   EXPECT_DOUBLE_EQ(sum(ctx, x.data(), 3), 2.0);
   EXPECT_DOUBLE_EQ(sum_squares(ctx, x.data(), 3), 14.0);
   scale(ctx, x.data(), -0.5, 3);

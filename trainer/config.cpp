@@ -150,6 +150,22 @@ Key choice(const char* section, const char* name, Ref ref, bool (*parse)(const s
 
 #define FIELD(expr) [](Config& c) -> auto& { return c.expr; }
 
+}  // namespace
+
+bool parse_device(const std::string& s, DeviceChoice* out) {
+  if (s == "auto") *out = DeviceChoice::auto_;
+  else if (s == "cpu") *out = DeviceChoice::cpu;
+  else if (s == "cuda") *out = DeviceChoice::cuda;
+  else return false;
+  return true;
+}
+
+const char* device_name(DeviceChoice d) {
+  return d == DeviceChoice::cpu ? "cpu" : d == DeviceChoice::cuda ? "cuda" : "auto";
+}
+
+namespace {
+
 const std::vector<Key>& schema() {
   static const std::vector<Key> keys = {
       choice<Attention>("model", "attention", FIELD(model.attention), parse_attention, attention_name,
@@ -173,6 +189,8 @@ const std::vector<Key>& schema() {
       boolean("data", "shuffle", FIELD(data.shuffle)),
       integer("data", "seed", FIELD(data.seed)),
 
+      choice<DeviceChoice>("train", "device", FIELD(train.device), parse_device, device_name, "auto, cpu, cuda"),
+      boolean("train", "recompute", FIELD(train.recompute)),
       integer("train", "batch_size", FIELD(train.batch_size)),
       integer("train", "gradient_accumulation_steps", FIELD(train.gradient_accumulation_steps)),
       integer("train", "max_iters", FIELD(train.max_iters)),

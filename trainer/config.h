@@ -17,7 +17,14 @@ struct DataConfig {
   uint64_t seed = 1337;
 };
 
+// Where the model runs: auto = the GPU when this build has CUDA and the machine a device.
+enum class DeviceChoice { auto_, cpu, cuda };
+bool parse_device(const std::string& s, DeviceChoice* out);
+const char* device_name(DeviceChoice d);
+
 struct TrainConfig {
+  DeviceChoice device = DeviceChoice::auto_;
+  bool recompute = false;  // GPU memory: recompute norms and SwiGLU in backward instead of keeping them
   int batch_size = 8;
   int gradient_accumulation_steps = 1;
   int64_t max_iters = 1000;

@@ -56,7 +56,12 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));  // errors come back to MPI_CHECK
     MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    MPI_Comm node;
+    MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+    MPI_CHECK(MPI_Comm_rank(node, &local_rank_));
+    MPI_CHECK(MPI_Comm_free(&node));
   }
+  int local_rank() const override { return local_rank_; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void all_reduce_sum(float* data, size_t n) override { reduce(data, n, MPI_FLOAT, MPI_SUM); }
@@ -100,7 +105,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   MPI_Comm comm_;
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
   std::vector<MPI_Request> pending_;
 };
 

@@ -1,6 +1,6 @@
 // The process's place in a job: rank, world size, local rank, and the Communicator that moves
 // gradients and parameters between ranks. MPI over host buffers now; the interface is the one
-// an NCCL communicator over device buffers implements later.
+// an NCCL communicator over device buffers implements too (trainer/nccl.h).
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -14,6 +14,7 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  virtual int local_rank() const { return 0; }  // rank among the processes on this machine
   virtual void all_reduce_sum(float* data, size_t n) = 0;
   virtual void all_reduce_sum(double* data, size_t n) = 0;
   virtual void all_reduce_max(double* data, size_t n) = 0;

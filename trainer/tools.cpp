@@ -60,7 +60,8 @@ void export_weights(const WeightsAndConfig& w, const std::string& out_dir) {
   write_file_atomically(out_dir + "/config.json", j.dump(2) + "\n");
 }
 
-double mean_loss(T6<float>& model, DataLoader& data, uint64_t windows) {
+template <class Model>
+double mean_loss(Model& model, DataLoader& data, uint64_t windows) {
   const size_t n = (size_t)model.batch() * model.seq();
   std::vector<int32_t> inputs(n), targets(n);
   double total = 0;
@@ -70,6 +71,11 @@ double mean_loss(T6<float>& model, DataLoader& data, uint64_t windows) {
   }
   return total / windows;
 }
+
+template double mean_loss(T6<float>&, DataLoader&, uint64_t);
+#ifdef T6_WITH_CUDA
+template double mean_loss(T6<bf16, float>&, DataLoader&, uint64_t);
+#endif
 
 EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch) {
   const ModelConfig& m = w.config.model;

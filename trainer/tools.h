@@ -20,11 +20,12 @@ WeightsAndConfig load_weights_and_config(const std::string& source, const std::s
 // Writes DIR/model.safetensors and DIR/config.json (the reference GPTConfig's fields).
 void export_weights(const WeightsAndConfig& w, const std::string& out_dir);
 
-template <class T> class T6;
 class DataLoader;
 
-// Mean of the per-batch mean losses over the loader's next `windows` micro-batches.
-double mean_loss(T6<float>& model, DataLoader& data, uint64_t windows);
+// Mean of the per-batch mean losses over the loader's next `windows` micro-batches (Model is
+// a T6 on either backend).
+template <class Model>
+double mean_loss(Model& model, DataLoader& data, uint64_t windows);
 
 struct EvalResult {
   double loss = 0;      // mean over windows of the mean token loss

@@ -13,6 +13,8 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <omp.h>
+#include <random>
 #include <stdexcept>
 
 #include "data/loader.h"
@@ -25,6 +27,7 @@
 #include "trainer/sample.h"
 #include "trainer/tools.h"
 #include "kernels/ops.h"
+#include "trainer/nccl.h"
 
 namespace t6 {
 
@@ -60,7 +63,8 @@ struct StopSignals {
 
 // Mean loss over the first eval_iters windows of the validation data (all of them if fewer):
 // the same tokens at every evaluation, so the numbers are comparable along a run.
-double evaluate(T6<float>& model, DataLoader& val, int eval_iters) {
+template <class Model>
+double evaluate(Model& model, DataLoader& val, int eval_iters) {
   val.reset();
   return mean_loss(model, val, std::min<uint64_t>(eval_iters, val.windows_per_epoch()));
 }
@@ -168,30 +172,75 @@ struct Outliers {
   }
 };
 
-}  // namespace
 
-TrainResult train(const Config& cfg, const std::string& resume, Communicator* comm) {
-  std::unique_ptr<Communicator> local;
-  if (!comm) {
-    local = make_local_communicator();
-    comm = local.get();
+std::string device_summary(const Context& ctx) {
+  if (ctx.device == Device::cpu) return fmt::format("CPU, {} OpenMP threads", omp_get_max_threads());
+  const GpuMemory m = gpu_memory(ctx);
+  return fmt::format("{} ({:.1f} GB)", gpu_name(ctx), m.total / 1e9);
+}
+
+// The synthetic batches of --benchmark: uniform random tokens, a fixed seed.
+struct RandomTokens {
+  std::mt19937_64 rng{1234};
+  int vocab;
+  void next(int32_t* inputs, int32_t* targets, size_t n) {
+    std::uniform_int_distribution<int32_t> u(0, vocab - 1);
+    for (size_t i = 0; i < n; i++) inputs[i] = u(rng), targets[i] = u(rng);
   }
+};
+
+// median, over the steps after the first two (warm-up), of a step record's field
+double median_after_warmup(const std::vector<StepRecord>& steps, double StepRecord::*field) {
+  std::vector<double> v;
+  for (size_t i = std::min<size_t>(2, steps.size() > 2 ? 2 : 0); i < steps.size(); i++) v.push_back(steps[i].*field);
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+template <class Model>
+void print_benchmark(const Config& cfg, const Context& ctx, size_t activation_bytes,
+                     const std::vector<StepRecord>& steps, size_t tokens_per_step, int W) {
+  const double ms = median_after_warmup(steps, &StepRecord::ms), tok_s = tokens_per_step / (ms / 1e3);
+  const double mfu = flops_per_token(cfg.model) * tok_s / kPeakFlops / W;
+  std::string memory = fmt::format("{:.2f} GB activations", activation_bytes / 1e9);
+  if (ctx.device == Device::cuda) {
+    const GpuMemory m = gpu_memory(ctx);
+    memory = fmt::format("{:.2f} GB peak allocated, {:.2f} GB in use on the device ({})", m.peak_allocated / 1e9,
+                         m.used / 1e9, memory);
+  }
+  fmt::print("\nbenchmark ({}, median of {} steps after 2 warm-up steps)\n", device_summary(ctx),
+             steps.size() > 2 ? steps.size() - 2 : steps.size());
+  fmt::print("| config | micro-batch × accum × ranks | tokens/step | ms/step | tokens/s | tokens/s per rank | MFU | memory |\n");
+  fmt::print("|---|---|---|---|---|---|---|---|\n");
+  fmt::print("| {} | {} × {} × {} | {} | {:.1f} | {:.0f} | {:.0f} | {:.1f}% | {} |\n", cfg.path, cfg.train.batch_size,
+             cfg.train.gradient_accumulation_steps, W, tokens_per_step, ms, tok_s, tok_s / W, 100 * mfu, memory);
+}
+
+// One run on this rank. comm carries host values (losses, norms, checkpoint gathers, signals);
+// dcomm the backend's gradient and parameter buffers (NCCL on GPUs, comm itself on the CPU).
+template <class Model>
+TrainResult run(const Config& cfg, const std::string& resume, int64_t benchmark, Communicator* comm,
+                Communicator* dcomm, const Context& ctx) {
   const int W = comm->size(), rank = comm->rank();
   const bool root = rank == 0;
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const int B = tc.batch_size, T = mc.block_size, accum = tc.gradient_accumulation_steps;
   const size_t tokens_per_step = (size_t)B * T * accum * W;
+  const int64_t max_iters = benchmark > 0 ? benchmark : tc.max_iters;
 
   // Data and weights are checked before anything is written, so a bad run leaves no outputs.
-  DataLoader train_data(expand_shards(cfg.data.train, "data.train"), B, T, cfg.data.shuffle, cfg.data.seed,
-                        mc.vocab_size, "data.train", rank, W, /*prefetch=*/4);
-  std::unique_ptr<DataLoader> val_data;
-  if (!cfg.data.val.empty())
+  // A benchmark reads no data: its tokens are random.
+  std::unique_ptr<DataLoader> train_data, val_data;
+  if (benchmark == 0)
+    train_data = std::make_unique<DataLoader>(expand_shards(cfg.data.train, "data.train"), B, T, cfg.data.shuffle,
+                                              cfg.data.seed, mc.vocab_size, "data.train", rank, W, /*prefetch=*/4);
+  if (!cfg.data.val.empty() && benchmark == 0)
     val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
                                             "data.val");
-  const Context ctx;
-  T6<float> model(mc, ctx, B, T);
+  RandomTokens random_tokens{std::mt19937_64(1234 + rank), mc.vocab_size};
+  Model model(mc, ctx, B, T, tc.recompute);
   const size_t total = model.layout.total;
 
   // ZeRO-1: rank r owns the optimizer state of one contiguous range of the flat buffers.
@@ -210,7 +259,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
   int64_t start = 0;
   TrainingState resumed;
   std::string resumed_from;
-  if (resume.empty() && root && !list_checkpoints(tc.out_dir).empty())
+  if (benchmark == 0 && resume.empty() && root && !list_checkpoints(tc.out_dir).empty())
     throw std::invalid_argument(fmt::format(
         "{} already holds checkpoints of an earlier run (newest: {}); continue it with --resume auto, or start a "
         "new run in another train.out_dir (or delete the old one)", tc.out_dir, list_checkpoints(tc.out_dir).front()));
@@ -224,7 +273,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     optimizer.m.from_host(resumed.adam_m.data() + shard_begin, shard_size);
     optimizer.v.from_host(resumed.adam_v.data() + shard_begin, shard_size);
     optimizer.steps = resumed.adam_steps;
-    train_data.restore(resumed.loader);
+    train_data->restore(resumed.loader);
     start = resumed.iter;
   } else if (!mc.init_from.empty()) {
     model.params_from_host(load_weights(mc.init_from, model.layout));
@@ -234,7 +283,9 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
 
   const fs::path metrics_path = fs::path(tc.out_dir) / "metrics.jsonl";
   std::ofstream metrics;
-  if (root) {
+  if (root && benchmark > 0) {
+    fmt::print("benchmark: {} steps of {} on random tokens; {}\n", benchmark, cfg.path, device_summary(ctx));
+  } else if (root) {
     fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
     fs::create_directories(tc.out_dir);
     write_file_atomically((fs::path(tc.out_dir) / "config.yaml").string(), cfg.to_yaml());
@@ -244,12 +295,13 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
                : mc.init_from.empty() ? fmt::format("init from seed {}", mc.seed)
                                       : "init from " + mc.init_from);
     fmt::print("data: {} tokens for training ({} windows of {}×{}+1, tokenizer '{}', shuffle {}){}\n",
-               train_data.total_tokens(), train_data.windows_per_epoch(), B, T, train_data.meta().tokenizer,
+               train_data->total_tokens(), train_data->windows_per_epoch(), B, T, train_data->meta().tokenizer,
                cfg.data.shuffle,
                val_data ? fmt::format(", {} tokens for validation", val_data->total_tokens()) : ", no validation data");
     fmt::print("batch: {} sequences × {} tokens × {} accumulation × {} rank(s) = {} tokens per step (global batch "
                "{} sequences), steps {} to {}\n",
                B, T, accum, W, tokens_per_step, B * accum * W, start, tc.max_iters);
+    fmt::print("device: {}\n", device_summary(ctx));
     if (W > 1)
       fmt::print("optimizer state: {:.1f} MB per rank{}\n", 2.0 * shard_size * sizeof(float) / 1e6,
                  zero ? fmt::format(" (ZeRO-1: 1/{} of {:.1f} MB)", W, 2.0 * total * sizeof(float) / 1e6) : "");
@@ -258,7 +310,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     if (!metrics) throw std::runtime_error(fmt::format("{}: cannot write", metrics_path.string()));
   }
   auto record = [&](const nlohmann::json& j) {
-    if (root) metrics << j.dump() << "\n" << std::flush;
+    if (root && benchmark == 0) metrics << j.dump() << "\n" << std::flush;
   };
 
   TrainResult result;
@@ -276,7 +328,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
       comm->all_gather(s.adam_v.data() + shard_begin, s.adam_v.data(), counts);
     }
     s.adam_steps = optimizer.steps;
-    s.loader = train_data.state();
+    s.loader = train_data->state();
     s.world_size = W;
     s.config_yaml = cfg.to_yaml();
     if (root) {
@@ -291,8 +343,9 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
   Outliers loss_history, norm_history;
   int consecutive_skips = 0;
   std::vector<int32_t> inputs((size_t)B * T), targets((size_t)B * T);
-  int64_t epoch = train_data.epoch();
-  for (int64_t step = start; step < tc.max_iters; step++) {
+  int64_t epoch = benchmark > 0 ? 0 : train_data->epoch();
+  const double flops_per_step = flops_per_token(mc) * tokens_per_step;
+  for (int64_t step = start; step < max_iters; step++) {
     const auto step_start = std::chrono::steady_clock::now();
     model.zero_grads();
     double loss = 0;
@@ -302,7 +355,8 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
       model.grads.from_host(&nan, 1, index);
     };
     for (int micro = 0; micro < accum; micro++) {
-      train_data.next(inputs.data(), targets.data());
+      if (benchmark > 0) random_tokens.next(inputs.data(), targets.data(), inputs.size());
+      else train_data->next(inputs.data(), targets.data());
       loss += model.forward(inputs.data(), targets.data(), 1.0 / accum);
       // In the last micro-batch each layer's gradients are final as soon as its backward is
       // done: their all-reduce starts then and overlaps the layers below.
@@ -310,7 +364,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
       if (overlap) {
         model.backward([&](size_t off, size_t n) {
           if (poison && off > 0) poison_at(off);  // before the range leaves this rank
-          comm->start_all_reduce_sum(model.grads.data() + off, n);
+          dcomm->start_all_reduce_sum(model.grads.data() + off, n);
         });
       } else {
         model.backward();
@@ -323,10 +377,10 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     // Average over ranks: the gradients (or this rank's shard of them), the loss.
     float* grads = model.grads.data();
     if (zero) {
-      comm->reduce_scatter_sum(model.grads.data(), grad_shard.data(), counts);
+      dcomm->reduce_scatter_sum(model.grads.data(), grad_shard.data(), counts);
       grads = grad_shard.data();
     } else {
-      comm->wait_all();
+      dcomm->wait_all();
     }
     if (W > 1) scale(ctx, grads, 1.0 / W, shard_size);
     double sums[2] = {loss / accum, sum_squares(ctx, grads, shard_size)};
@@ -362,21 +416,28 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
       loss_history.add(loss);
       norm_history.add(grad_norm);
       clip_to_norm(ctx, grads, shard_size, grad_norm, cfg.optim.grad_clip);
-      optimizer.step(model.params.data() + shard_begin, grads, lr);
-      if (zero) comm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
+      optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(0));
+      if (zero) {
+        dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
+        model.refresh_weights();
+      }
     }
+    ctx.synchronize();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
 
     StepRecord r{step, loss, lr, grad_norm, tokens_per_step / seconds, seconds * 1e3};
+    const double mfu = flops_per_step / seconds / kPeakFlops / W;
     result.steps.push_back(r);
     if (!skip_reason)
       record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
               {"tokens_per_sec", r.tokens_per_sec}, {"ms", r.ms}});
-    if (root && (step % tc.log_interval == 0 || step + 1 == tc.max_iters) && !skip_reason)
-      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms\n", step,
-                 tc.max_iters, loss, lr, grad_norm, r.tokens_per_sec, r.ms);
-    if (train_data.epoch() != epoch) {
-      epoch = train_data.epoch();
+    if (root && (step % tc.log_interval == 0 || step + 1 == max_iters) && !skip_reason)
+      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms{}\n", step,
+                 max_iters, loss, lr, grad_norm, r.tokens_per_sec, r.ms,
+                 ctx.device == Device::cuda ? fmt::format(" | MFU {:.1f}%", 100 * mfu) : "");
+    if (benchmark > 0) continue;
+    if (train_data->epoch() != epoch) {
+      epoch = train_data->epoch();
       if (root) fmt::print("data: epoch {} begins (the training data wrapped around)\n", epoch);
     }
     if (W > 1 && tc.consistency_interval > 0 && (step + 1) % tc.consistency_interval == 0) {
@@ -410,6 +471,10 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
       return result;
     }
   }
+  if (benchmark > 0) {
+    if (root) print_benchmark<Model>(cfg, ctx, model.activation_bytes(), result.steps, tokens_per_step, W);
+    return result;
+  }
   if (root && start >= tc.max_iters)
     fmt::print("nothing to do: the checkpoint is at step {} of max_iters {}\n", start, tc.max_iters);
 
@@ -419,12 +484,40 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     save_weights(weights.string(), model.layout, final_params, {{"format", "pt"}, {"t6_config", cfg.to_yaml()}});
     fmt::print("saved {}\n", weights.string());
     if (cfg.sample.max_new_tokens > 0) {
-      const auto tokenizer = make_tokenizer(train_data.meta().tokenizer);
+      const auto tokenizer = make_tokenizer(train_data->meta().tokenizer);
       fmt::print("sample (temperature {}, top-k {}):\n{}{}\n", cfg.sample.temperature, cfg.sample.top_k,
                  cfg.sample.prompt, sample_text(cfg, final_params, *tokenizer));
     }
   }
   return result;
+}
+
+}  // namespace
+
+TrainResult train(const Config& cfg, const std::string& resume, Communicator* comm, int64_t benchmark) {
+  std::unique_ptr<Communicator> local;
+  if (!comm) {
+    local = make_local_communicator();
+    comm = local.get();
+  }
+  const int gpus = cuda_device_count();
+  const bool cuda = cfg.train.device == DeviceChoice::cuda || (cfg.train.device == DeviceChoice::auto_ && gpus > 0);
+  if (!cuda) return run<T6<float>>(cfg, resume, benchmark, comm, comm, Context{});
+#ifdef T6_WITH_CUDA
+  if (gpus == 0)
+    throw std::runtime_error("train.device is cuda, but no GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)");
+  const int local_rank = comm->local_rank();
+  if (local_rank >= gpus)
+    throw std::runtime_error(fmt::format("local rank {} has no GPU of its own: this machine shows {} GPU(s); start at "
+                                         "most that many processes per machine", local_rank, gpus));
+  const Context ctx = make_cuda_context(local_rank);
+  std::unique_ptr<Communicator> nccl;
+  if (comm->size() > 1) nccl = make_nccl_communicator(*comm, ctx);
+  return run<T6<bf16, float>>(cfg, resume, benchmark, comm, nccl ? nccl.get() : comm, ctx);
+#else
+  throw std::runtime_error("train.device is cuda, but this build has no CUDA backend (nvcc was not found when it was "
+                           "configured); rebuild with the CUDA toolkit installed, or set train.device: cpu");
+#endif
 }
 
 }  // namespace t6

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <vector>
@@ -11,11 +12,13 @@
 #include "trainer/train.h"
 
 static const char* kUsage =
-    "usage: t6-train --config FILE.yaml [--set section.key=value ...] [--resume auto|CKPT_DIR]\n"
+    "usage: t6-train --config FILE.yaml [--set section.key=value ...] [--resume auto|CKPT_DIR] [--benchmark N]\n"
     "  --config FILE   the experiment (configs/README.md lists every key)\n"
     "  --set K=V       override one key, e.g. --set train.max_iters=100 --set optim.learning_rate=1e-3\n"
     "  --resume auto   continue from the newest valid checkpoint in train.out_dir (or start fresh)\n"
-    "  --resume DIR    continue from that checkpoint (out_dir/ckpt_<iter>)\n";
+    "  --resume DIR    continue from that checkpoint (out_dir/ckpt_<iter>)\n"
+    "  --benchmark N   time N steps on random tokens (no data read, nothing written) and print\n"
+    "                  tokens/s, ms/step, MFU and memory (launch/bench.sh CONFIG wraps this)\n";
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // one log line at a time, also into files and pipes
@@ -23,6 +26,7 @@ int main(int argc, char** argv) {
   std::string config;
   std::vector<std::string> overrides;
   std::string resume;
+  int64_t benchmark = 0;
   try {
     for (int i = 1; i < argc; i++) {
       const std::string a = argv[i];
@@ -34,12 +38,18 @@ int main(int argc, char** argv) {
       else if (a == "--config") config = value();
       else if (a == "--set") overrides.push_back(value());
       else if (a == "--resume") resume = value();
+      else if (a == "--benchmark") {
+        const std::string v = value();
+        char* end = nullptr;
+        benchmark = std::strtoll(v.c_str(), &end, 10);
+        if (*end || benchmark < 3) throw std::invalid_argument("--benchmark needs a number of steps of at least 3, got '" + v + "'");
+      }
       else if (a.rfind("--set=", 0) == 0) overrides.push_back(a.substr(6));
       else if (a.rfind("--config=", 0) == 0) config = a.substr(9);
       else throw std::invalid_argument("unknown argument '" + a + "'");
     }
     if (config.empty()) throw std::invalid_argument("--config FILE.yaml is required");
-    const t6::TrainResult r = t6::train(t6::load_config(config, overrides), resume, rt.comm.get());
+    const t6::TrainResult r = t6::train(t6::load_config(config, overrides), resume, rt.comm.get(), benchmark);
     t6::finalize_runtime(rt);
     return r.gave_up ? 3 : 0;
   } catch (const std::exception& e) {

@@ -1,6 +1,6 @@
-// Causal softmax attention, the plain O(T²) reference: the probabilities are kept in memory
-// for backward. Query head h reads KV head h / (H/Hkv), so MHA (Hkv = H), GQA and MQA
-// (Hkv = 1) share one code path.
+// Causal softmax attention, the plain reference: each row's probabilities are formed in a
+// scratch row and only their log-sum-exp is kept; backward recomputes them. Query head h
+// reads KV head h / (H/Hkv), so MHA (Hkv = H), GQA and MQA (Hkv = 1) share one code path.
 #include <cmath>
 #include <vector>
 
@@ -9,27 +9,38 @@
 
 namespace t6 {
 
+namespace {
+
+// p[s] = q·k_s·scale for s ≤ t.
 template <class T>
-void attention_forward(const Context&, T* out, T* att, const T* q, const T* k, const T* v, int B, int T_, int H,
+void scores(T* p, const T* qt, const T* k, int b, int t, int T_, int Hkv, int kvh, int D, T scale) {
+  for (int s = 0; s <= t; s++) {
+    const T* ks = k + (((size_t)b * T_ + s) * Hkv + kvh) * D;
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int d = 0; d < D; d++) dot += qt[d] * ks[d];
+    p[s] = dot * scale;
+  }
+}
+
+}  // namespace
+
+template <class T, class P>
+void attention_forward(const Context&, T* out, P* lse, const T* q, const T* k, const T* v, int B, int T_, int H,
                        int Hkv, int D) {
   const int group = H / Hkv;
   const T scale = T(1.0 / std::sqrt((double)D));
 #pragma omp parallel for collapse(2) if ((size_t)B * H * T_ * T_ * D >= kParallelWork)
   for (int b = 0; b < B; b++) {
     for (int h = 0; h < H; h++) {
+      thread_local std::vector<T> p;
+      if (p.size() < (size_t)T_) p.resize(T_);
       const int kvh = h / group;
       for (int t = 0; t < T_; t++) {
         const T* qt = q + (((size_t)b * T_ + t) * H + h) * D;
-        T* p = att + (((size_t)b * H + h) * T_ + t) * T_;
+        scores(p.data(), qt, k, b, t, T_, Hkv, kvh, D, scale);
         T maxv = -INFINITY;
-        for (int s = 0; s <= t; s++) {
-          const T* ks = k + (((size_t)b * T_ + s) * Hkv + kvh) * D;
-          T dot = 0;
-#pragma omp simd reduction(+ : dot)
-          for (int d = 0; d < D; d++) dot += qt[d] * ks[d];
-          p[s] = dot * scale;
-          if (p[s] > maxv) maxv = p[s];
-        }
+        for (int s = 0; s <= t; s++) maxv = p[s] > maxv ? p[s] : maxv;
         double denom = 0;
         for (int s = 0; s <= t; s++) {
           p[s] = std::exp(p[s] - maxv);
@@ -37,7 +48,7 @@ void attention_forward(const Context&, T* out, T* att, const T* q, const T* k, c
         }
         const T inv = T(1.0 / denom);
         for (int s = 0; s <= t; s++) p[s] *= inv;
-        for (int s = t + 1; s < T_; s++) p[s] = 0;
+        lse[((size_t)b * H + h) * T_ + t] = P(maxv + std::log(denom));
 
         T* ot = out + (((size_t)b * T_ + t) * H + h) * D;
         for (int d = 0; d < D; d++) ot[d] = 0;
@@ -53,16 +64,16 @@ void attention_forward(const Context&, T* out, T* att, const T* q, const T* k, c
 
 // Parallel over (batch, KV head): all query heads of a group add into the same dk and dv rows,
 // so one thread owns a group and the sums keep a fixed order.
-template <class T>
+template <class T, class P>
 void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
-                        const T* att, int B, int T_, int H, int Hkv, int D) {
+                        const T* /*out*/, const P* lse, int B, int T_, int H, int Hkv, int D) {
   const int group = H / Hkv;
   const T scale = T(1.0 / std::sqrt((double)D));
 #pragma omp parallel for collapse(2) if ((size_t)B * H * T_ * T_ * D >= kParallelWork)
   for (int b = 0; b < B; b++) {
     for (int kvh = 0; kvh < Hkv; kvh++) {
-      thread_local std::vector<T> dp;  // grows once per thread, then reused across steps
-      if (dp.size() < (size_t)T_) dp.resize(T_);
+      thread_local std::vector<T> p, dp;  // grow once per thread, then reused across steps
+      if (p.size() < (size_t)T_) p.resize(T_), dp.resize(T_);
       for (int t = 0; t < T_; t++) {
         T* dks = dk + (((size_t)b * T_ + t) * Hkv + kvh) * D;
         T* dvs = dv + (((size_t)b * T_ + t) * Hkv + kvh) * D;
@@ -71,11 +82,13 @@ void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, cons
       for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         for (int t = 0; t < T_; t++) {
           const size_t qi = (((size_t)b * T_ + t) * H + h) * D;
-          const T* p = att + (((size_t)b * H + h) * T_ + t) * T_;
           const T* dot_ = dout + qi;
+          scores(p.data(), q + qi, k, b, t, T_, Hkv, kvh, D, scale);
+          const T row_lse = T(lse[((size_t)b * H + h) * T_ + t]);
           // dP = dO·Vᵀ, then the softmax backward dS = P ⊙ (dP − Σ P⊙dP).
           T rowdot = 0;
           for (int s = 0; s <= t; s++) {
+            p[s] = std::exp(p[s] - row_lse);
             const T* vs = v + (((size_t)b * T_ + s) * Hkv + kvh) * D;
             T acc = 0;
 #pragma omp simd reduction(+ : acc)
@@ -104,9 +117,9 @@ void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, cons
 }
 
 #define INSTANTIATE(T)                                                                               \
-  template void attention_forward<T>(const Context&, T*, T*, const T*, const T*, const T*, int, int, int, int, int); \
-  template void attention_backward<T>(const Context&, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, \
-                                      int, int, int, int, int);
+  template void attention_forward<T, T>(const Context&, T*, T*, const T*, const T*, const T*, int, int, int, int, int); \
+  template void attention_backward<T, T>(const Context&, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, \
+                                         const T*, int, int, int, int, int);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

@@ -7,8 +7,8 @@
 
 namespace t6 {
 
-template <class T>
-void classifier_forward_backward(const Context&, T* logits, T* losses, const int32_t* targets, int N, int V,
+template <class T, class P>
+void classifier_forward_backward(const Context&, T* logits, P* losses, const int32_t* targets, int N, int V,
                                  int n_valid, double dloss) {
   const double g = n_valid > 0 ? dloss / n_valid : 0.0;
 #pragma omp parallel for if ((size_t)N * V >= kParallelWork)
@@ -25,7 +25,7 @@ void classifier_forward_backward(const Context&, T* logits, T* losses, const int
     double sum = 0;
     for (int i = 0; i < V; i++) sum += std::exp((double)(row[i] - maxv));
     const double logsum = std::log(sum);
-    losses[n] = T(logsum - (double)(row[target] - maxv));
+    losses[n] = P(logsum - (double)(row[target] - maxv));
     for (int i = 0; i < V; i++) {
       double p = std::exp((double)(row[i] - maxv) - logsum);
       row[i] = T((p - (i == target ? 1.0 : 0.0)) * g);
@@ -34,7 +34,7 @@ void classifier_forward_backward(const Context&, T* logits, T* losses, const int
 }
 
 #define INSTANTIATE(T)                                                                               \
-  template void classifier_forward_backward<T>(const Context&, T*, T*, const int32_t*, int, int, int, double);
+  template void classifier_forward_backward<T, T>(const Context&, T*, T*, const int32_t*, int, int, int, double);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

@@ -19,8 +19,8 @@ void matmul_forward(const Context&, T* out, const T* inp, const T* weight, int M
   gemm(CblasNoTrans, CblasTrans, M, N, K, inp, K, weight, K, T(0), out, N);
 }
 
-template <class T>
-void matmul_backward(const Context&, T* dinp, T* dweight, const T* dout, const T* inp, const T* weight, int M, int K,
+template <class T, class P>
+void matmul_backward(const Context&, T* dinp, P* dweight, const T* dout, const T* inp, const T* weight, int M, int K,
                      int N, bool accumulate_dinp) {
   if (dinp) gemm(CblasNoTrans, CblasNoTrans, M, K, N, dout, N, weight, K, accumulate_dinp ? T(1) : T(0), dinp, K);
   gemm(CblasTrans, CblasNoTrans, N, K, M, dout, N, inp, K, T(1), dweight, K);
@@ -28,7 +28,7 @@ void matmul_backward(const Context&, T* dinp, T* dweight, const T* dout, const T
 
 #define INSTANTIATE(T)                                                                               \
   template void matmul_forward<T>(const Context&, T*, const T*, const T*, int, int, int);            \
-  template void matmul_backward<T>(const Context&, T*, T*, const T*, const T*, const T*, int, int, int, bool);
+  template void matmul_backward<T, T>(const Context&, T*, T*, const T*, const T*, const T*, int, int, int, bool);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

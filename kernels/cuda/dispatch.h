@@ -1,0 +1,25 @@
+// What the C++ side of the kernels library calls on a CUDA context without including CUDA
+// headers: memory, and the fp32 ops that exist on both backends (the optimizer's). Defined in
+// kernels/cuda/*.cu, or by kernels/cuda/none.cpp (which throws) in a build without CUDA.
+#pragma once
+#include <cstddef>
+
+#include "kernels/context.h"
+
+namespace t6::cuda {
+
+void* alloc(const Context&, size_t bytes);
+void release(const Context&, void* ptr);
+void to_host(const Context&, void* dst, const void* src, size_t bytes);
+void from_host(const Context&, void* dst, const void* src, size_t bytes);
+void zero(const Context&, void* ptr, size_t bytes);
+void synchronize(const Context&);
+
+void scale(const Context&, float* x, double s, size_t n);
+double sum(const Context&, const float* x, size_t n);
+double sum_squares(const Context&, const float* x, size_t n);
+void adamw_update(const Context&, float* params, const float* grads, float* m, float* v, size_t n, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, double bias1, double bias2,
+                  bf16* weights);
+
+}  // namespace t6::cuda

@@ -1,0 +1,36 @@
+// A build without nvcc: the CUDA backend's entry points exist and say why they cannot run.
+#include <stdexcept>
+
+#include "kernels/cuda/dispatch.h"
+#include "kernels/ops.h"
+
+namespace t6 {
+
+namespace {
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("this build has no CUDA backend (nvcc was not found when it was configured); "
+                           "rebuild on a machine with the CUDA toolkit, or set train.device: cpu");
+}
+}  // namespace
+
+int cuda_device_count() { return 0; }
+Context make_cuda_context(int) { no_cuda(); }
+GpuMemory gpu_memory(const Context&) { no_cuda(); }
+std::string gpu_name(const Context&) { no_cuda(); }
+void convert(const Context&, bf16*, const float*, size_t) { no_cuda(); }
+
+namespace cuda {
+void* alloc(const Context&, size_t) { no_cuda(); }
+void release(const Context&, void*) { no_cuda(); }
+void to_host(const Context&, void*, const void*, size_t) { no_cuda(); }
+void from_host(const Context&, void*, const void*, size_t) { no_cuda(); }
+void zero(const Context&, void*, size_t) { no_cuda(); }
+void synchronize(const Context&) { no_cuda(); }
+void scale(const Context&, float*, double, size_t) { no_cuda(); }
+double sum(const Context&, const float*, size_t) { no_cuda(); }
+double sum_squares(const Context&, const float*, size_t) { no_cuda(); }
+void adamw_update(const Context&, float*, const float*, float*, float*, size_t, double, double, double, double, double,
+                  double, double, bf16*) { no_cuda(); }
+}  // namespace cuda
+
+}  // namespace t6
