@@ -1,0 +1,382 @@
+// Fused causal attention in the flash-attention style (tiles in shared memory, online
+// softmax, tensor-core mma.sync m16n8k16 in bf16 with fp32 accumulation); no T×T matrix ever
+// reaches device memory. Layouts as the op set says: q, out (B,T,H,D); k, v (B,T,Hkv,D);
+// lse (B,H,T). Query head h reads KV head h / (H/Hkv).
+//
+// Forward: a block of 4 warps owns 64 query rows (16 per warp) and walks the key tiles up to
+// the diagonal. Backward: a block owns 64 keys of one KV head and walks every query tile at or
+// after it, for each query head of the group, accumulating dK and dV in registers; dQ is
+// summed across blocks with fp32 atomics into a scratch buffer, then converted.
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "kernels/cuda/common.cuh"
+
+namespace t6 {
+
+using namespace cuda;
+
+namespace {
+
+constexpr int kTile = 64, kThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+__device__ inline uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ inline uint32_t ld32(const bf* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// c += a·b for one 16×8×16 tile (PTX ISA fragment layouts: a row-major 16×16, b 16×8, c 16×8).
+__device__ inline void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8×8 bf16 matrices, transposed on the way: lane l gives the address of row l % 8 of
+// matrix l / 8.
+__device__ inline void ldmatrix_x4_trans(uint32_t r[4], const bf* row_address) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(row_address);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+// The A fragment (16 rows × 16 columns at col0) of a row-major tile in shared memory.
+template <int LD>
+__device__ inline void load_a(uint32_t a[4], const bf* tile, int row0, int col0, int gid, int tig) {
+  const bf* p = tile + (row0 + gid) * LD + col0 + tig * 2;
+  a[0] = ld32(p);
+  a[1] = ld32(p + 8 * LD);
+  a[2] = ld32(p + 8);
+  a[3] = ld32(p + 8 * LD + 8);
+}
+
+// rows [row0, row0 + 64) of a (T, ·) matrix whose rows are `stride` elements apart, D wide,
+// into a shared tile with leading dimension D + 8; rows past T become zeros.
+template <int D>
+__device__ void load_tile(bf* tile, const bf* src, int row0, int T, size_t stride) {
+  constexpr int kChunks = D / 8;  // 16-byte pieces per row
+  for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (size_t)(row0 + r) * stride + col);
+    *reinterpret_cast<uint4*>(tile + r * (D + 8) + col) = val;
+  }
+}
+
+// acc (16 × D, per warp) += A (16 × 64, from registers) · tile (64 × D, row-major in shared).
+template <int D>
+__device__ inline void mma_tile_b_trans(float acc[][4], const uint32_t a[4][4], const bf* tile, int lane) {
+  constexpr int LD = D + 8;
+  const int mi = lane / 8, ri = lane % 8;
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+    for (int dp = 0; dp < D / 16; dp++) {
+      uint32_t r[4];
+      ldmatrix_x4_trans(r, tile + (kk * 16 + (mi % 2) * 8 + ri) * LD + dp * 16 + (mi / 2) * 8);
+      mma(acc[2 * dp], a[kk], r[0], r[1]);
+      mma(acc[2 * dp + 1], a[kk], r[2], r[3]);
+    }
+}
+
+// The C fragments of a 16 × 64 product, as A fragments (16 × 16 each) of the next product.
+__device__ inline void c_to_a(uint32_t a[4][4], const float c[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    a[kk][0] = pack(c[2 * kk][0], c[2 * kk][1]);
+    a[kk][1] = pack(c[2 * kk][2], c[2 * kk][3]);
+    a[kk][2] = pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[kk][3] = pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, float* lse, const bf* q, const bf* k,
+                                                                     const bf* v, int T, int H, int Hkv,
+                                                                     float scale_log2) {
+  constexpr int LD = D + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf* Qs = reinterpret_cast<bf*>(smem);
+  bf* Ks = Qs + kTile * LD;
+  bf* Vs = Ks + kTile * LD;
+  const int qtile = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+  const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / Hkv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const int q0 = qtile * kTile;
+  const size_t qstride = (size_t)H * D, kstride = (size_t)Hkv * D;
+  const bf* qbase = q + (size_t)b * T * qstride + (size_t)h * D;
+  const bf* kbase = k + (size_t)b * T * kstride + (size_t)kvh * D;
+  const bf* vbase = v + (size_t)b * T * kstride + (size_t)kvh * D;
+
+  load_tile<D>(Qs, qbase, q0, T, qstride);
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) load_a<LD>(qf[kk], Qs, warp * 16, kk * 16, gid, tig);
+
+  float o[D / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int rows[2] = {q0 + warp * 16 + gid, q0 + warp * 16 + gid + 8};
+  for (int kt = 0; kt <= qtile; kt++) {
+    __syncthreads();  // everyone is done with the previous K and V
+    load_tile<D>(Ks, kbase, kt * kTile, T, kstride);
+    load_tile<D>(Vs, vbase, kt * kTile, T, kstride);
+    __syncthreads();
+    float s[8][4] = {};
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        const bf* p = Ks + (nt * 8 + gid) * LD + kk * 16 + tig * 2;
+        mma(s[nt], qf[kk], ld32(p), ld32(p + 8));
+      }
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = kt * kTile + nt * 8 + tig * 2 + (e & 1), row = rows[e / 2];
+        s[nt][e] = key > row || key >= T ? -INFINITY : s[nt][e] * scale_log2;
+        mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+      }
+    float corr[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      corr[i] = mx[i] == -INFINITY ? 1.f : exp2f(m[i] - mx[i]);
+      m[i] = mx[i];
+      l[i] *= corr[i];  // per-thread partial sums: the quad shares m, so they add up at the end
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        s[nt][e] = m[e / 2] == -INFINITY ? 0.f : exp2f(s[nt][e] - m[e / 2]);
+        l[e / 2] += s[nt][e];
+      }
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+      o[dt][0] *= corr[0], o[dt][1] *= corr[0];
+      o[dt][2] *= corr[1], o[dt][3] *= corr[1];
+    }
+    uint32_t pa[4][4];
+    c_to_a(pa, s);
+    mma_tile_b_trans<D>(o, pa, Vs, lane);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (rows[i] >= T) continue;
+    const float inv = 1.f / l[i];
+    bf* orow = out + ((size_t)b * T + rows[i]) * qstride + (size_t)h * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+      *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+    if (tig == 0) lse[((size_t)b * H + h) * T + rows[i]] = (m[i] + log2f(l[i])) * kLn2;
+  }
+}
+
+// delta = rowsum(dO ⊙ O) per (b, h, t), one warp per row; the softmax backward's correction.
+__global__ void attention_delta_kernel(float* delta, const bf* dout, const bf* out, int N, int T, int H, int D) {
+  const size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;  // (b·T + t)·H + h
+  if (row >= (size_t)N * H) return;
+  float acc = 0.f;
+  for (int d = threadIdx.x % 32; d < D; d += 32)
+    acc += __bfloat162float(dout[row * D + d]) * __bfloat162float(out[row * D + d]);
+  acc = warp_sum(acc);
+  const size_t n = row / H, h = row % H, b = n / T, t = n % T;
+  if (threadIdx.x % 32 == 0) delta[(b * H + h) * T + t] = acc;
+}
+
+__global__ void convert_dq_kernel(bf* dq, const float* acc, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dq[i] = __float2bfloat16(acc[i]);
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_acc, bf* dk, bf* dv, const bf* dout,
+                                                                      const bf* q, const bf* k, const bf* v,
+                                                                      const float* lse, const float* delta, int T,
+                                                                      int H, int Hkv, float scale, float scale_log2) {
+  constexpr int LD = D + 8, LDS = kTile + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf* Ks = reinterpret_cast<bf*>(smem);
+  bf* Vs = Ks + kTile * LD;
+  bf* Qs = Vs + kTile * LD;
+  bf* dOs = Qs + kTile * LD;
+  bf* dSt = dOs + kTile * LD;  // dSᵀ of the tile pair: [key][query]
+  float* lse_s = reinterpret_cast<float*>(dSt + kTile * LDS);
+  float* delta_s = lse_s + kTile;
+
+  const int kt = blockIdx.x, b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, group = H / Hkv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4, mi = lane / 8,
+            ri = lane % 8;
+  const int k0 = kt * kTile, ntiles = (T + kTile - 1) / kTile;
+  const size_t qstride = (size_t)H * D, kstride = (size_t)Hkv * D;
+  load_tile<D>(Ks, k + (size_t)b * T * kstride + (size_t)kvh * D, k0, T, kstride);
+  load_tile<D>(Vs, v + (size_t)b * T * kstride + (size_t)kvh * D, k0, T, kstride);
+  const int keys[2] = {k0 + warp * 16 + gid, k0 + warp * 16 + gid + 8};
+  float dK[D / 8][4] = {}, dV[D / 8][4] = {};
+
+  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+    const bf* qbase = q + (size_t)b * T * qstride + (size_t)h * D;
+    const bf* dobase = dout + (size_t)b * T * qstride + (size_t)h * D;
+    for (int qt = kt; qt < ntiles; qt++) {
+      const int q0 = qt * kTile;
+      __syncthreads();  // the previous pair is done with Qs, dOs, dSt
+      load_tile<D>(Qs, qbase, q0, T, qstride);
+      load_tile<D>(dOs, dobase, q0, T, qstride);
+      for (int i = threadIdx.x; i < kTile; i += kThreads) {
+        const bool in = q0 + i < T;
+        lse_s[i] = in ? lse[((size_t)b * H + h) * T + q0 + i] * kLog2e : 0.f;
+        delta_s[i] = in ? delta[((size_t)b * H + h) * T + q0 + i] : 0.f;
+      }
+      __syncthreads();
+
+      // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warp's 16 keys × 64 queries.
+      float st[8][4] = {}, dpt[8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t ka[4], va[4];
+        load_a<LD>(ka, Ks, warp * 16, kk * 16, gid, tig);
+        load_a<LD>(va, Vs, warp * 16, kk * 16, gid, tig);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          const bf* qp = Qs + (nt * 8 + gid) * LD + kk * 16 + tig * 2;
+          const bf* dp = dOs + (nt * 8 + gid) * LD + kk * 16 + tig * 2;
+          mma(st[nt], ka, ld32(qp), ld32(qp + 8));
+          mma(dpt[nt], va, ld32(dp), ld32(dp + 8));
+        }
+      }
+      // Pᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta)·scale.
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int qi = nt * 8 + tig * 2 + (e & 1), query = q0 + qi, key = keys[e / 2];
+          const float p = query < key || query >= T || key >= T ? 0.f : exp2f(st[nt][e] * scale_log2 - lse_s[qi]);
+          st[nt][e] = p;
+          dpt[nt][e] = p * (dpt[nt][e] - delta_s[qi]) * scale;
+        }
+      uint32_t a[4][4];
+      c_to_a(a, st);
+      mma_tile_b_trans<D>(dV, a, dOs, lane);  // dV += Pᵀ·dO
+      c_to_a(a, dpt);
+      mma_tile_b_trans<D>(dK, a, Qs, lane);   // dK += dSᵀ·Q
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) {
+        *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + gid) * LDS + nt * 8 + tig * 2) = pack(dpt[nt][0], dpt[nt][1]);
+        *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + gid + 8) * LDS + nt * 8 + tig * 2) = pack(dpt[nt][2], dpt[nt][3]);
+      }
+      __syncthreads();
+
+      // dQ (this warp's 16 queries × D) += dS·K over the tile's 64 keys, into the fp32 sums.
+      float dq[D / 8][4] = {};
+      uint32_t dsa[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) ldmatrix_x4_trans(dsa[kk], dSt + (kk * 16 + (mi / 2) * 8 + ri) * LDS + warp * 16 + (mi % 2) * 8);
+      mma_tile_b_trans<D>(dq, dsa, Ks, lane);
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        const int row = q0 + warp * 16 + gid + 8 * i;
+        if (row >= T) continue;
+        float* dst = dq_acc + ((size_t)b * T + row) * qstride + (size_t)h * D;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+#if __CUDA_ARCH__ >= 900
+          atomicAdd(reinterpret_cast<float2*>(dst + dt * 8 + tig * 2), make_float2(dq[dt][2 * i], dq[dt][2 * i + 1]));
+#else
+          atomicAdd(dst + dt * 8 + tig * 2, dq[dt][2 * i]);
+          atomicAdd(dst + dt * 8 + tig * 2 + 1, dq[dt][2 * i + 1]);
+#endif
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (keys[i] >= T) continue;
+    const size_t at = ((size_t)b * T + keys[i]) * kstride + (size_t)kvh * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+      *reinterpret_cast<uint32_t*>(dk + at + dt * 8 + tig * 2) = pack(dK[dt][2 * i], dK[dt][2 * i + 1]);
+      *reinterpret_cast<uint32_t*>(dv + at + dt * 8 + tig * 2) = pack(dV[dt][2 * i], dV[dt][2 * i + 1]);
+    }
+  }
+}
+
+template <int D>
+void forward(const Context& ctx, bf* out, float* lse, const bf* q, const bf* k, const bf* v, int B, int T, int H,
+             int Hkv) {
+  const size_t shared = 3 * kTile * (D + 8) * sizeof(bf);
+  CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+  const dim3 grid((T + kTile - 1) / kTile, B * H);
+  attention_forward_kernel<D><<<grid, kThreads, shared, stream(ctx)>>>(out, lse, q, k, v, T, H, Hkv,
+                                                                      kLog2e / sqrtf((float)D));
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int D>
+void backward(const Context& ctx, float* dq_acc, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v,
+              const float* lse, const float* delta, int B, int T, int H, int Hkv) {
+  const size_t shared = (4 * kTile * (D + 8) + kTile * (kTile + 8)) * sizeof(bf) + 2 * kTile * sizeof(float);
+  CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+  const dim3 grid((T + kTile - 1) / kTile, B * Hkv);
+  const float scale = 1.f / sqrtf((float)D);
+  attention_backward_kernel<D><<<grid, kThreads, shared, stream(ctx)>>>(dq_acc, dk, dv, dout, q, k, v, lse, delta, T,
+                                                                       H, Hkv, scale, scale * kLog2e);
+  CUDA_CHECK_LAUNCH();
+}
+
+[[noreturn]] void unsupported(int D) {
+  throw std::invalid_argument(fmt::format("model.head_dim: the CUDA attention supports 16, 32, 64 and 128, got {}", D));
+}
+
+}  // namespace
+
+template <>
+void attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, const bf16* q, const bf16* k,
+                                    const bf16* v, int B, int T, int H, int Hkv, int D) {
+  switch (D) {
+    case 16: return forward<16>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
+    case 32: return forward<32>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
+    case 64: return forward<64>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
+    case 128: return forward<128>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
+    default: unsupported(D);
+  }
+}
+
+template <>
+void attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
+                                     const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                                     int B, int T, int H, int Hkv, int D) {
+  const size_t N = (size_t)B * T, nq = N * H * D;
+  // Scratch: the fp32 dQ sums, then delta.
+  float* dq_acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nq + N * H)));
+  float* delta = dq_acc + nq;
+  CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, sizeof(float) * nq, stream(ctx)));
+  attention_delta_kernel<<<blocks_for(N * H * 32, 256), 256, 0, stream(ctx)>>>(delta, dev(dout), dev(out), (int)N, T,
+                                                                             H, D);
+  CUDA_CHECK_LAUNCH();
+  switch (D) {
+    case 16: backward<16>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
+    case 32: backward<32>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
+    case 64: backward<64>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
+    case 128: backward<128>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
+    default: unsupported(D);
+  }
+  convert_dq_kernel<<<blocks_for(nq, 256), 256, 0, stream(ctx)>>>(dev(dq), dq_acc, nq);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace t6
