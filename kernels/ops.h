@@ -30,10 +30,14 @@ template <class A, class P> void rmsnorm_backward(const Context&, A* dinp, const
 
 // out (M,N) = inp (M,K) · weight (N,K)ᵀ.
 // Backward: dweight += doutᵀ·inp (accumulates); dinp = dout·weight, or += when accumulate_dinp;
-// dinp may be null when the input needs no gradient.
-template <class A> void matmul_forward(const Context&, A* out, const A* inp, const A* weight, int M, int K, int N);
+// dinp may be null when the input needs no gradient. ld_in and ld_out are the row pitches of
+// inp/dinp and out/dout when their rows are padded (0: K and N); a pitch that is a multiple
+// of 8 keeps every row 16-byte aligned, which the GPU's fast matmul kernels need.
+template <class A> void matmul_forward(const Context&, A* out, const A* inp, const A* weight, int M, int K, int N,
+                                       int ld_in = 0, int ld_out = 0);
 template <class A, class P> void matmul_backward(const Context&, A* dinp, P* dweight, const A* dout, const A* inp,
-                                                 const A* weight, int M, int K, int N, bool accumulate_dinp);
+                                                 const A* weight, int M, int K, int N, bool accumulate_dinp,
+                                                 int ld_in = 0, int ld_out = 0);
 
 // Where q, k and v (index 0, 1, 2) come from in a row of the attention's input projection,
 // (N, width): either a dense slice of heads·D columns at `dense`, or TPA's factors, A (heads·R
@@ -41,6 +45,8 @@ template <class A, class P> void matmul_backward(const Context&, A* dinp, P* dwe
 // (1/R) Σ_r A[h,r]·B[r,:]. RoPE rotates q and k: the rows of B, or each dense head.
 struct QkvLayout {
   int width = 0, D = 0;
+  int pitch = 0;  // of proj's rows, ≥ width (0: width)
+  int stride() const { return pitch ? pitch : width; }
   int heads[3] = {}, rank[3] = {};  // rank 0: dense
   int a[3] = {}, b[3] = {}, dense[3] = {};
 };
@@ -58,9 +64,11 @@ template <class A, class P> void attention_backward(const Context&, A* dq, A* dk
                                                     const A* k, const A* v, const A* out, const P* lse, int B, int T_,
                                                     int H, int Hkv, int D);
 
-// out (N,F) = silu(a) ⊙ b where each row of fc (N,2F) is [a | b].
-template <class A> void swiglu_forward(const Context&, A* out, const A* fc, int N, int F);
-template <class A> void swiglu_backward(const Context&, A* dfc, const A* dout, const A* fc, int N, int F);
+// out (N,F) = silu(a) ⊙ b where each row of fc (N,2F) is [a | b]; ld_fc and ld_out are the
+// row pitches of fc/dfc and out/dout (0: 2F and F).
+template <class A> void swiglu_forward(const Context&, A* out, const A* fc, int N, int F, int ld_fc = 0, int ld_out = 0);
+template <class A> void swiglu_backward(const Context&, A* dfc, const A* dout, const A* fc, int N, int F, int ld_fc = 0,
+                                        int ld_out = 0);
 
 // Fused classifier: logits (N,V) are replaced by dloss·(softmax − onehot(target)) / n_valid and
 // losses[n] = −log softmax(logits[n])[target[n]]; rows whose target is −1 get zero loss and

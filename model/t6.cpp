@@ -59,6 +59,10 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
   }
   qkv_ = qkv_layout(cfg, layout);
   attn_width_ = qkv_.width;
+  auto padded = [](int n) { return (n + 7) / 8 * 8; };
+  proj_pitch_ = qkv_.pitch = padded(attn_width_);
+  fc_pitch_ = padded(2 * cfg.mlp_hidden());
+  g_pitch_ = padded(cfg.mlp_hidden());
   params = Buffer<P>(ctx, layout.total);
   grads = Buffer<P>(ctx, layout.total);
   if constexpr (std::is_same_v<A, P>) {
@@ -93,7 +97,7 @@ typename T6<A, P>::template Weights<X> T6<A, P>::views(X* base) const {
 template <class A, class P>
 void T6<A, P>::plan_memory() {
   const size_t N = N_, C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(), D = cfg.head_dim,
-               F = cfg.mlp_hidden(), V = cfg.vocab_size, Wp = attn_width_;
+               V = cfg.vocab_size, Wp = proj_pitch_, Fc = fc_pitch_, G = g_pitch_;
   for (int pass = 0; pass < 2; pass++) {
     size_t used = 0, used_stats = 0;
     auto carve = [&](size_t count) -> A* {
@@ -108,7 +112,7 @@ void T6<A, P>::plan_memory() {
     };
     acts_.assign(cfg.n_layer, LayerActs{});
     h_scratch_ = recompute_ ? carve(N * C) : nullptr;
-    g_scratch_ = recompute_ ? carve(N * F) : nullptr;
+    g_scratch_ = recompute_ ? carve(N * G) : nullptr;
     for (LayerActs& a : acts_) {
       a.x = carve(N * C);
       a.rstd1 = carve_stats(N);
@@ -122,8 +126,8 @@ void T6<A, P>::plan_memory() {
       a.x_mid = carve(N * C);
       a.rstd2 = carve_stats(N);
       a.h2 = recompute_ ? h_scratch_ : carve(N * C);
-      a.fc = carve(N * 2 * F);
-      a.g = recompute_ ? g_scratch_ : carve(N * F);
+      a.fc = carve(N * Fc);
+      a.g = recompute_ ? g_scratch_ : carve(N * G);
     }
     x_final_ = carve(N * C);
     rstd_final_ = carve_stats(N);
@@ -137,8 +141,8 @@ void T6<A, P>::plan_memory() {
     s_.dk = carve(N * Hkv * D);
     s_.dv = carve(N * Hkv * D);
     s_.dproj = carve(N * Wp);
-    s_.dfc = carve(N * 2 * F);
-    s_.dg = carve(N * F);
+    s_.dfc = carve(N * Fc);
+    s_.dg = carve(N * G);
     s_.logits = carve((size_t)chunk_ * V);
     if (pass == 0) {
       arena_ = Buffer<A>(ctx, used);
@@ -164,7 +168,7 @@ const A* T6<A, P>::h2(int l) {
 template <class A, class P>
 const A* T6<A, P>::g(int l) {
   const LayerActs& a = acts_[l];
-  if (recompute_) swiglu_forward(ctx, a.g, a.fc, N_, cfg.mlp_hidden());
+  if (recompute_) swiglu_forward(ctx, a.g, a.fc, N_, cfg.mlp_hidden(), fc_pitch_, g_pitch_);
   return a.g;
 }
 
@@ -181,15 +185,15 @@ double T6<A, P>::forward(const int32_t* tokens, const int32_t* targets, double d
     const Layer<const A>& w = w_.layers[l];
     const bool last = l + 1 == cfg.n_layer;
 
-    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_width_);
+    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_width_, C, proj_pitch_);
     qkv_forward(ctx, a.q, a.k, a.v, a.proj, qkv_, B_, T_);
     attention_forward(ctx, a.y, a.lse, a.q, a.k, a.v, B_, T_, H, Hkv, D);
     matmul_forward(ctx, s_.branch, a.y, w.attn_proj, N_, H * D, C);
     residual_rmsnorm_forward(ctx, a.x_mid, a.h2, a.rstd2, a.x, s_.branch, N_, C, kRmsEps);
 
-    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, 2 * F);
-    swiglu_forward(ctx, a.g, a.fc, N_, F);
-    matmul_forward(ctx, s_.branch, a.g, w.mlp_proj, N_, F, C);
+    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, 2 * F, C, fc_pitch_);
+    swiglu_forward(ctx, a.g, a.fc, N_, F, fc_pitch_, g_pitch_);
+    matmul_forward(ctx, s_.branch, a.g, w.mlp_proj, N_, F, C, g_pitch_, C);
     residual_rmsnorm_forward(ctx, last ? x_final_ : acts_[l + 1].x, last ? h_final_ : acts_[l + 1].h1,
                              last ? rstd_final_ : acts_[l + 1].rstd1, a.x_mid, s_.branch, N_, C, kRmsEps);
   }
@@ -225,16 +229,16 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     const Layer<P>& g = g_.layers[l];
 
     // MLP branch; s_.dx holds the gradient of the block's output.
-    matmul_backward(ctx, s_.dg, g.mlp_proj, s_.dx, this->g(l), w.mlp_proj, N_, F, C, false);
-    swiglu_backward(ctx, s_.dfc, s_.dg, a.fc, N_, F);
-    matmul_backward(ctx, s_.dh, g.fc, s_.dfc, h2(l), w.fc, N_, C, 2 * F, false);
+    matmul_backward(ctx, s_.dg, g.mlp_proj, s_.dx, this->g(l), w.mlp_proj, N_, F, C, false, g_pitch_, C);
+    swiglu_backward(ctx, s_.dfc, s_.dg, a.fc, N_, F, fc_pitch_, g_pitch_);
+    matmul_backward(ctx, s_.dh, g.fc, s_.dfc, h2(l), w.fc, N_, C, 2 * F, false, C, fc_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x_mid, a.rstd2, N_, C);
 
     // Attention branch; s_.dx now holds the gradient of x_mid.
     matmul_backward(ctx, s_.dy, g.attn_proj, s_.dx, a.y, w.attn_proj, N_, H * D, C, false);
     attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.y, a.lse, B_, T_, H, Hkv, D);
     qkv_backward(ctx, s_.dproj, s_.dq, s_.dk, s_.dv, a.proj, qkv_, B_, T_);
-    matmul_backward(ctx, s_.dh, g.attn_in, s_.dproj, h1(l), w.attn_in, N_, C, attn_width_, false);
+    matmul_backward(ctx, s_.dh, g.attn_in, s_.dproj, h1(l), w.attn_in, N_, C, attn_width_, false, C, proj_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
   }

@@ -85,6 +85,9 @@ class T6 {
   int B_, T_, N_, chunk_;  // chunk_: rows of logits formed at once
   bool recompute_;
   int attn_width_;         // rows of attn_in
+  // Row pitches of the activations whose widths need not be multiples of 8 (the stacked
+  // projection's output, c_fc's, SwiGLU's): padded so every row stays 16-byte aligned.
+  int proj_pitch_, fc_pitch_, g_pitch_;
   QkvLayout qkv_;
   Buffer<A> weights_;      // the compute copy (A ≠ P only)
   Weights<const A> w_;

@@ -220,7 +220,7 @@ void print_benchmark(const Config& cfg, const Context& ctx, size_t activation_by
 // One run on this rank. comm carries host values (losses, norms, checkpoint gathers, signals);
 // dcomm the backend's gradient and parameter buffers (NCCL on GPUs, comm itself on the CPU).
 template <class Model>
-TrainResult run(const Config& cfg, const std::string& resume, int64_t benchmark, Communicator* comm,
+TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& bench, Communicator* comm,
                 Communicator* dcomm, const Context& ctx) {
   const int W = comm->size(), rank = comm->rank();
   const bool root = rank == 0;
@@ -228,7 +228,7 @@ TrainResult run(const Config& cfg, const std::string& resume, int64_t benchmark,
   const TrainConfig& tc = cfg.train;
   const int B = tc.batch_size, T = mc.block_size, accum = tc.gradient_accumulation_steps;
   const size_t tokens_per_step = (size_t)B * T * accum * W;
-  const int64_t max_iters = benchmark > 0 ? benchmark : tc.max_iters;
+  const int64_t benchmark = bench.steps, max_iters = benchmark > 0 ? benchmark : tc.max_iters;
 
   // Data and weights are checked before anything is written, so a bad run leaves no outputs.
   // A benchmark reads no data: its tokens are random.
@@ -346,6 +346,7 @@ TrainResult run(const Config& cfg, const std::string& resume, int64_t benchmark,
   int64_t epoch = benchmark > 0 ? 0 : train_data->epoch();
   const double flops_per_step = flops_per_token(mc) * tokens_per_step;
   for (int64_t step = start; step < max_iters; step++) {
+    if (bench.profile && step == 2) set_profiling(ctx, true);
     const auto step_start = std::chrono::steady_clock::now();
     model.zero_grads();
     double loss = 0;
@@ -473,6 +474,9 @@ TrainResult run(const Config& cfg, const std::string& resume, int64_t benchmark,
   }
   if (benchmark > 0) {
     if (root) print_benchmark<Model>(cfg, ctx, model.activation_bytes(), result.steps, tokens_per_step, W);
+    if (root && bench.profile)
+      fmt::print("\ndevice time by op over steps 2 to {} ({} micro-batches):\n{}", max_iters - 1,
+                 (max_iters - 2) * accum, profile_report(ctx));
     return result;
   }
   if (root && start >= tc.max_iters)
@@ -494,7 +498,7 @@ TrainResult run(const Config& cfg, const std::string& resume, int64_t benchmark,
 
 }  // namespace
 
-TrainResult train(const Config& cfg, const std::string& resume, Communicator* comm, int64_t benchmark) {
+TrainResult train(const Config& cfg, const std::string& resume, Communicator* comm, const Benchmark& benchmark) {
   std::unique_ptr<Communicator> local;
   if (!comm) {
     local = make_local_communicator();

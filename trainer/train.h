@@ -28,11 +28,17 @@ struct TrainResult {
 // out_dir/{config.yaml, metrics.jsonl, ckpt_<iter>/, latest, model.safetensors} and prints.
 // resume: "" (start fresh), "auto" (the newest valid checkpoint in out_dir, or fresh when
 // there is none) or a checkpoint directory.
-// benchmark > 0: run that many steps on random tokens instead (no data, checkpoints or
-// outputs) and print a table of the median step time, tokens/s, MFU and memory.
+// steps > 0: run that many steps on random tokens instead (no data, checkpoints or outputs)
+// and print a table of the median step time, tokens/s, MFU and memory; with profile, also
+// the device time of each op over the steps after the first two (CUDA only).
+struct Benchmark {
+  int64_t steps = 0;
+  bool profile = false;
+};
+
 // The device is cfg.train.device; with CUDA, local rank r uses GPU r and ranks talk over NCCL.
 TrainResult train(const Config& cfg, const std::string& resume = "", Communicator* comm = nullptr,
-                  int64_t benchmark = 0);
+                  const Benchmark& benchmark = {});
 
 // Dense bf16 peak of an H100 SXM, the denominator of MFU (T6_SPEC.md).
 constexpr double kPeakFlops = 989e12;

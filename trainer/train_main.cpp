@@ -12,13 +12,14 @@
 #include "trainer/train.h"
 
 static const char* kUsage =
-    "usage: t6-train --config FILE.yaml [--set section.key=value ...] [--resume auto|CKPT_DIR] [--benchmark N]\n"
+    "usage: t6-train --config FILE.yaml [--set section.key=value ...] [--resume auto|CKPT_DIR] [--benchmark N [--profile]]\n"
     "  --config FILE   the experiment (configs/README.md lists every key)\n"
     "  --set K=V       override one key, e.g. --set train.max_iters=100 --set optim.learning_rate=1e-3\n"
     "  --resume auto   continue from the newest valid checkpoint in train.out_dir (or start fresh)\n"
     "  --resume DIR    continue from that checkpoint (out_dir/ckpt_<iter>)\n"
     "  --benchmark N   time N steps on random tokens (no data read, nothing written) and print\n"
-    "                  tokens/s, ms/step, MFU and memory (launch/bench.sh CONFIG wraps this)\n";
+    "                  tokens/s, ms/step, MFU and memory (launch/bench.sh CONFIG wraps this)\n"
+    "  --profile       with --benchmark on a GPU: also the device time of each op\n";
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // one log line at a time, also into files and pipes
@@ -26,7 +27,7 @@ int main(int argc, char** argv) {
   std::string config;
   std::vector<std::string> overrides;
   std::string resume;
-  int64_t benchmark = 0;
+  t6::Benchmark benchmark;
   try {
     for (int i = 1; i < argc; i++) {
       const std::string a = argv[i];
@@ -38,11 +39,12 @@ int main(int argc, char** argv) {
       else if (a == "--config") config = value();
       else if (a == "--set") overrides.push_back(value());
       else if (a == "--resume") resume = value();
+      else if (a == "--profile") benchmark.profile = true;
       else if (a == "--benchmark") {
         const std::string v = value();
         char* end = nullptr;
-        benchmark = std::strtoll(v.c_str(), &end, 10);
-        if (*end || benchmark < 3) throw std::invalid_argument("--benchmark needs a number of steps of at least 3, got '" + v + "'");
+        benchmark.steps = std::strtoll(v.c_str(), &end, 10);
+        if (*end || benchmark.steps < 3) throw std::invalid_argument("--benchmark needs a number of steps of at least 3, got '" + v + "'");
       }
       else if (a.rfind("--set=", 0) == 0) overrides.push_back(a.substr(6));
       else if (a.rfind("--config=", 0) == 0) config = a.substr(9);

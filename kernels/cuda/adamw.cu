@@ -31,6 +31,7 @@ __global__ void adamw_kernel(float* params, const float* grads, float* m, float*
 void cuda::adamw_update(const Context& ctx, float* params, const float* grads, float* m, float* v, size_t n, double lr,
                         double beta1, double beta2, double eps, double weight_decay, double bias1, double bias2,
                         bf16* weights) {
+  T6_TIMED(ctx, "adamw");
   if (n == 0) return;
   adamw_kernel<<<blocks_for(n, 256), 256, 0, stream(ctx)>>>(
       params, grads, m, v, reinterpret_cast<bf*>(weights), n, (float)(1.0 - lr * weight_decay), (float)beta1,

@@ -347,6 +347,7 @@ void backward(const Context& ctx, float* dq_acc, bf* dk, bf* dv, const bf* dout,
 template <>
 void attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, const bf16* q, const bf16* k,
                                     const bf16* v, int B, int T, int H, int Hkv, int D) {
+  T6_TIMED(ctx, "attention forward");
   switch (D) {
     case 16: return forward<16>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
     case 32: return forward<32>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
@@ -360,6 +361,7 @@ template <>
 void attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
                                      const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                                      int B, int T, int H, int Hkv, int D) {
+  T6_TIMED(ctx, "attention backward");
   const size_t N = (size_t)B * T, nq = N * H * D;
   // Scratch: the fp32 dQ sums, then delta.
   float* dq_acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nq + N * H)));

@@ -1,7 +1,9 @@
 // The CUDA context: device selection, stream, cuBLASLt handle, memory, and error reports.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/state.h"
@@ -66,11 +68,56 @@ void* scratch(const Context& ctx, size_t bytes) {
   return s.scratch;
 }
 
+void OpTimer::start(CudaState* s, std::string op) {
+  s_ = s;
+  op_ = std::move(op);
+  CUDA_CHECK(cudaEventCreate(&start_));
+  CUDA_CHECK(cudaEventRecord(start_, s_->stream));
+}
+
+OpTimer::~OpTimer() {
+  if (!s_) return;
+  cudaEvent_t stop = nullptr;
+  if (cudaEventCreate(&stop) == cudaSuccess && cudaEventRecord(stop, s_->stream) == cudaSuccess)
+    s_->timings.push_back({op_, start_, stop});
+}
+
 }  // namespace cuda
+
+void set_profiling(const Context& ctx, bool on) {
+  if (!ctx.cuda) return;
+  profile_report(ctx);  // drop what was timed so far
+  ctx.cuda->profile = on;
+}
+
+std::string profile_report(const Context& ctx) {
+  if (!ctx.cuda) return "";
+  CudaState& s = *ctx.cuda;
+  CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  std::map<std::string, std::pair<int, double>> by_op;
+  double total = 0;
+  for (const CudaState::Timing& t : s.timings) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, t.start, t.stop));
+    by_op[t.op].first++;
+    by_op[t.op].second += ms;
+    total += ms;
+    cudaEventDestroy(t.start);
+    cudaEventDestroy(t.stop);
+  }
+  s.timings.clear();
+  std::vector<std::pair<std::string, std::pair<int, double>>> rows(by_op.begin(), by_op.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.second > b.second.second; });
+  std::string out = "| op | calls | ms | share |\n|---|---|---|---|\n";
+  for (const auto& [op, v] : rows)
+    out += fmt::format("| {} | {} | {:.2f} | {:.1f}% |\n", op, v.first, v.second, 100 * v.second / total);
+  return out + fmt::format("| all ops | | {:.2f} | |\n", total);
+}
 
 CudaState::~CudaState() {
   // Best effort: the process may be ending because of a CUDA error.
   plans.clear();
+  for (auto& [shape, table] : rope_tables) cudaFree(table);
   if (scratch) cudaFree(scratch);
   if (lt_workspace) cudaFree(lt_workspace);
   if (host_result) cudaFreeHost(host_result);

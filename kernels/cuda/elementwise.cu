@@ -52,6 +52,7 @@ __global__ void final_sum_kernel(double* result, const double* partials) {
 
 template <bool kSquares>
 double reduce(const Context& ctx, const float* x, size_t n) {
+  T6_TIMED(ctx, "sum / sum of squares");
   double* partials = static_cast<double*>(cuda::scratch(ctx, sizeof(double) * (kReduceBlocks + 1)));
   partial_sums_kernel<kSquares><<<kReduceBlocks, kReduceThreads, 0, stream(ctx)>>>(partials, x, n);
   CUDA_CHECK_LAUNCH();
@@ -66,6 +67,7 @@ double reduce(const Context& ctx, const float* x, size_t n) {
 }  // namespace
 
 void cuda::scale(const Context& ctx, float* x, double s, size_t n) {
+  T6_TIMED(ctx, "scale");
   scale_kernel<<<blocks_for(n, 256), 256, 0, stream(ctx)>>>(x, (float)s, n);
   CUDA_CHECK_LAUNCH();
 }
@@ -74,6 +76,7 @@ double cuda::sum(const Context& ctx, const float* x, size_t n) { return reduce<f
 double cuda::sum_squares(const Context& ctx, const float* x, size_t n) { return reduce<true>(ctx, x, n); }
 
 void convert(const Context& ctx, bf16* out, const float* in, size_t n) {
+  T6_TIMED(ctx, "convert to bf16");
   if (n == 0) return;
   convert_kernel<<<blocks_for(n, 256), 256, 0, stream(ctx)>>>(dev(out), in, n);
   CUDA_CHECK_LAUNCH();

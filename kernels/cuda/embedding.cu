@@ -21,6 +21,7 @@ __global__ void embedding_backward_kernel(float* dwte, const bf* dout, const int
 
 template <>
 void embedding_forward<bf16>(const Context& ctx, bf16* out, const int32_t* tokens, const bf16* wte, int N, int C) {
+  T6_TIMED(ctx, "embedding forward");
   embedding_forward_kernel<<<blocks_for((size_t)N * C, 256), 256, 0, stream(ctx)>>>(dev(out), tokens, dev(wte), N, C);
   CUDA_CHECK_LAUNCH();
 }
@@ -28,6 +29,7 @@ void embedding_forward<bf16>(const Context& ctx, bf16* out, const int32_t* token
 template <>
 void embedding_backward<bf16, float>(const Context& ctx, float* dwte, const bf16* dout, const int32_t* tokens, int N,
                                      int C) {
+  T6_TIMED(ctx, "embedding backward");
   embedding_backward_kernel<<<blocks_for((size_t)N * C, 256), 256, 0, stream(ctx)>>>(dwte, dev(dout), tokens, N, C);
   CUDA_CHECK_LAUNCH();
 }

@@ -27,8 +27,9 @@ struct Plan {
   }
 };
 
-int alignment(const void* p) {
-  const auto v = reinterpret_cast<uintptr_t>(p);
+// The alignment every row of a matrix keeps: its base address's and its pitch's in bytes.
+int alignment(const void* p, int ld, int element_bytes) {
+  const auto v = reinterpret_cast<uintptr_t>(p) | (uintptr_t)ld * element_bytes;
   return v % 16 == 0 ? 16 : v % 8 == 0 ? 8 : v % 4 == 0 ? 4 : 2;
 }
 
@@ -37,9 +38,10 @@ int alignment(const void* p) {
 void gemm(const Context& ctx, bool trans_a, bool trans_b, int m, int n, int k, const bf* A, int lda, const bf* B,
           int ldb, void* C, bool c_fp32, int ldc, float beta) {
   CudaState& s = *ctx.cuda;
-  const int align = std::min({alignment(A), alignment(B), alignment(C)});
+  // Each operand's own alignment, so one unaligned matrix does not push the others onto slow paths.
+  const int align_a = alignment(A, lda, 2), align_b = alignment(B, ldb, 2), align_c = alignment(C, ldc, c_fp32 ? 4 : 2);
   const auto key = std::make_tuple((int)trans_a, (int)trans_b, m, n, k, lda, ldb, ldc, (int)c_fp32, (int)(beta != 0),
-                                   align);
+                                   align_a * 10000 + align_b * 100 + align_c);
   auto it = s.plans.find(key);
   if (it == s.plans.end()) {
     auto plan = std::make_shared<Plan>();
@@ -53,11 +55,14 @@ void gemm(const Context& ctx, bool trans_a, bool trans_b, int m, int n, int k, c
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->c, ctype, m, n, ldc));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint32_t bytes = align;
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &s.lt_workspace_bytes, sizeof(s.lt_workspace_bytes)));
-    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, (uint32_t)align_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, (uint32_t)align_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, (uint32_t)align_c},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, (uint32_t)align_c}};
+    for (const auto& [attr, bytes] : aligns)
       CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(bytes)));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
@@ -66,8 +71,9 @@ void gemm(const Context& ctx, bool trans_a, bool trans_b, int m, int n, int k, c
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0)
       throw std::runtime_error(fmt::format("cuBLASLt has no algorithm for a {}×{}×{} bf16 product (trans {}{}, "
-                                           "ld {} {} {}, {}-byte alignment): {}", m, n, k, trans_a ? 'T' : 'N',
-                                           trans_b ? 'T' : 'N', lda, ldb, ldc, align, cublasLtGetStatusString(st)));
+                                           "ld {} {} {}, alignment {} {} {} bytes): {}", m, n, k, trans_a ? 'T' : 'N',
+                                           trans_b ? 'T' : 'N', lda, ldb, ldc, align_a, align_b, align_c,
+                                           cublasLtGetStatusString(st)));
     plan->algo = result.algo;
     it = s.plans.emplace(key, plan).first;
   }
@@ -81,16 +87,26 @@ void gemm(const Context& ctx, bool trans_a, bool trans_b, int m, int n, int k, c
 
 // out (M,N) = inp (M,K)·weight (N,K)ᵀ  ⇔  outᵀ (N×M) = weightᵀ… in column-major: C = Wᵀ_cm·inp_cm.
 template <>
-void matmul_forward<bf16>(const Context& ctx, bf16* out, const bf16* inp, const bf16* weight, int M, int K, int N) {
-  gemm(ctx, true, false, N, M, K, dev(weight), K, dev(inp), K, dev(out), false, N, 0.f);
+void matmul_forward<bf16>(const Context& ctx, bf16* out, const bf16* inp, const bf16* weight, int M, int K, int N,
+                          int ld_in, int ld_out) {
+  ld_in = ld_in ? ld_in : K, ld_out = ld_out ? ld_out : N;
+  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul forward {}×{}×{}", M, K, N); });
+  gemm(ctx, true, false, N, M, K, dev(weight), K, dev(inp), ld_in, dev(out), false, ld_out, 0.f);
 }
 
 // dinp (M,K) = dout (M,N)·weight (N,K); dweight (N,K) += dout (M,N)ᵀ·inp (M,K).
 template <>
 void matmul_backward<bf16, float>(const Context& ctx, bf16* dinp, float* dweight, const bf16* dout, const bf16* inp,
-                                  const bf16* weight, int M, int K, int N, bool accumulate_dinp) {
-  if (dinp) gemm(ctx, false, false, K, M, N, dev(weight), K, dev(dout), N, dev(dinp), false, K, accumulate_dinp ? 1.f : 0.f);
-  gemm(ctx, false, true, K, N, M, dev(inp), K, dev(dout), N, dweight, true, K, 1.f);
+                                  const bf16* weight, int M, int K, int N, bool accumulate_dinp, int ld_in,
+                                  int ld_out) {
+  ld_in = ld_in ? ld_in : K, ld_out = ld_out ? ld_out : N;
+  if (dinp) {
+    cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (input) {}×{}×{}", M, K, N); });
+    gemm(ctx, false, false, K, M, N, dev(weight), K, dev(dout), ld_out, dev(dinp), false, ld_in,
+         accumulate_dinp ? 1.f : 0.f);
+  }
+  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (weight) {}×{}×{}", M, K, N); });
+  gemm(ctx, false, true, K, N, M, dev(inp), ld_in, dev(dout), ld_out, dweight, true, K, 1.f);
 }
 
 }  // namespace t6

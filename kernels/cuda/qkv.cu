@@ -1,10 +1,11 @@
 // q, k, v from the stacked projection, one block per token: the token's projection row is
 // staged in shared memory (fp32), RoPE rotates the rows of B_q, B_k (or the dense q, k heads)
-// there, and each output element is a rank-R contraction. Backward stages the same row and
+// there (cos/sin from a table made once), and each output element is a rank-R contraction. Backward stages the same row and
 // one section's output gradient at a time.
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/dispatch.h"
 
 namespace t6 {
 
@@ -12,17 +13,29 @@ using namespace cuda;
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 128;
 
-// cos θ(t, i) in cs[i], sin θ(t, i) in cs[D/2 + i]: the angle in fp32, as the CPU backend (and
-// the reference's fp32 table) forms it, then cos and sin in double.
-__device__ void rope_table(float* cs, int t, int D) {
-  for (int i = threadIdx.x; i < D / 2; i += blockDim.x) {
-    const float inv_freq = (float)(1.0 / pow(10000.0, (2.0 * i) / D));
-    const float angle = (float)t * inv_freq;
-    cs[i] = (float)cos((double)angle);
-    cs[D / 2 + i] = (float)sin((double)angle);
+// cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
+// CPU backend (and the reference's fp32 table) forms it, then cos and sin in double. Made once
+// per (T, D) and kept with the context.
+__global__ void rope_table_kernel(float* table, int T, int D) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= T * (D / 2)) return;
+  const int t = idx / (D / 2), i = idx % (D / 2);
+  const float inv_freq = (float)(1.0 / pow(10000.0, (2.0 * i) / D));
+  const float angle = (float)t * inv_freq;
+  table[t * D + i] = (float)cos((double)angle);
+  table[t * D + D / 2 + i] = (float)sin((double)angle);
+}
+
+const float* rope_table(const Context& ctx, int T, int D) {
+  void*& table = ctx.cuda->rope_tables[{T, D}];
+  if (!table) {
+    table = cuda::alloc(ctx, sizeof(float) * T * D);
+    rope_table_kernel<<<blocks_for((size_t)T * D / 2, 256), 256, 0, stream(ctx)>>>(static_cast<float*>(table), T, D);
+    CUDA_CHECK_LAUNCH();
   }
+  return static_cast<const float*>(table);
 }
 
 // Rotates `rows` rows of length D at x by −θ (sign 1) or back (sign −1).
@@ -37,16 +50,16 @@ __device__ void rotate(float* x, int rows, int D, const float* cs, float sign) {
   }
 }
 
-__device__ void load_row(float* row, const bf* src, int width) {
-  for (int c = threadIdx.x; c < width; c += blockDim.x) row[c] = __bfloat162float(src[c]);
+__device__ void load_row(float* row, const bf* src, int n) {
+  for (int c = threadIdx.x; c < n; c += blockDim.x) row[c] = __bfloat162float(src[c]);
 }
 
-__global__ void qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj, QkvLayout L, int T) {
+__global__ void qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj, const float* table, QkvLayout L, int T) {
   extern __shared__ float sh[];
   const int n = blockIdx.x, D = L.D;
-  float *row = sh, *cs = sh + L.width;
-  load_row(row, proj + (size_t)n * L.width, L.width);
-  rope_table(cs, n % T, D);
+  float* row = sh;
+  const float* cs = table + (n % T) * D;
+  load_row(row, proj + (size_t)n * L.pitch, L.width);
   __syncthreads();
   for (int s = 0; s < 2; s++)
     rotate(row + (L.rank[s] ? L.b[s] : L.dense[s]), L.rank[s] ? L.rank[s] : L.heads[s], D, cs, 1.f);
@@ -54,37 +67,38 @@ __global__ void qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj, QkvLayou
   bf* outs[3] = {q, k, v};
   for (int s = 0; s < 3; s++) {
     const int H = L.heads[s], R = L.rank[s];
-    bf* out = outs[s] + (size_t)n * H * D;
-    for (int j = threadIdx.x; j < H * D; j += blockDim.x) {
-      float acc;
+    __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(outs[s] + (size_t)n * H * D);
+    for (int j = threadIdx.x; j < H * D / 2; j += blockDim.x) {  // two adjacent features per thread
+      const int h = 2 * j / D, d = 2 * j % D;
+      float2 acc;
       if (R == 0) {
-        acc = row[L.dense[s] + j];
+        acc = make_float2(row[L.dense[s] + 2 * j], row[L.dense[s] + 2 * j + 1]);
       } else {
-        const float *a = row + L.a[s] + (j / D) * R, *b = row + L.b[s] + j % D;
-        acc = 0.f;
-        for (int r = 0; r < R; r++) acc += a[r] * b[r * D];
-        acc /= R;  // sum first, then divide, as the reference does
+        const float *a = row + L.a[s] + h * R, *b = row + L.b[s] + d;
+        acc = make_float2(0.f, 0.f);
+        for (int r = 0; r < R; r++) acc.x += a[r] * b[r * D], acc.y += a[r] * b[r * D + 1];
+        acc.x /= R, acc.y /= R;  // sum first, then divide, as the reference does
       }
-      out[j] = __float2bfloat16(acc);
+      out[j] = __floats2bfloat162_rn(acc.x, acc.y);
     }
   }
 }
 
-__global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const bf* dv, const bf* proj, QkvLayout L,
-                                    int T, int max_hd, int max_rd) {
+__global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const bf* dv, const bf* proj,
+                                    const float* table, QkvLayout L, int T, int max_hd) {
   extern __shared__ float sh[];
-  const int n = blockIdx.x, D = L.D, half = D / 2;
-  float *row = sh, *cs = row + L.width, *g = cs + D, *db = g + max_hd;
-  load_row(row, proj + (size_t)n * L.width, L.width);
-  rope_table(cs, n % T, D);
+  const int n = blockIdx.x, D = L.D, warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  float *row = sh, *g = row + L.width, *db = g + max_hd;
+  const float* cs = table + (n % T) * D;
+  load_row(row, proj + (size_t)n * L.pitch, L.width);
   __syncthreads();
   for (int s = 0; s < 2; s++)
     if (L.rank[s]) rotate(row + L.b[s], L.rank[s], D, cs, 1.f);
-  bf* drow = dproj + (size_t)n * L.width;
+  bf* drow = dproj + (size_t)n * L.pitch;
   const bf* douts[3] = {dq, dk, dv};
   for (int s = 0; s < 3; s++) {
     const int H = L.heads[s], R = L.rank[s];
-    __syncthreads();  // the previous section is done with g and db
+    __syncthreads();  // the previous section is done with g and db (and the rotations are done)
     load_row(g, douts[s] + (size_t)n * H * D, H * D);
     __syncthreads();
     if (R == 0) {
@@ -93,13 +107,15 @@ __global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const
       for (int j = threadIdx.x; j < H * D; j += blockDim.x) drow[L.dense[s] + j] = __float2bfloat16(g[j]);
       continue;
     }
-    // dA[h,r] = (1/R) Σ_d g[h,d]·B[r,d];   dB[r,d] = (1/R) Σ_h A[h,r]·g[h,d], then un-rotated.
-    for (int j = threadIdx.x; j < H * R; j += blockDim.x) {
-      const float *gh = g + (j / R) * D, *b = row + L.b[s] + (j % R) * D;
-      float acc = 0.f;
-      for (int d = 0; d < D; d++) acc += gh[d] * b[d];
-      drow[L.a[s] + j] = __float2bfloat16(acc / R);
-    }
+    // dA[h,r] = (1/R) Σ_d g[h,d]·B[r,d]: a warp per head, lanes across d.
+    for (int h = warp; h < H; h += warps)
+      for (int r = 0; r < R; r++) {
+        float acc = 0.f;
+        for (int d = lane; d < D; d += 32) acc += g[h * D + d] * row[L.b[s] + r * D + d];
+        acc = warp_sum(acc);
+        if (lane == 0) drow[L.a[s] + h * R + r] = __float2bfloat16(acc / R);
+      }
+    // dB[r,d] = (1/R) Σ_h A[h,r]·g[h,d], then un-rotated.
     for (int j = threadIdx.x; j < R * D; j += blockDim.x) {
       const float* a = row + L.a[s] + j / D;
       float acc = 0.f;
@@ -111,7 +127,6 @@ __global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const
     __syncthreads();
     for (int j = threadIdx.x; j < R * D; j += blockDim.x) drow[L.b[s] + j] = __float2bfloat16(db[j]);
   }
-  (void)half;
 }
 
 }  // namespace
@@ -119,21 +134,29 @@ __global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const
 template <>
 void qkv_forward<bf16>(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L, int B,
                        int T) {
-  const size_t shared = sizeof(float) * (L.width + L.D);
+  T6_TIMED(ctx, "qkv forward");
+  const float* table = rope_table(ctx, T, L.D);
+  QkvLayout Lp = L;
+  Lp.pitch = L.stride();  // the kernels read pitch
+  const size_t shared = sizeof(float) * L.width;
   CUDA_CHECK(cudaFuncSetAttribute(qkv_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-  qkv_forward_kernel<<<B * T, kThreads, shared, stream(ctx)>>>(dev(q), dev(k), dev(v), dev(proj), L, T);
+  qkv_forward_kernel<<<B * T, kThreads, shared, stream(ctx)>>>(dev(q), dev(k), dev(v), dev(proj), table, Lp, T);
   CUDA_CHECK_LAUNCH();
 }
 
 template <>
 void qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, const bf16* dv,
                         const bf16* proj, const QkvLayout& L, int B, int T) {
+  T6_TIMED(ctx, "qkv backward");
   int max_hd = 0, max_rd = 0;
   for (int s = 0; s < 3; s++) max_hd = std::max(max_hd, L.heads[s] * L.D), max_rd = std::max(max_rd, L.rank[s] * L.D);
-  const size_t shared = sizeof(float) * (L.width + L.D + max_hd + max_rd);
+  const float* table = rope_table(ctx, T, L.D);
+  QkvLayout Lp = L;
+  Lp.pitch = L.stride();
+  const size_t shared = sizeof(float) * (L.width + max_hd + max_rd);
   CUDA_CHECK(cudaFuncSetAttribute(qkv_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-  qkv_backward_kernel<<<B * T, kThreads, shared, stream(ctx)>>>(dev(dproj), dev(dq), dev(dk), dev(dv), dev(proj), L, T,
-                                                              max_hd, max_rd);
+  qkv_backward_kernel<<<B * T, kThreads, shared, stream(ctx)>>>(dev(dproj), dev(dq), dev(dk), dev(dv), dev(proj),
+                                                              table, Lp, T, max_hd);
   CUDA_CHECK_LAUNCH();
 }
 

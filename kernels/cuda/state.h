@@ -7,8 +7,10 @@
 
 #include <cstddef>
 #include <map>
+#include <string>
 #include <memory>
 #include <tuple>
+#include <vector>
 
 #include "kernels/context.h"
 
@@ -25,16 +27,39 @@ struct CudaState {
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
   double* host_result = nullptr;  // pinned, for reductions' results
+  std::map<std::pair<int, int>, void*> rope_tables;  // cos/sin by (T, D), made on first use (qkv.cu)
   size_t allocated = 0, peak = 0;  // bytes held through Context::alloc
   std::map<void*, size_t> sizes;
   // cuBLASLt plans by shape (see matmul.cu), so heuristics run once per shape.
   std::map<std::tuple<int, int, int, int, int, int, int, int, int, int, int>, std::shared_ptr<void>> plans;
+  // Per-op timing (t6-train --benchmark N --profile): events around every op, summed by name.
+  bool profile = false;
+  struct Timing { std::string op; cudaEvent_t start, stop; };
+  std::vector<Timing> timings;
   ~CudaState();
 };
 
 namespace cuda {
 [[noreturn]] void fail(const char* what, const char* call, const char* file, int line);
 void* scratch(const Context& ctx, size_t bytes);  // the grow-once workspace, at least `bytes`
+
+// Times the enclosing op on the device when profiling is on (a no-op otherwise).
+class OpTimer {
+ public:
+  OpTimer(const Context& ctx, const char* op) : OpTimer(ctx, [op] { return std::string(op); }) {}
+  // name() is called only when profiling: the name may be costly to format.
+  template <class Name>
+  OpTimer(const Context& ctx, const Name& name) {
+    if (ctx.cuda && ctx.cuda->profile) start(ctx.cuda.get(), name());
+  }
+  ~OpTimer();
+
+ private:
+  void start(CudaState* s, std::string op);
+  CudaState* s_ = nullptr;
+  std::string op_;
+  cudaEvent_t start_ = nullptr;
+};
 }  // namespace cuda
 
 }  // namespace t6
@@ -50,6 +75,8 @@ void* scratch(const Context& ctx, size_t bytes);  // the grow-once workspace, at
     cublasStatus_t t6_st_ = (call);                                                           \
     if (t6_st_ != CUBLAS_STATUS_SUCCESS) ::t6::cuda::fail(cublasLtGetStatusString(t6_st_), #call, __FILE__, __LINE__); \
   } while (0)
+
+#define T6_TIMED(ctx, name) ::t6::cuda::OpTimer t6_op_timer_(ctx, name)
 
 // After every kernel launch: a bad configuration shows up here, at the launch that caused it.
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
