@@ -55,18 +55,24 @@ __device__ inline void load_a(uint32_t a[4], const bf* tile, int row0, int col0,
   a[3] = ld32(p + 8 * LD + 8);
 }
 
-// rows [row0, row0 + 64) of a (T, ·) matrix whose rows are `stride` elements apart, D wide,
-// into a shared tile with leading dimension D + 8; rows past T become zeros.
+// Starts copying rows [row0, row0 + 64) of a (T, ·) matrix whose rows are `stride` elements
+// apart, D wide, into a shared tile with leading dimension D + 8 (cp.async, 16 bytes a
+// thread at a time; rows past T become zeros). commit() closes the group of copies issued so
+// far; wait<n>() waits until at most n groups are in flight.
 template <int D>
 __device__ void load_tile(bf* tile, const bf* src, int row0, int T, size_t stride) {
   constexpr int kChunks = D / 8;  // 16-byte pieces per row
   for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (size_t)(row0 + r) * stride + col);
-    *reinterpret_cast<uint4*>(tile + r * (D + 8) + col) = val;
+    const bool in = row0 + r < T;
+    const bf* from = in ? src + (size_t)(row0 + r) * stride + col : src;
+    const uint32_t to = (uint32_t)__cvta_generic_to_shared(tile + r * (D + 8) + col);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(from), "r"(in ? 16 : 0));
   }
 }
+__device__ inline void commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // acc (16 × D, per warp) += A (16 × 64, from registers) · tile (64 × D, row-major in shared).
 template <int D>
@@ -102,8 +108,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
   constexpr int LD = D + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf* Qs = reinterpret_cast<bf*>(smem);
-  bf* Ks = Qs + kTile * LD;
-  bf* Vs = Ks + kTile * LD;
+  bf* Kbuf = Qs + kTile * LD;      // two K tiles, then two V tiles: the next pair loads while
+  bf* Vbuf = Kbuf + 2 * kTile * LD;  // this one is in use
   const int qtile = gridDim.x - 1 - blockIdx.x;  // the longest rows first
   const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / Hkv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
@@ -114,6 +120,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
   const bf* vbase = v + (size_t)b * T * kstride + (size_t)kvh * D;
 
   load_tile<D>(Qs, qbase, q0, T, qstride);
+  load_tile<D>(Kbuf, kbase, 0, T, kstride);
+  load_tile<D>(Vbuf, vbase, 0, T, kstride);
+  commit();
+  wait<0>();
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
@@ -123,9 +133,15 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const int rows[2] = {q0 + warp * 16 + gid, q0 + warp * 16 + gid + 8};
   for (int kt = 0; kt <= qtile; kt++) {
-    __syncthreads();  // everyone is done with the previous K and V
-    load_tile<D>(Ks, kbase, kt * kTile, T, kstride);
-    load_tile<D>(Vs, vbase, kt * kTile, T, kstride);
+    const bf *Ks = Kbuf + (kt & 1) * kTile * LD, *Vs = Vbuf + (kt & 1) * kTile * LD;
+    if (kt < qtile) {  // the other buffers were last read in iteration kt − 1, before its closing barrier
+      load_tile<D>(Kbuf + ((kt + 1) & 1) * kTile * LD, kbase, (kt + 1) * kTile, T, kstride);
+      load_tile<D>(Vbuf + ((kt + 1) & 1) * kTile * LD, vbase, (kt + 1) * kTile, T, kstride);
+      commit();
+      wait<1>();
+    } else {
+      wait<0>();
+    }
     __syncthreads();
     float s[8][4] = {};
 #pragma unroll
@@ -168,6 +184,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
     uint32_t pa[4][4];
     c_to_a(pa, s);
     mma_tile_b_trans<D>(o, pa, Vs, lane);
+    __syncthreads();  // this K and V are free for the load issued next iteration
   }
 #pragma unroll
   for (int i = 0; i < 2; i++) {
@@ -212,11 +229,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_
   extern __shared__ __align__(16) unsigned char smem[];
   bf* Ks = reinterpret_cast<bf*>(smem);
   bf* Vs = Ks + kTile * LD;
-  bf* Qs = Vs + kTile * LD;
-  bf* dOs = Qs + kTile * LD;
-  bf* dSt = dOs + kTile * LD;  // dSᵀ of the tile pair: [key][query]
-  float* lse_s = reinterpret_cast<float*>(dSt + kTile * LDS);
-  float* delta_s = lse_s + kTile;
+  bf* Qbuf = Vs + kTile * LD;          // two Q tiles and two dO tiles: the next query tile
+  bf* dObuf = Qbuf + 2 * kTile * LD;   // loads while this one is in use
+  bf* dSt = dObuf + 2 * kTile * LD;    // dSᵀ of the tile pair: [key][query]
+  float* stats = reinterpret_cast<float*>(dSt + kTile * LDS);  // [buffer][lse·log2e | delta][64]
 
   const int kt = blockIdx.x, b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, group = H / Hkv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4, mi = lane / 8,
@@ -228,21 +244,33 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_
   const int keys[2] = {k0 + warp * 16 + gid, k0 + warp * 16 + gid + 8};
   float dK[D / 8][4] = {}, dV[D / 8][4] = {};
 
-  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-    const bf* qbase = q + (size_t)b * T * qstride + (size_t)h * D;
-    const bf* dobase = dout + (size_t)b * T * qstride + (size_t)h * D;
-    for (int qt = kt; qt < ntiles; qt++) {
-      const int q0 = qt * kTile;
-      __syncthreads();  // the previous pair is done with Qs, dOs, dSt
-      load_tile<D>(Qs, qbase, q0, T, qstride);
-      load_tile<D>(dOs, dobase, q0, T, qstride);
-      for (int i = threadIdx.x; i < kTile; i += kThreads) {
-        const bool in = q0 + i < T;
-        lse_s[i] = in ? lse[((size_t)b * H + h) * T + q0 + i] * kLog2e : 0.f;
-        delta_s[i] = in ? delta[((size_t)b * H + h) * T + q0 + i] : 0.f;
-      }
-      __syncthreads();
-
+  // The (head, query tile) pairs this block visits, in order; pair i uses buffer i & 1.
+  const int per_head = ntiles - kt, pairs = group * per_head;
+  auto issue = [&](int i) {
+    const int h = kvh * group + i / per_head, q0 = (kt + i % per_head) * kTile;
+    load_tile<D>(Qbuf + (i & 1) * kTile * LD, q + (size_t)b * T * qstride + (size_t)h * D, q0, T, qstride);
+    load_tile<D>(dObuf + (i & 1) * kTile * LD, dout + (size_t)b * T * qstride + (size_t)h * D, q0, T, qstride);
+    float* st = stats + (i & 1) * 2 * kTile;
+    for (int j = threadIdx.x; j < kTile; j += kThreads) {
+      const bool in = q0 + j < T;
+      st[j] = in ? lse[((size_t)b * H + h) * T + q0 + j] * kLog2e : 0.f;
+      st[kTile + j] = in ? delta[((size_t)b * H + h) * T + q0 + j] : 0.f;
+    }
+    commit();
+  };
+  issue(0);
+  for (int pair = 0; pair < pairs; pair++) {
+    const int h = kvh * group + pair / per_head, q0 = (kt + pair % per_head) * kTile;
+    const bf *Qs = Qbuf + (pair & 1) * kTile * LD, *dOs = dObuf + (pair & 1) * kTile * LD;
+    const float *lse_s = stats + (pair & 1) * 2 * kTile, *delta_s = lse_s + kTile;
+    if (pair + 1 < pairs) {  // the other buffers were last read in pair − 1, before its closing barrier
+      issue(pair + 1);
+      wait<1>();
+    } else {
+      wait<0>();
+    }
+    __syncthreads();
+    {
       // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warp's 16 keys × 64 queries.
       float st[8][4] = {}, dpt[8][4] = {};
 #pragma unroll
@@ -302,6 +330,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_
         }
       }
     }
+    __syncthreads();  // this pair's buffers and dSt are free for the next pair
   }
 #pragma unroll
   for (int i = 0; i < 2; i++) {
@@ -318,7 +347,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_
 template <int D>
 void forward(const Context& ctx, bf* out, float* lse, const bf* q, const bf* k, const bf* v, int B, int T, int H,
              int Hkv) {
-  const size_t shared = 3 * kTile * (D + 8) * sizeof(bf);
+  const size_t shared = 5 * kTile * (D + 8) * sizeof(bf);
   CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
   const dim3 grid((T + kTile - 1) / kTile, B * H);
   attention_forward_kernel<D><<<grid, kThreads, shared, stream(ctx)>>>(out, lse, q, k, v, T, H, Hkv,
@@ -329,7 +358,7 @@ void forward(const Context& ctx, bf* out, float* lse, const bf* q, const bf* k, 
 template <int D>
 void backward(const Context& ctx, float* dq_acc, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v,
               const float* lse, const float* delta, int B, int T, int H, int Hkv) {
-  const size_t shared = (4 * kTile * (D + 8) + kTile * (kTile + 8)) * sizeof(bf) + 2 * kTile * sizeof(float);
+  const size_t shared = (6 * kTile * (D + 8) + kTile * (kTile + 8)) * sizeof(bf) + 4 * kTile * sizeof(float);
   CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
   const dim3 grid((T + kTile - 1) / kTile, B * Hkv);
   const float scale = 1.f / sqrtf((float)D);

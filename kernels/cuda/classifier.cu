@@ -19,6 +19,8 @@ __device__ void combine(float& m, float& s, float m2, float s2) {
   m = M;
 }
 
+// W = 8: 16-byte accesses (V a multiple of 8, as 50304 is); W = 1 otherwise.
+template <int W>
 __global__ void classifier_kernel(bf* logits, float* losses, const int32_t* targets, int V, float g, bool write_grad) {
   __shared__ float sm[kThreads / 32], ss[kThreads / 32], target_logit;
   bf* row = logits + (size_t)blockIdx.x * V;
@@ -30,15 +32,19 @@ __global__ void classifier_kernel(bf* logits, float* losses, const int32_t* targ
     return;
   }
   if (threadIdx.x == 0) target_logit = __bfloat162float(row[target]);
-  float m = -INFINITY, s = 0.f;
-  for (int i = threadIdx.x; i < V; i += kThreads) {
-    const float x = __bfloat162float(row[i]);
-    if (x > m) {
-      s = (m == -INFINITY ? 0.f : s * expf(m - x)) + 1.f;
-      m = x;
-    } else {
-      s += expf(x - m);
+  float m = -INFINITY, s = 0.f, x[W];
+  for (int i = threadIdx.x * W; i < V; i += kThreads * W) {
+    if constexpr (W == 8) load8(x, row + i);
+    else x[0] = __bfloat162float(row[i]);
+    float mx = x[0];
+#pragma unroll
+    for (int j = 1; j < W; j++) mx = fmaxf(mx, x[j]);
+    if (mx > m) {
+      s = m == -INFINITY ? 0.f : s * expf(m - mx);
+      m = mx;
     }
+#pragma unroll
+    for (int j = 0; j < W; j++) s += expf(x[j] - m);
   }
   for (int o = 16; o > 0; o >>= 1) combine(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
   if (threadIdx.x % 32 == 0) sm[threadIdx.x / 32] = m, ss[threadIdx.x / 32] = s;
@@ -48,9 +54,13 @@ __global__ void classifier_kernel(bf* logits, float* losses, const int32_t* targ
   const float lse = m + logf(s);
   if (threadIdx.x == 0) losses[blockIdx.x] = lse - target_logit;
   if (!write_grad) return;
-  for (int i = threadIdx.x; i < V; i += kThreads) {
-    const float p = expf(__bfloat162float(row[i]) - lse);
-    row[i] = __float2bfloat16((p - (i == target ? 1.f : 0.f)) * g);
+  for (int i = threadIdx.x * W; i < V; i += kThreads * W) {
+    if constexpr (W == 8) load8(x, row + i);
+    else x[0] = __bfloat162float(row[i]);
+#pragma unroll
+    for (int j = 0; j < W; j++) x[j] = (expf(x[j] - lse) - (i + j == target ? 1.f : 0.f)) * g;
+    if constexpr (W == 8) store8(row + i, x);
+    else row[i] = __float2bfloat16(x[0]);
   }
 }
 
@@ -61,7 +71,10 @@ void classifier_forward_backward<bf16, float>(const Context& ctx, bf16* logits, 
                                               int N, int V, int n_valid, double dloss) {
   T6_TIMED(ctx, "classifier");
   const float g = n_valid > 0 ? (float)(dloss / n_valid) : 0.f;
-  classifier_kernel<<<N, kThreads, 0, stream(ctx)>>>(dev(logits), losses, targets, V, g, dloss != 0);
+  if (V % 8 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0)
+    classifier_kernel<8><<<N, kThreads, 0, stream(ctx)>>>(dev(logits), losses, targets, V, g, dloss != 0);
+  else
+    classifier_kernel<1><<<N, kThreads, 0, stream(ctx)>>>(dev(logits), losses, targets, V, g, dloss != 0);
   CUDA_CHECK_LAUNCH();
 }
 

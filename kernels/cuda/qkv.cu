@@ -38,11 +38,11 @@ const float* rope_table(const Context& ctx, int T, int D) {
   return static_cast<const float*>(table);
 }
 
-// Rotates `rows` rows of length D at x by −θ (sign 1) or back (sign −1).
-__device__ void rotate(float* x, int rows, int D, const float* cs, float sign) {
+// Rotates `rows` rows of length D, `pitch` apart, at x by −θ (sign 1) or back (sign −1).
+__device__ void rotate(float* x, int rows, int D, const float* cs, float sign, int pitch = 0) {
   const int half = D / 2;
   for (int idx = threadIdx.x; idx < rows * half; idx += blockDim.x) {
-    float* v = x + (idx / half) * D;
+    float* v = x + (idx / half) * (pitch ? pitch : D);
     const int i = idx % half;
     const float c = cs[i], s = sign * cs[half + i], x1 = v[i], x2 = v[i + half];
     v[i] = x1 * c + x2 * s;
@@ -84,11 +84,13 @@ __global__ void qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj, const fl
   }
 }
 
+// g holds one section's output gradient with rows padded to D + 1, so threads that walk
+// different heads at the same feature hit different shared-memory banks.
 __global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const bf* dv, const bf* proj,
-                                    const float* table, QkvLayout L, int T, int max_hd) {
+                                    const float* table, QkvLayout L, int T, int max_hd, int max_rd) {
   extern __shared__ float sh[];
-  const int n = blockIdx.x, D = L.D, warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  float *row = sh, *g = row + L.width, *db = g + max_hd;
+  const int n = blockIdx.x, D = L.D, P = D + 1;
+  float *row = sh, *g = row + L.width, *db = g + max_hd, *da = db + max_rd;
   const float* cs = table + (n % T) * D;
   load_row(row, proj + (size_t)n * L.pitch, L.width);
   __syncthreads();
@@ -98,33 +100,35 @@ __global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const
   const bf* douts[3] = {dq, dk, dv};
   for (int s = 0; s < 3; s++) {
     const int H = L.heads[s], R = L.rank[s];
-    __syncthreads();  // the previous section is done with g and db (and the rotations are done)
-    load_row(g, douts[s] + (size_t)n * H * D, H * D);
+    __syncthreads();  // the previous section is done with g, da and db (and the rotations are done)
+    const bf* src = douts[s] + (size_t)n * H * D;
+    for (int c = threadIdx.x; c < H * D; c += blockDim.x) g[(c / D) * P + c % D] = __bfloat162float(src[c]);
     __syncthreads();
     if (R == 0) {
-      if (s < 2) rotate(g, H, D, cs, -1.f);  // the transpose of a rotation is the opposite rotation
+      if (s < 2) rotate(g, H, D, cs, -1.f, P);  // the transpose of a rotation is the opposite rotation
       __syncthreads();
-      for (int j = threadIdx.x; j < H * D; j += blockDim.x) drow[L.dense[s] + j] = __float2bfloat16(g[j]);
+      for (int j = threadIdx.x; j < H * D; j += blockDim.x) drow[L.dense[s] + j] = __float2bfloat16(g[(j / D) * P + j % D]);
       continue;
     }
-    // dA[h,r] = (1/R) Σ_d g[h,d]·B[r,d]: a warp per head, lanes across d.
-    for (int h = warp; h < H; h += warps)
-      for (int r = 0; r < R; r++) {
-        float acc = 0.f;
-        for (int d = lane; d < D; d += 32) acc += g[h * D + d] * row[L.b[s] + r * D + d];
-        acc = warp_sum(acc);
-        if (lane == 0) drow[L.a[s] + h * R + r] = __float2bfloat16(acc / R);
-      }
+    // dA[h,r] = (1/R) Σ_d g[h,d]·B[r,d]: neighbouring threads share r and walk different heads.
+    for (int j = threadIdx.x; j < H * R; j += blockDim.x) {
+      const int r = j / H, h = j % H;
+      const float *gh = g + h * P, *b = row + L.b[s] + r * D;
+      float acc = 0.f;
+      for (int d = 0; d < D; d++) acc += gh[d] * b[d];
+      da[h * R + r] = acc / R;
+    }
     // dB[r,d] = (1/R) Σ_h A[h,r]·g[h,d], then un-rotated.
     for (int j = threadIdx.x; j < R * D; j += blockDim.x) {
       const float* a = row + L.a[s] + j / D;
       float acc = 0.f;
-      for (int h = 0; h < H; h++) acc += a[h * R] * g[h * D + j % D];
+      for (int h = 0; h < H; h++) acc += a[h * R] * g[h * P + j % D];
       db[j] = acc / R;
     }
     __syncthreads();
     if (s < 2) rotate(db, R, D, cs, -1.f);
     __syncthreads();
+    for (int j = threadIdx.x; j < H * R; j += blockDim.x) drow[L.a[s] + j] = __float2bfloat16(da[j]);
     for (int j = threadIdx.x; j < R * D; j += blockDim.x) drow[L.b[s] + j] = __float2bfloat16(db[j]);
   }
 }
@@ -148,15 +152,19 @@ template <>
 void qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, const bf16* dv,
                         const bf16* proj, const QkvLayout& L, int B, int T) {
   T6_TIMED(ctx, "qkv backward");
-  int max_hd = 0, max_rd = 0;
-  for (int s = 0; s < 3; s++) max_hd = std::max(max_hd, L.heads[s] * L.D), max_rd = std::max(max_rd, L.rank[s] * L.D);
+  int max_hd = 0, max_rd = 0, max_hr = 0;
+  for (int s = 0; s < 3; s++) {
+    max_hd = std::max(max_hd, L.heads[s] * (L.D + 1));
+    max_rd = std::max(max_rd, L.rank[s] * L.D);
+    max_hr = std::max(max_hr, L.heads[s] * L.rank[s]);
+  }
   const float* table = rope_table(ctx, T, L.D);
   QkvLayout Lp = L;
   Lp.pitch = L.stride();
-  const size_t shared = sizeof(float) * (L.width + max_hd + max_rd);
+  const size_t shared = sizeof(float) * (L.width + max_hd + max_rd + max_hr);
   CUDA_CHECK(cudaFuncSetAttribute(qkv_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
   qkv_backward_kernel<<<B * T, kThreads, shared, stream(ctx)>>>(dev(dproj), dev(dq), dev(dk), dev(dv), dev(proj),
-                                                              table, Lp, T, max_hd);
+                                                              table, Lp, T, max_hd, max_rd);
   CUDA_CHECK_LAUNCH();
 }
 
