@@ -28,16 +28,23 @@ template <class A, class P> void residual_rmsnorm_forward(const Context&, A* x_o
                                                           const A* branch, int N, int C, double eps);
 template <class A, class P> void rmsnorm_backward(const Context&, A* dinp, const A* dout, const A* inp, const P* rstd, int N, int C);
 
-// out (M,N) = inp (M,K) · weight (N,K)ᵀ.
-// Backward: dweight += doutᵀ·inp (accumulates); dinp = dout·weight, or += when accumulate_dinp;
-// dinp may be null when the input needs no gradient. ld_in and ld_out are the row pitches of
-// inp/dinp and out/dout when their rows are padded (0: K and N); a pitch that is a multiple
-// of 8 keeps every row 16-byte aligned, which the GPU's fast matmul kernels need.
+// out (M,N) = inp (M,K) · weight (N,K)ᵀ. Backward: dinp = dout·weight (or += with
+// accumulate), and dweight += doutᵀ·inp (accumulates). ld_in and ld_out are the row pitches
+// of inp/dinp and out/dout when their rows are padded (0: K and N). The GPU's fast matmul
+// kernels want every dimension and pitch a multiple of 8, so the model rounds K or N up into
+// the padding where it can (see model/t6.cpp).
 template <class A> void matmul_forward(const Context&, A* out, const A* inp, const A* weight, int M, int K, int N,
                                        int ld_in = 0, int ld_out = 0);
-template <class A, class P> void matmul_backward(const Context&, A* dinp, P* dweight, const A* dout, const A* inp,
-                                                 const A* weight, int M, int K, int N, bool accumulate_dinp,
-                                                 int ld_in = 0, int ld_out = 0);
+template <class A> void matmul_backward_input(const Context&, A* dinp, const A* dout, const A* weight, int M, int K,
+                                              int N, int ld_in = 0, int ld_out = 0, bool accumulate = false);
+template <class A, class P> void matmul_backward_weight(const Context&, P* dweight, const A* dout, const A* inp, int M,
+                                                        int K, int N, int ld_in = 0, int ld_out = 0);
+
+// Copies between a dense (rows, cols) matrix and one whose rows are `pitch` apart (the
+// padded compute copy of a weight whose width is not a multiple of 8, and its gradient):
+// to_pitch converts (fp32 → bf16 on CUDA), add_from_pitch accumulates.
+template <class A, class P> void copy_to_pitch(const Context&, A* dst, const P* src, int rows, int cols, int pitch);
+template <class P> void add_from_pitch(const Context&, P* dst, const P* src, int rows, int cols, int pitch);
 
 // Where q, k and v (index 0, 1, 2) come from in a row of the attention's input projection,
 // (N, width): either a dense slice of heads·D columns at `dense`, or TPA's factors, A (heads·R

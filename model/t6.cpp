@@ -63,6 +63,7 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
   proj_pitch_ = qkv_.pitch = padded(attn_width_);
   fc_pitch_ = padded(2 * cfg.mlp_hidden());
   g_pitch_ = padded(cfg.mlp_hidden());
+  pad_mlp_proj_ = g_pitch_ != cfg.mlp_hidden();
   params = Buffer<P>(ctx, layout.total);
   grads = Buffer<P>(ctx, layout.total);
   if constexpr (std::is_same_v<A, P>) {
@@ -72,6 +73,12 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
     w_ = views<const A>(weights_.data());
   }
   g_ = views<P>(grads.data());
+  if (pad_mlp_proj_) {
+    const size_t per_layer = (size_t)cfg.n_embd * g_pitch_;
+    mlp_proj_padded_ = Buffer<A>(ctx, per_layer * cfg.n_layer);
+    dmlp_proj_padded_ = Buffer<P>(ctx, per_layer);
+    for (int l = 0; l < cfg.n_layer; l++) w_.layers[l].mlp_proj = mlp_proj_padded_.data() + per_layer * l;
+  }
   tokens_ = Buffer<int32_t>(ctx, N_);
   targets_ = Buffer<int32_t>(ctx, N_);
   plan_memory();
@@ -185,15 +192,17 @@ double T6<A, P>::forward(const int32_t* tokens, const int32_t* targets, double d
     const Layer<const A>& w = w_.layers[l];
     const bool last = l + 1 == cfg.n_layer;
 
-    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_width_, C, proj_pitch_);
+    // The stacked projection's output width is rounded up to its pitch: the extra rows read
+    // past attn_in are attn.c_proj's (which follows it), and land in the padding.
+    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, proj_pitch_, C, proj_pitch_);
     qkv_forward(ctx, a.q, a.k, a.v, a.proj, qkv_, B_, T_);
     attention_forward(ctx, a.y, a.lse, a.q, a.k, a.v, B_, T_, H, Hkv, D);
     matmul_forward(ctx, s_.branch, a.y, w.attn_proj, N_, H * D, C);
     residual_rmsnorm_forward(ctx, a.x_mid, a.h2, a.rstd2, a.x, s_.branch, N_, C, kRmsEps);
 
-    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, 2 * F, C, fc_pitch_);
+    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, fc_pitch_, C, fc_pitch_);  // likewise: c_proj follows c_fc2
     swiglu_forward(ctx, a.g, a.fc, N_, F, fc_pitch_, g_pitch_);
-    matmul_forward(ctx, s_.branch, a.g, w.mlp_proj, N_, F, C, g_pitch_, C);
+    matmul_forward(ctx, s_.branch, a.g, w.mlp_proj, N_, mlp_k(), C, g_pitch_, C);
     residual_rmsnorm_forward(ctx, last ? x_final_ : acts_[l + 1].x, last ? h_final_ : acts_[l + 1].h1,
                              last ? rstd_final_ : acts_[l + 1].rstd1, a.x_mid, s_.branch, N_, C, kRmsEps);
   }
@@ -208,9 +217,10 @@ double T6<A, P>::forward(const int32_t* tokens, const int32_t* targets, double d
     const int rows = std::min(chunk_, N_ - n0);
     matmul_forward(ctx, s_.logits, h_final_ + (size_t)n0 * C, w_.wte, rows, C, V);
     classifier_forward_backward(ctx, s_.logits, losses_ + n0, targets_.data() + n0, rows, V, n_valid, dloss);
-    if (dloss != 0)
-      matmul_backward(ctx, s_.dh + (size_t)n0 * C, g_.wte, s_.logits, h_final_ + (size_t)n0 * C, w_.wte, rows, C, V,
-                      false);
+    if (dloss != 0) {
+      matmul_backward_input(ctx, s_.dh + (size_t)n0 * C, s_.logits, w_.wte, rows, C, V);
+      matmul_backward_weight(ctx, g_.wte, s_.logits, h_final_ + (size_t)n0 * C, rows, C, V);
+    }
   }
   return n_valid > 0 ? sum(ctx, losses_, N_) / n_valid : 0.0;
 }
@@ -229,16 +239,28 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     const Layer<P>& g = g_.layers[l];
 
     // MLP branch; s_.dx holds the gradient of the block's output.
-    matmul_backward(ctx, s_.dg, g.mlp_proj, s_.dx, this->g(l), w.mlp_proj, N_, F, C, false, g_pitch_, C);
+    // The padding columns of dg, dfc and dproj stay zero (nothing writes them), so products
+    // may run over the rounded-up widths; weight gradients use the true ones.
+    matmul_backward_input(ctx, s_.dg, s_.dx, w.mlp_proj, N_, mlp_k(), C, g_pitch_, C);
+    if (pad_mlp_proj_) {
+      ctx.zero(dmlp_proj_padded_.data(), sizeof(P) * dmlp_proj_padded_.size());
+      matmul_backward_weight(ctx, dmlp_proj_padded_.data(), s_.dx, this->g(l), N_, g_pitch_, C, g_pitch_, C);
+      add_from_pitch(ctx, g.mlp_proj, dmlp_proj_padded_.data(), C, F, g_pitch_);
+    } else {
+      matmul_backward_weight(ctx, g.mlp_proj, s_.dx, this->g(l), N_, F, C, g_pitch_, C);
+    }
     swiglu_backward(ctx, s_.dfc, s_.dg, a.fc, N_, F, fc_pitch_, g_pitch_);
-    matmul_backward(ctx, s_.dh, g.fc, s_.dfc, h2(l), w.fc, N_, C, 2 * F, false, C, fc_pitch_);
+    matmul_backward_input(ctx, s_.dh, s_.dfc, w.fc, N_, C, fc_pitch_, C, fc_pitch_);
+    matmul_backward_weight(ctx, g.fc, s_.dfc, h2(l), N_, C, 2 * F, C, fc_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x_mid, a.rstd2, N_, C);
 
     // Attention branch; s_.dx now holds the gradient of x_mid.
-    matmul_backward(ctx, s_.dy, g.attn_proj, s_.dx, a.y, w.attn_proj, N_, H * D, C, false);
+    matmul_backward_input(ctx, s_.dy, s_.dx, w.attn_proj, N_, H * D, C);
+    matmul_backward_weight(ctx, g.attn_proj, s_.dx, a.y, N_, H * D, C);
     attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.y, a.lse, B_, T_, H, Hkv, D);
     qkv_backward(ctx, s_.dproj, s_.dq, s_.dk, s_.dv, a.proj, qkv_, B_, T_);
-    matmul_backward(ctx, s_.dh, g.attn_in, s_.dproj, h1(l), w.attn_in, N_, C, attn_width_, false, C, proj_pitch_);
+    matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, proj_pitch_, C, proj_pitch_);
+    matmul_backward_weight(ctx, g.attn_in, s_.dproj, h1(l), N_, C, attn_width_, C, proj_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
   }
@@ -280,9 +302,15 @@ void T6<A, P>::params_from_host(const std::vector<float>& host) {
 }
 
 template <class A, class P>
-void T6<A, P>::refresh_weights(size_t offset, size_t count) {
+void T6<A, P>::refresh_weights(bool flat_copy_current) {
   if constexpr (std::is_same_v<A, bf16>)
-    convert(ctx, weights_.data() + offset, params.data() + offset, std::min(count, layout.total - offset));
+    if (!flat_copy_current) convert(ctx, weights_.data(), params.data(), layout.total);
+  if (!pad_mlp_proj_) return;
+  const size_t per_layer = (size_t)cfg.n_embd * g_pitch_;
+  for (int l = 0; l < cfg.n_layer; l++)
+    copy_to_pitch(ctx, mlp_proj_padded_.data() + per_layer * l,
+                  params.data() + layout.at(layer_param(l, "mlp.c_proj.weight")).offset, cfg.n_embd,
+                  cfg.mlp_hidden(), g_pitch_);
 }
 
 template <class A, class P>

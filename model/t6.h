@@ -43,9 +43,10 @@ class T6 {
   std::vector<float> params_to_host() const;
   void params_from_host(const std::vector<float>& host);
   std::vector<float> grads_to_host() const;
-  // After params changed on the device (an optimizer step, a gather across ranks): refresh
-  // the compute copy from [offset, offset + count) of the master weights. No-op when A == P.
-  void refresh_weights(size_t offset = 0, size_t count = SIZE_MAX);
+  // After params changed (an optimizer step, a gather across ranks): refresh the compute
+  // copies of the weights. flat_copy_current: the optimizer already wrote the bf16 copy of the
+  // flat buffer (fused AdamW), so only the padded copies need refreshing.
+  void refresh_weights(bool flat_copy_current = false);
   // The bf16 compute copy of the weights at an element offset, for the fused optimizer; null
   // when there is none (A == P).
   bf16* bf16_weights(size_t offset);
@@ -80,6 +81,7 @@ class T6 {
   const A* h1(int l);  // the normalized inputs: stored, or recomputed into scratch
   const A* h2(int l);
   const A* g(int l);
+  int mlp_k() const { return pad_mlp_proj_ ? g_pitch_ : cfg.mlp_hidden(); }  // c_proj's K as stored
 
   std::vector<std::pair<size_t, size_t>> layer_ranges_;  // (offset, count) of each layer's parameters
   int B_, T_, N_, chunk_;  // chunk_: rows of logits formed at once
@@ -88,6 +90,11 @@ class T6 {
   // Row pitches of the activations whose widths need not be multiples of 8 (the stacked
   // projection's output, c_fc's, SwiGLU's): padded so every row stays 16-byte aligned.
   int proj_pitch_, fc_pitch_, g_pitch_;
+  // mlp.c_proj is (C, F): when F is not a multiple of 8 its compute copy is kept with rows
+  // padded to g_pitch_ (zeros in the padding), and its gradient is formed in a padded scratch.
+  bool pad_mlp_proj_;
+  Buffer<A> mlp_proj_padded_;
+  Buffer<P> dmlp_proj_padded_;
   QkvLayout qkv_;
   Buffer<A> weights_;      // the compute copy (A ≠ P only)
   Weights<const A> w_;

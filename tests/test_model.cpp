@@ -46,6 +46,7 @@ TEST_P(ModelGradient, MatchesFiniteDifferences) {
   std::vector<double> params(model.layout.total);
   for (double& p : params) p = u(rng);
   model.params.from_host(params.data(), params.size());
+  model.refresh_weights();  // params were written directly: the padded compute copies follow
 
   const std::vector<int32_t> tokens = {1, 4, 4, 0, 10, 7, 2, 9, 3, 3};
   const std::vector<int32_t> targets = {4, 4, 0, -1, 7, 2, 9, 3, 3, 5};  // one ignored position
@@ -61,14 +62,16 @@ TEST_P(ModelGradient, MatchesFiniteDifferences) {
     for (size_t i = 0; i < p.size; i++) {
       double& x = params[p.offset + i];
       const double saved = x;
-      x = saved + h;
-      model.params.from_host(&x, 1, p.offset + i);
+      auto set = [&](double value) {
+        x = value;
+        model.params.from_host(&x, 1, p.offset + i);
+        model.refresh_weights();
+      };
+      set(saved + h);
       const double up = model.forward(tokens.data(), targets.data());
-      x = saved - h;
-      model.params.from_host(&x, 1, p.offset + i);
+      set(saved - h);
       const double down = model.forward(tokens.data(), targets.data());
-      x = saved;
-      model.params.from_host(&x, 1, p.offset + i);
+      set(saved);
       numeric[i] = (up - down) / (2 * h);
     }
     EXPECT_LT(test::rel_error(analytic, numeric), 1e-6) << attention_name(cfg.attention) << " " << p.name;

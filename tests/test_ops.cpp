@@ -72,7 +72,8 @@ TEST(OpsGradient, Matmul) {
   Vec x = random_vec(M * K, rng), W = random_vec(N * K, rng), w = random_vec(M * N, rng), out(M * N);
   auto f = [&] { matmul_forward(ctx, out.data(), x.data(), W.data(), M, K, N); return dot(out, w); };
   Vec dx(M * K, 0.0), dW(N * K, 0.0);
-  matmul_backward(ctx, dx.data(), dW.data(), w.data(), x.data(), W.data(), M, K, N, false);
+  matmul_backward_input(ctx, dx.data(), w.data(), W.data(), M, K, N);
+  matmul_backward_weight(ctx, dW.data(), w.data(), x.data(), M, K, N);
   EXPECT_LT(test::rel_error(dx, numeric_grad(x, f)), kTol);
   EXPECT_LT(test::rel_error(dW, numeric_grad(W, f)), kTol);
 }

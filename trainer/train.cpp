@@ -418,10 +418,8 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       norm_history.add(grad_norm);
       clip_to_norm(ctx, grads, shard_size, grad_norm, cfg.optim.grad_clip);
       optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(0));
-      if (zero) {
-        dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
-        model.refresh_weights();
-      }
+      if (zero) dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
+      model.refresh_weights(/*flat_copy_current=*/!zero);
     }
     ctx.synchronize();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();

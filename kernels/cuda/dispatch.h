@@ -16,6 +16,7 @@ void zero(const Context&, void* ptr, size_t bytes);
 void synchronize(const Context&);
 
 void scale(const Context&, float* x, double s, size_t n);
+void add_from_pitch(const Context&, float* dst, const float* src, int rows, int cols, int pitch);
 double sum(const Context&, const float* x, size_t n);
 double sum_squares(const Context&, const float* x, size_t n);
 void adamw_update(const Context&, float* params, const float* grads, float* m, float* v, size_t n, double lr,

@@ -29,6 +29,7 @@ void from_host(const Context&, void*, const void*, size_t) { no_cuda(); }
 void zero(const Context&, void*, size_t) { no_cuda(); }
 void synchronize(const Context&) { no_cuda(); }
 void scale(const Context&, float*, double, size_t) { no_cuda(); }
+void add_from_pitch(const Context&, float*, const float*, int, int, int) { no_cuda(); }
 double sum(const Context&, const float*, size_t) { no_cuda(); }
 double sum_squares(const Context&, const float*, size_t) { no_cuda(); }
 void adamw_update(const Context&, float*, const float*, float*, float*, size_t, double, double, double, double, double,
