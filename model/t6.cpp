@@ -76,9 +76,11 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
   if (pad_mlp_proj_) {
     const size_t per_layer = (size_t)cfg.n_embd * g_pitch_;
     mlp_proj_padded_ = Buffer<A>(ctx, per_layer * cfg.n_layer);
-    dmlp_proj_padded_ = Buffer<P>(ctx, per_layer);
     for (int l = 0; l < cfg.n_layer; l++) w_.layers[l].mlp_proj = mlp_proj_padded_.data() + per_layer * l;
   }
+  // Room for the largest rounded-up weight gradient: the stacked projection's, c_fc's, c_proj's.
+  const size_t C8 = padded(cfg.n_embd);
+  dweight_padded_ = Buffer<P>(ctx, std::max({(size_t)proj_pitch_ * C8, (size_t)fc_pitch_ * C8, C8 * g_pitch_}));
   tokens_ = Buffer<int32_t>(ctx, N_);
   targets_ = Buffer<int32_t>(ctx, N_);
   plan_memory();
@@ -242,16 +244,10 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     // The padding columns of dg, dfc and dproj stay zero (nothing writes them), so products
     // may run over the rounded-up widths; weight gradients use the true ones.
     matmul_backward_input(ctx, s_.dg, s_.dx, w.mlp_proj, N_, mlp_k(), C, g_pitch_, C);
-    if (pad_mlp_proj_) {
-      ctx.zero(dmlp_proj_padded_.data(), sizeof(P) * dmlp_proj_padded_.size());
-      matmul_backward_weight(ctx, dmlp_proj_padded_.data(), s_.dx, this->g(l), N_, g_pitch_, C, g_pitch_, C);
-      add_from_pitch(ctx, g.mlp_proj, dmlp_proj_padded_.data(), C, F, g_pitch_);
-    } else {
-      matmul_backward_weight(ctx, g.mlp_proj, s_.dx, this->g(l), N_, F, C, g_pitch_, C);
-    }
+    weight_grad(g.mlp_proj, s_.dx, this->g(l), F, C, g_pitch_, C);
     swiglu_backward(ctx, s_.dfc, s_.dg, a.fc, N_, F, fc_pitch_, g_pitch_);
     matmul_backward_input(ctx, s_.dh, s_.dfc, w.fc, N_, C, fc_pitch_, C, fc_pitch_);
-    matmul_backward_weight(ctx, g.fc, s_.dfc, h2(l), N_, C, 2 * F, C, fc_pitch_);
+    weight_grad(g.fc, s_.dfc, h2(l), C, 2 * F, C, fc_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x_mid, a.rstd2, N_, C);
 
     // Attention branch; s_.dx now holds the gradient of x_mid.
@@ -260,12 +256,27 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.y, a.lse, B_, T_, H, Hkv, D);
     qkv_backward(ctx, s_.dproj, s_.dq, s_.dk, s_.dv, a.proj, qkv_, B_, T_);
     matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, proj_pitch_, C, proj_pitch_);
-    matmul_backward_weight(ctx, g.attn_in, s_.dproj, h1(l), N_, C, attn_width_, C, proj_pitch_);
+    weight_grad(g.attn_in, s_.dproj, h1(l), C, attn_width_, C, proj_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
   }
   embedding_backward(ctx, g_.wte, s_.dx, tokens_.data(), N_, C);
   if (grads_ready) grads_ready(0, (size_t)cfg.vocab_size * C);  // the tied matrix: both of its uses are done
+}
+
+// dweight (N,K) += doutᵀ·inp. A width that is not a multiple of 8 makes the GPU's product
+// several times slower, so such a gradient is formed over the rounded-up widths in a scratch
+// (the extra rows and columns come from pitch padding and are dropped) and added in.
+template <class A, class P>
+void T6<A, P>::weight_grad(P* dweight, const A* dout, const A* inp, int K, int N, int ld_in, int ld_out) {
+  const int K8 = (K + 7) / 8 * 8, N8 = (N + 7) / 8 * 8;
+  if ((K8 == K && N8 == N) || K8 > ld_in || N8 > ld_out) {
+    matmul_backward_weight(ctx, dweight, dout, inp, N_, K, N, ld_in, ld_out);
+    return;
+  }
+  ctx.zero(dweight_padded_.data(), sizeof(P) * (size_t)N8 * K8);
+  matmul_backward_weight(ctx, dweight_padded_.data(), dout, inp, N_, K8, N8, ld_in, ld_out);
+  add_from_pitch(ctx, dweight, dweight_padded_.data(), N, K, K8);
 }
 
 template <class A, class P>

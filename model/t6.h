@@ -91,10 +91,11 @@ class T6 {
   // projection's output, c_fc's, SwiGLU's): padded so every row stays 16-byte aligned.
   int proj_pitch_, fc_pitch_, g_pitch_;
   // mlp.c_proj is (C, F): when F is not a multiple of 8 its compute copy is kept with rows
-  // padded to g_pitch_ (zeros in the padding), and its gradient is formed in a padded scratch.
+  // padded to g_pitch_ (zeros in the padding).
   bool pad_mlp_proj_;
   Buffer<A> mlp_proj_padded_;
-  Buffer<P> dmlp_proj_padded_;
+  Buffer<P> dweight_padded_;  // weight gradients of widths not a multiple of 8 form here first
+  void weight_grad(P* dweight, const A* dout, const A* inp, int K, int N, int ld_in, int ld_out);
   QkvLayout qkv_;
   Buffer<A> weights_;      // the compute copy (A ≠ P only)
   Weights<const A> w_;
