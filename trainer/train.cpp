@@ -302,6 +302,10 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
                "{} sequences), steps {} to {}\n",
                B, T, accum, W, tokens_per_step, B * accum * W, start, tc.max_iters);
     fmt::print("device: {}\n", device_summary(ctx));
+    if (ctx.device == Device::cuda)
+      fmt::print("GPU memory: {:.2f} GB allocated ({:.2f} GB activations{}), {:.2f} GB in use on the device\n",
+                 gpu_memory(ctx).peak_allocated / 1e9, model.activation_bytes() / 1e9,
+                 tc.recompute ? ", norms and SwiGLU recomputed in backward" : "", gpu_memory(ctx).used / 1e9);
     if (W > 1)
       fmt::print("optimizer state: {:.1f} MB per rank{}\n", 2.0 * shard_size * sizeof(float) / 1e6,
                  zero ? fmt::format(" (ZeRO-1: 1/{} of {:.1f} MB)", W, 2.0 * total * sizeof(float) / 1e6) : "");

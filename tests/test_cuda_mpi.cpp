@@ -1,0 +1,109 @@
+// Data parallelism between GPUs under mpirun -np 2 (label gpu; skipped unless every rank has
+// a GPU of its own): 2 GPUs equal 1 GPU with the same global batch within bf16 tolerance,
+// with and without ZeRO-1, through NCCL.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "test_util.h"
+#include "trainer/config.h"
+#include "trainer/runtime.h"
+#include "trainer/train.h"
+
+namespace t6 {
+namespace {
+
+int world_rank() {
+  int r;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int w;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  return w;
+}
+
+std::unique_ptr<Communicator> communicator(MPI_Comm c) {
+  void* handle = nullptr;
+  std::memcpy(&handle, &c, sizeof(c));
+  return make_mpi_communicator(handle);
+}
+
+// Every rank must agree, or one would wait in a collective the others skipped.
+bool every_rank_has_a_gpu() {
+  auto world = communicator(MPI_COMM_WORLD);
+  int local = world->local_rank(), ok = local < cuda_device_count(), all = 0;
+  MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return all && world_size() > 1;
+}
+
+#define REQUIRE_GPUS() \
+  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs mpirun -np W on a machine with W GPUs, W > 1"
+
+std::string shared_dir(const std::string& name) {
+  std::string dir = world_rank() == 0 ? test::temp_dir(name) : "";
+  communicator(MPI_COMM_WORLD)->broadcast_string(dir, 0);
+  return dir;
+}
+
+// A small model on the sample; `batch` sequences per micro-batch and rank.
+Config small_run(const std::string& out, int batch, std::vector<std::string> extra = {}) {
+  std::vector<std::string> o = {"train.out_dir=" + out, "train.device=cuda", "model.n_layer=2", "model.n_embd=128",
+                                "model.n_head=4", "model.head_dim=32", "model.block_size=128",
+                                "train.batch_size=" + std::to_string(batch), "train.max_iters=20",
+                                "train.eval_interval=0", "optim.warmup_iters=4", "data.val=null",
+                                "checkpoint.interval=0", "train.consistency_interval=5", "sample.max_new_tokens=0"};
+  o.insert(o.end(), extra.begin(), extra.end());
+  return load_config(test::source_path("configs/demo.yaml"), o);
+}
+
+void expect_same_run(const TrainResult& got, const TrainResult& want) {
+  ASSERT_EQ(got.steps.size(), want.steps.size());
+  for (size_t i = 0; i < want.steps.size(); i++) {
+    EXPECT_NEAR(got.steps[i].loss, want.steps[i].loss, 1e-2 * want.steps[i].loss) << "step " << i;
+    EXPECT_NEAR(got.steps[i].grad_norm, want.steps[i].grad_norm, 5e-2 * want.steps[i].grad_norm) << "step " << i;
+  }
+}
+
+TEST(GpuDataParallel, RanksMatchOneGpuWithTheSameGlobalBatch) {
+  REQUIRE_GPUS();
+  const int W = world_size();
+  const std::string out = shared_dir("gpu_dp"), ref = out + "_ref";
+  auto world = communicator(MPI_COMM_WORLD);
+  const TrainResult parallel = train(small_run(out, 4), "", world.get());
+  if (world_rank() == 0) {
+    auto self = communicator(MPI_COMM_SELF);
+    expect_same_run(parallel, train(small_run(ref, 4 * W), "", self.get()));
+    EXPECT_LT(parallel.steps.back().loss, 0.8 * parallel.steps.front().loss);  // and it learns
+  }
+  world->barrier();
+}
+
+TEST(GpuDataParallel, ZeroOneMatchesPlainDataParallelism) {
+  REQUIRE_GPUS();
+  const std::string plain = shared_dir("gpu_zero_plain"), sharded = shared_dir("gpu_zero_sharded");
+  auto world = communicator(MPI_COMM_WORLD);
+  const TrainResult a = train(small_run(plain, 4), "", world.get());
+  const TrainResult b = train(small_run(sharded, 4, {"optim.zero=1"}), "", world.get());
+  if (world_rank() == 0) expect_same_run(b, a);
+  world->barrier();
+}
+
+}  // namespace
+}  // namespace t6
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  if (t6::world_rank() != 0) {  // one rank reports; the others' failures still fail the job
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS(), any = 0;
+  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any;
+}
