@@ -49,11 +49,13 @@ std::string shared_dir(const std::string& name) {
   return dir;
 }
 
-// A small model on the sample; `batch` sequences per micro-batch and rank.
-Config small_run(const std::string& out, int batch, std::vector<std::string> extra = {}) {
+// A small model on the sample; `accum` micro-batches of 4 sequences per rank and step (the
+// loader's windows depend on the micro-batch size, so the global batch grows by accumulation).
+Config small_run(const std::string& out, int accum, std::vector<std::string> extra = {}) {
   std::vector<std::string> o = {"train.out_dir=" + out, "train.device=cuda", "model.n_layer=2", "model.n_embd=128",
                                 "model.n_head=4", "model.head_dim=32", "model.block_size=128",
-                                "train.batch_size=" + std::to_string(batch), "train.max_iters=20",
+                                "train.batch_size=4", "train.gradient_accumulation_steps=" + std::to_string(accum),
+                                "train.max_iters=20",
                                 "train.eval_interval=0", "optim.warmup_iters=4", "data.val=null",
                                 "checkpoint.interval=0", "train.consistency_interval=5", "sample.max_new_tokens=0"};
   o.insert(o.end(), extra.begin(), extra.end());
@@ -73,10 +75,10 @@ TEST(GpuDataParallel, RanksMatchOneGpuWithTheSameGlobalBatch) {
   const int W = world_size();
   const std::string out = shared_dir("gpu_dp"), ref = out + "_ref";
   auto world = communicator(MPI_COMM_WORLD);
-  const TrainResult parallel = train(small_run(out, 4), "", world.get());
+  const TrainResult parallel = train(small_run(out, 1), "", world.get());
   if (world_rank() == 0) {
     auto self = communicator(MPI_COMM_SELF);
-    expect_same_run(parallel, train(small_run(ref, 4 * W), "", self.get()));
+    expect_same_run(parallel, train(small_run(ref, W), "", self.get()));
     EXPECT_LT(parallel.steps.back().loss, 0.8 * parallel.steps.front().loss);  // and it learns
   }
   world->barrier();
@@ -86,8 +88,8 @@ TEST(GpuDataParallel, ZeroOneMatchesPlainDataParallelism) {
   REQUIRE_GPUS();
   const std::string plain = shared_dir("gpu_zero_plain"), sharded = shared_dir("gpu_zero_sharded");
   auto world = communicator(MPI_COMM_WORLD);
-  const TrainResult a = train(small_run(plain, 4), "", world.get());
-  const TrainResult b = train(small_run(sharded, 4, {"optim.zero=1"}), "", world.get());
+  const TrainResult a = train(small_run(plain, 2), "", world.get());
+  const TrainResult b = train(small_run(sharded, 2, {"optim.zero=1"}), "", world.get());
   if (world_rank() == 0) expect_same_run(b, a);
   world->barrier();
 }
