@@ -90,11 +90,12 @@ template <class T> double sum(const Context&, const T* x, size_t n);
 template <class T> double sum_squares(const Context&, const T* x, size_t n);
 void convert(const Context&, bf16* out, const float* in, size_t n);     // CUDA only: compute weights
 
-// One AdamW step over flat buffers with PyTorch semantics (T6_SPEC.md):
-// p −= lr·wd·p; m, v updated; p −= (lr / bias1) · m / (√v / √bias2 + eps).
+// One AdamW step over flat buffers with PyTorch semantics (T6_SPEC.md), on the gradient
+// g = grad_scale·grads (the 1/ranks average and the clipping factor, applied here instead of
+// in passes of their own): p −= lr·wd·p; m, v updated; p −= (lr / bias1) · m / (√v / √bias2 + eps).
 // weights, if not null (CUDA), receives the updated parameters in bf16 in the same pass.
 template <class T> void adamw_update(const Context&, T* params, const T* grads, T* m, T* v, size_t n, double lr,
                                      double beta1, double beta2, double eps, double weight_decay, double bias1,
-                                     double bias2, bf16* weights = nullptr);
+                                     double bias2, double grad_scale = 1.0, bf16* weights = nullptr);
 
 }  // namespace t6

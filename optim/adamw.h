@@ -18,8 +18,9 @@ class AdamW {
  public:
   AdamW(const Context& ctx, size_t n, const AdamWConfig& cfg);
   // One update at learning rate lr; the bias corrections use the step count after increment.
-  // weights (CUDA only), if not null, receives the new parameters in bf16 in the same pass.
-  void step(T* params, const T* grads, double lr, bf16* weights = nullptr);
+  // The gradient is grad_scale·grads; weights (CUDA only), if not null, receives the new
+  // parameters in bf16 in the same pass.
+  void step(T* params, const T* grads, double lr, bf16* weights = nullptr, double grad_scale = 1.0);
 
   AdamWConfig cfg;
   int64_t steps = 0;  // updates taken so far
@@ -34,9 +35,9 @@ class AdamW {
 template <class T>
 double clip_grad_norm(const Context& ctx, T* grads, size_t n, double max_norm);
 
-// The scaling half of clipping, for a norm computed elsewhere (e.g. across ranks).
-template <class T>
-void clip_to_norm(const Context& ctx, T* grads, size_t n, double norm, double max_norm);
+// The factor clipping multiplies the gradients by, for a norm computed elsewhere (e.g. across
+// ranks): max_norm / (norm + 1e-6) when norm > max_norm > 0, else 1.
+double clip_factor(double norm, double max_norm);
 
 extern template class AdamW<float>;
 extern template class AdamW<double>;

@@ -252,8 +252,8 @@ TEST_F(Gpu, OptimizerOpsInFp32) {
   EXPECT_NEAR(sum_squares(ctx, gg.data(), n), sum_squares(cpu, g.data(), n), 1e-9 * sum_squares(cpu, g.data(), n));
   EXPECT_NEAR(sum(ctx, gp.data(), n), sum(cpu, p.data(), n), 1e-6);
   auto w = poisoned(n);
-  adamw_update(cpu, p.data(), g.data(), m.data(), v.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.19, 0.0975);
-  adamw_update(ctx, gp.data(), gg.data(), gm.data(), gv.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.19, 0.0975, w.data());
+  adamw_update(cpu, p.data(), g.data(), m.data(), v.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.19, 0.0975, 0.7);
+  adamw_update(ctx, gp.data(), gg.data(), gm.data(), gv.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.19, 0.0975, 0.7, w.data());
   EXPECT_LT(test::rel_error(download(gp), p), kFp32);
   EXPECT_LT(test::rel_error(download(gm), m), kFp32);
   EXPECT_LT(test::rel_error(download(gv), v), kFp32);

@@ -387,12 +387,12 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     } else {
       dcomm->wait_all();
     }
-    if (W > 1) scale(ctx, grads, 1.0 / W, shard_size);
+    // The gradients are summed over ranks; the 1/W of the average is applied by the optimizer.
     double sums[2] = {loss / accum, sum_squares(ctx, grads, shard_size)};
     comm->all_reduce_sum(&sums[0], 1);
     if (zero) comm->all_reduce_sum(&sums[1], 1);
     loss = sums[0] / W;
-    const double grad_norm = std::sqrt(sums[1]);
+    const double grad_norm = std::sqrt(sums[1]) / W;
 
     // Every rank sees the same global loss and norm, so every rank makes the same decision.
     const char* skip_reason = !std::isfinite(loss) || !std::isfinite(grad_norm) ? "non-finite loss or gradient norm"
@@ -420,8 +420,8 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       consecutive_skips = 0;
       loss_history.add(loss);
       norm_history.add(grad_norm);
-      clip_to_norm(ctx, grads, shard_size, grad_norm, cfg.optim.grad_clip);
-      optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(0));
+      optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(0),
+                     clip_factor(grad_norm, cfg.optim.grad_clip) / W);
       if (zero) dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
       model.refresh_weights(/*flat_copy_current=*/!zero);
     }

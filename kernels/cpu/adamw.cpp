@@ -11,17 +11,19 @@ namespace t6 {
 
 template <class T>
 void adamw_update(const Context& ctx, T* params, const T* grads, T* m, T* v, size_t n, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, double bias1, double bias2, bf16* weights) {
+                  double beta2, double eps, double weight_decay, double bias1, double bias2, double grad_scale,
+                  bf16* weights) {
   if constexpr (std::is_same_v<T, float>)
     if (ctx.device == Device::cuda)
       return cuda::adamw_update(ctx, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, bias1, bias2,
-                                weights);
+                                grad_scale, weights);
   if (weights) throw std::logic_error("adamw_update: bf16 compute weights exist only on the CUDA backend");
   const T decay = T(1.0 - lr * weight_decay);
-  const T b1 = T(beta1), b2 = T(beta2), step_size = T(lr / bias1), bias2_sqrt = T(std::sqrt(bias2)), e = T(eps);
+  const T b1 = T(beta1), b2 = T(beta2), step_size = T(lr / bias1), bias2_sqrt = T(std::sqrt(bias2)), e = T(eps),
+          gs = T(grad_scale);
 #pragma omp parallel for if (n >= kParallelWork)
   for (size_t i = 0; i < n; i++) {
-    const T g = grads[i];
+    const T g = grads[i] * gs;
     params[i] *= decay;
     m[i] = b1 * m[i] + (T(1) - b1) * g;
     v[i] = b2 * v[i] + (T(1) - b2) * g * g;
@@ -31,7 +33,7 @@ void adamw_update(const Context& ctx, T* params, const T* grads, T* m, T* v, siz
 
 #define INSTANTIATE(T)                                                                               \
   template void adamw_update<T>(const Context&, T*, const T*, T*, T*, size_t, double, double, double, double, \
-                                double, double, double, bf16*);
+                                double, double, double, double, bf16*);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

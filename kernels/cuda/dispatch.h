@@ -21,6 +21,6 @@ double sum(const Context&, const float* x, size_t n);
 double sum_squares(const Context&, const float* x, size_t n);
 void adamw_update(const Context&, float* params, const float* grads, float* m, float* v, size_t n, double lr,
                   double beta1, double beta2, double eps, double weight_decay, double bias1, double bias2,
-                  bf16* weights);
+                  double grad_scale, bf16* weights);
 
 }  // namespace t6::cuda

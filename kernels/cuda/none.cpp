@@ -33,7 +33,7 @@ void add_from_pitch(const Context&, float*, const float*, int, int, int) { no_cu
 double sum(const Context&, const float*, size_t) { no_cuda(); }
 double sum_squares(const Context&, const float*, size_t) { no_cuda(); }
 void adamw_update(const Context&, float*, const float*, float*, float*, size_t, double, double, double, double, double,
-                  double, double, bf16*) { no_cuda(); }
+                  double, double, double, bf16*) { no_cuda(); }
 }  // namespace cuda
 
 }  // namespace t6
