@@ -26,7 +26,6 @@ __device__ inline uint32_t pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
-__device__ inline uint32_t ld32(const bf* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // c += a·b for one 16×8×16 tile (PTX ISA fragment layouts: a row-major 16×16, b 16×8, c 16×8).
 __device__ inline void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
@@ -45,24 +44,34 @@ __device__ inline void ldmatrix_x4_trans(uint32_t r[4], const bf* row_address) {
                : "r"(s));
 }
 
-// The A fragment (16 rows × 16 columns at col0) of a row-major tile in shared memory.
-template <int LD>
-__device__ inline void load_a(uint32_t a[4], const bf* tile, int row0, int col0, int gid, int tig) {
-  const bf* p = tile + (row0 + gid) * LD + col0 + tig * 2;
-  a[0] = ld32(p);
-  a[1] = ld32(p + 8 * LD);
-  a[2] = ld32(p + 8);
-  a[3] = ld32(p + 8 * LD + 8);
+__device__ inline void ldmatrix_x4(uint32_t r[4], const bf* row_address) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(row_address);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
 }
 
-// Starts copying rows [row0, row0 + 64) of a (T, ·) matrix whose rows are `stride` elements
+// The A fragment (16 rows × 16 columns at (row0, col0)) of a row-major tile in shared memory.
+template <int LD>
+__device__ inline void load_a(uint32_t a[4], const bf* tile, int row0, int col0, int lane) {
+  ldmatrix_x4(a, tile + (row0 + (lane / 8 % 2) * 8 + lane % 8) * LD + col0 + (lane / 16) * 8);
+}
+
+// B fragments of two n-tiles (rows n0 and n0 + 8 of a row-major [n][k] tile) at k-step col0:
+// b[0], b[1] for n-tile n0 and b[2], b[3] for n-tile n0 + 8.
+template <int LD>
+__device__ inline void load_b_pair(uint32_t b[4], const bf* tile, int n0, int col0, int lane) {
+  ldmatrix_x4(b, tile + (n0 + (lane / 16) * 8 + lane % 8) * LD + col0 + (lane / 8 % 2) * 8);
+}
+
+// Starts copying rows [row0, row0 + kRows) of a (T, ·) matrix whose rows are `stride` elements
 // apart, D wide, into a shared tile with leading dimension D + 8 (cp.async, 16 bytes a
 // thread at a time; rows past T become zeros). commit() closes the group of copies issued so
 // far; wait<n>() waits until at most n groups are in flight.
-template <int D>
+template <int D, int kRows = kTile>
 __device__ void load_tile(bf* tile, const bf* src, int row0, int T, size_t stride) {
   constexpr int kChunks = D / 8;  // 16-byte pieces per row
-  for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
+  for (int c = threadIdx.x; c < kRows * kChunks; c += blockDim.x) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool in = row0 + r < T;
     const bf* from = in ? src + (size_t)(row0 + r) * stride + col : src;
@@ -127,7 +136,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) load_a<LD>(qf[kk], Qs, warp * 16, kk * 16, gid, tig);
+  for (int kk = 0; kk < D / 16; kk++) load_a<LD>(qf[kk], Qs, warp * 16, kk * 16, lane);
 
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
@@ -145,11 +154,13 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
     __syncthreads();
     float s[8][4] = {};
 #pragma unroll
-    for (int nt = 0; nt < 8; nt++)
+    for (int np = 0; np < 4; np++)
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
-        const bf* p = Ks + (nt * 8 + gid) * LD + kk * 16 + tig * 2;
-        mma(s[nt], qf[kk], ld32(p), ld32(p + 8));
+        uint32_t kb[4];
+        load_b_pair<LD>(kb, Ks, np * 16, kk * 16, lane);
+        mma(s[2 * np], qf[kk], kb[0], kb[1]);
+        mma(s[2 * np + 1], qf[kk], kb[2], kb[3]);
       }
     float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -220,38 +231,40 @@ __global__ void convert_dq_kernel(bf* dq, const float* acc, size_t n) {
     dq[i] = __float2bfloat16(acc[i]);
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_acc, bf* dk, bf* dv, const bf* dout,
-                                                                      const bf* q, const bf* k, const bf* v,
-                                                                      const float* lse, const float* delta, int T,
-                                                                      int H, int Hkv, float scale, float scale_log2) {
-  constexpr int LD = D + 8, LDS = kTile + 8;
+// Backward: kBwdWarps warps of 16 keys each. (8 warps, 128 keys, halve the L2 traffic of
+// query tiles and dQ sums per key, but measured no faster on an H100 than 4.)
+template <int D, int kBwdWarps, int kMinBlocks>
+__global__ void __launch_bounds__(32 * kBwdWarps, kMinBlocks) attention_backward_kernel(
+    float* dq_acc, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v, const float* lse,
+    const float* delta, int T, int H, int Hkv, float scale, float scale_log2) {
+  constexpr int LD = D + 8, LDS = kTile + 8, kBwdKeys = 16 * kBwdWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   bf* Ks = reinterpret_cast<bf*>(smem);
-  bf* Vs = Ks + kTile * LD;
-  bf* Qbuf = Vs + kTile * LD;          // two Q tiles and two dO tiles: the next query tile
+  bf* Vs = Ks + kBwdKeys * LD;
+  bf* Qbuf = Vs + kBwdKeys * LD;       // two Q tiles and two dO tiles: the next query tile
   bf* dObuf = Qbuf + 2 * kTile * LD;   // loads while this one is in use
   bf* dSt = dObuf + 2 * kTile * LD;    // dSᵀ of the tile pair: [key][query]
-  float* stats = reinterpret_cast<float*>(dSt + kTile * LDS);  // [buffer][lse·log2e | delta][64]
+  float* stats = reinterpret_cast<float*>(dSt + kBwdKeys * LDS);  // [buffer][lse·log2e | delta][64]
 
   const int kt = blockIdx.x, b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, group = H / Hkv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4, mi = lane / 8,
             ri = lane % 8;
-  const int k0 = kt * kTile, ntiles = (T + kTile - 1) / kTile;
+  const int k0 = kt * kBwdKeys, ntiles = (T + kTile - 1) / kTile;
   const size_t qstride = (size_t)H * D, kstride = (size_t)Hkv * D;
-  load_tile<D>(Ks, k + (size_t)b * T * kstride + (size_t)kvh * D, k0, T, kstride);
-  load_tile<D>(Vs, v + (size_t)b * T * kstride + (size_t)kvh * D, k0, T, kstride);
+  load_tile<D, kBwdKeys>(Ks, k + (size_t)b * T * kstride + (size_t)kvh * D, k0, T, kstride);
+  load_tile<D, kBwdKeys>(Vs, v + (size_t)b * T * kstride + (size_t)kvh * D, k0, T, kstride);
   const int keys[2] = {k0 + warp * 16 + gid, k0 + warp * 16 + gid + 8};
   float dK[D / 8][4] = {}, dV[D / 8][4] = {};
 
-  // The (head, query tile) pairs this block visits, in order; pair i uses buffer i & 1.
-  const int per_head = ntiles - kt, pairs = group * per_head;
+  // The (head, query tile) pairs this block visits, in order; pair i uses buffer i & 1. Query
+  // tiles start at the block's first key: earlier queries see none of its keys.
+  const int first = k0 / kTile, per_head = ntiles - first, pairs = group * per_head;
   auto issue = [&](int i) {
-    const int h = kvh * group + i / per_head, q0 = (kt + i % per_head) * kTile;
+    const int h = kvh * group + i / per_head, q0 = (first + i % per_head) * kTile;
     load_tile<D>(Qbuf + (i & 1) * kTile * LD, q + (size_t)b * T * qstride + (size_t)h * D, q0, T, qstride);
     load_tile<D>(dObuf + (i & 1) * kTile * LD, dout + (size_t)b * T * qstride + (size_t)h * D, q0, T, qstride);
     float* st = stats + (i & 1) * 2 * kTile;
-    for (int j = threadIdx.x; j < kTile; j += kThreads) {
+    for (int j = threadIdx.x; j < kTile; j += blockDim.x) {
       const bool in = q0 + j < T;
       st[j] = in ? lse[((size_t)b * H + h) * T + q0 + j] * kLog2e : 0.f;
       st[kTile + j] = in ? delta[((size_t)b * H + h) * T + q0 + j] : 0.f;
@@ -260,7 +273,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_
   };
   issue(0);
   for (int pair = 0; pair < pairs; pair++) {
-    const int h = kvh * group + pair / per_head, q0 = (kt + pair % per_head) * kTile;
+    const int h = kvh * group + pair / per_head, q0 = (first + pair % per_head) * kTile;
     const bf *Qs = Qbuf + (pair & 1) * kTile * LD, *dOs = dObuf + (pair & 1) * kTile * LD;
     const float *lse_s = stats + (pair & 1) * 2 * kTile, *delta_s = lse_s + kTile;
     if (pair + 1 < pairs) {  // the other buffers were last read in pair − 1, before its closing barrier
@@ -270,20 +283,23 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_
       wait<0>();
     }
     __syncthreads();
-    {
+    if (q0 + kTile > keys[0] - gid) {  // this warp's keys see some of the tile's queries
       // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warp's 16 keys × 64 queries.
       float st[8][4] = {}, dpt[8][4] = {};
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
         uint32_t ka[4], va[4];
-        load_a<LD>(ka, Ks, warp * 16, kk * 16, gid, tig);
-        load_a<LD>(va, Vs, warp * 16, kk * 16, gid, tig);
+        load_a<LD>(ka, Ks, warp * 16, kk * 16, lane);
+        load_a<LD>(va, Vs, warp * 16, kk * 16, lane);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-          const bf* qp = Qs + (nt * 8 + gid) * LD + kk * 16 + tig * 2;
-          const bf* dp = dOs + (nt * 8 + gid) * LD + kk * 16 + tig * 2;
-          mma(st[nt], ka, ld32(qp), ld32(qp + 8));
-          mma(dpt[nt], va, ld32(dp), ld32(dp + 8));
+        for (int np = 0; np < 4; np++) {
+          uint32_t qb[4], db[4];
+          load_b_pair<LD>(qb, Qs, np * 16, kk * 16, lane);
+          load_b_pair<LD>(db, dOs, np * 16, kk * 16, lane);
+          mma(st[2 * np], ka, qb[0], qb[1]);
+          mma(st[2 * np + 1], ka, qb[2], qb[3]);
+          mma(dpt[2 * np], va, db[0], db[1]);
+          mma(dpt[2 * np + 1], va, db[2], db[3]);
         }
       }
       // Pᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta)·scale.
@@ -306,21 +322,40 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(float* dq_
         *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + gid) * LDS + nt * 8 + tig * 2) = pack(dpt[nt][0], dpt[nt][1]);
         *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + gid + 8) * LDS + nt * 8 + tig * 2) = pack(dpt[nt][2], dpt[nt][3]);
       }
-      __syncthreads();
-
-      // dQ (this warp's 16 queries × D) += dS·K over the tile's 64 keys, into the fp32 sums.
-      float dq[D / 8][4] = {};
-      uint32_t dsa[4][4];
+    } else {  // no query of the tile sees these keys: their dS is zero
 #pragma unroll
-      for (int kk = 0; kk < 4; kk++) ldmatrix_x4_trans(dsa[kk], dSt + (kk * 16 + (mi / 2) * 8 + ri) * LDS + warp * 16 + (mi % 2) * 8);
-      mma_tile_b_trans<D>(dq, dsa, Ks, lane);
+      for (int nt = 0; nt < 8; nt++) {
+        *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + gid) * LDS + nt * 8 + tig * 2) = 0;
+        *reinterpret_cast<uint32_t*>(dSt + (warp * 16 + gid + 8) * LDS + nt * 8 + tig * 2) = 0;
+      }
+    }
+    __syncthreads();
+
+    // dQ (64 queries × D) += dS·K over the block's keys: warp w takes queries 16·(w % 4) and
+    // its share of D, and adds its part into the fp32 sums.
+    {
+      constexpr int kHalf = D / (kBwdWarps / 4);
+      const int qg = warp % 4, d0 = (warp / 4) * kHalf;
+      float dq[kHalf / 8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kBwdKeys / 16; kk++) {
+        uint32_t dsa[4];
+        ldmatrix_x4_trans(dsa, dSt + (kk * 16 + (mi / 2) * 8 + ri) * LDS + qg * 16 + (mi % 2) * 8);
+#pragma unroll
+        for (int dp = 0; dp < kHalf / 16; dp++) {
+          uint32_t r[4];
+          ldmatrix_x4_trans(r, Ks + (kk * 16 + (mi % 2) * 8 + ri) * LD + d0 + dp * 16 + (mi / 2) * 8);
+          mma(dq[2 * dp], dsa, r[0], r[1]);
+          mma(dq[2 * dp + 1], dsa, r[2], r[3]);
+        }
+      }
 #pragma unroll
       for (int i = 0; i < 2; i++) {
-        const int row = q0 + warp * 16 + gid + 8 * i;
+        const int row = q0 + qg * 16 + gid + 8 * i;
         if (row >= T) continue;
-        float* dst = dq_acc + ((size_t)b * T + row) * qstride + (size_t)h * D;
+        float* dst = dq_acc + ((size_t)b * T + row) * qstride + (size_t)h * D + d0;
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
+        for (int dt = 0; dt < kHalf / 8; dt++) {
 #if __CUDA_ARCH__ >= 900
           atomicAdd(reinterpret_cast<float2*>(dst + dt * 8 + tig * 2), make_float2(dq[dt][2 * i], dq[dt][2 * i + 1]));
 #else
@@ -355,20 +390,23 @@ void forward(const Context& ctx, bf* out, float* lse, const bf* q, const bf* k, 
   CUDA_CHECK_LAUNCH();
 }
 
-template <int D>
+template <int D, int kBwdWarps = 4, int kMinBlocks = 1>
 void backward(const Context& ctx, float* dq_acc, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v,
               const float* lse, const float* delta, int B, int T, int H, int Hkv) {
-  const size_t shared = (6 * kTile * (D + 8) + kTile * (kTile + 8)) * sizeof(bf) + 4 * kTile * sizeof(float);
-  CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-  const dim3 grid((T + kTile - 1) / kTile, B * Hkv);
+  constexpr int kBwdKeys = 16 * kBwdWarps;
+  const size_t shared = (2 * kBwdKeys * (D + 8) + 4 * kTile * (D + 8) + kBwdKeys * (kTile + 8)) * sizeof(bf) +
+                        4 * kTile * sizeof(float);
+  auto kernel = attention_backward_kernel<D, kBwdWarps, kMinBlocks>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+  const dim3 grid((T + kBwdKeys - 1) / kBwdKeys, B * Hkv);
   const float scale = 1.f / sqrtf((float)D);
-  attention_backward_kernel<D><<<grid, kThreads, shared, stream(ctx)>>>(dq_acc, dk, dv, dout, q, k, v, lse, delta, T,
+  kernel<<<grid, 32 * kBwdWarps, shared, stream(ctx)>>>(dq_acc, dk, dv, dout, q, k, v, lse, delta, T,
                                                                        H, Hkv, scale, scale * kLog2e);
   CUDA_CHECK_LAUNCH();
 }
 
 [[noreturn]] void unsupported(int D) {
-  throw std::invalid_argument(fmt::format("model.head_dim: the CUDA attention supports 16, 32, 64 and 128, got {}", D));
+  throw std::invalid_argument(fmt::format("model.head_dim: the CUDA attention supports 32, 64 and 128, got {}", D));
 }
 
 }  // namespace
@@ -378,7 +416,6 @@ void attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, c
                                     const bf16* v, int B, int T, int H, int Hkv, int D) {
   T6_TIMED(ctx, "attention forward");
   switch (D) {
-    case 16: return forward<16>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
     case 32: return forward<32>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
     case 64: return forward<64>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
     case 128: return forward<128>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
@@ -400,7 +437,6 @@ void attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* dk, bf1
                                                                              H, D);
   CUDA_CHECK_LAUNCH();
   switch (D) {
-    case 16: backward<16>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
     case 32: backward<32>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
     case 64: backward<64>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
     case 128: backward<128>(ctx, dq_acc, dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), lse, delta, B, T, H, Hkv); break;
