@@ -1,3 +1,7 @@
+// SwiGLU over rows of [a | b]: a grid of (column blocks, rows), so no thread divides; pairs of
+// adjacent features move as 4-byte bf16x2 when F is even (every paper config).
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 
 namespace t6 {
@@ -6,32 +10,73 @@ using namespace cuda;
 
 namespace {
 
+constexpr int kThreads = 256;
+
+template <int W>  // features per thread: 2 (bf16x2) or 1
+__device__ void load(float f[W], const bf* p) {
+  if constexpr (W == 2) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    f[0] = v.x, f[1] = v.y;
+  } else {
+    f[0] = __bfloat162float(*p);
+  }
+}
+template <int W>
+__device__ void store(bf* p, const float f[W]) {
+  if constexpr (W == 2) *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(f[0], f[1]);
+  else *p = __float2bfloat16(f[0]);
+}
+
+template <int W>
 __global__ void swiglu_forward_kernel(bf* out, const bf* fc, int N, int F, int ld_fc, int ld_out) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)N * F; i += (size_t)gridDim.x * blockDim.x) {
-    const size_t n = i / F, j = i % F;
-    const float a = __bfloat162float(fc[n * ld_fc + j]), b = __bfloat162float(fc[n * ld_fc + F + j]);
-    out[n * ld_out + j] = __float2bfloat16(a / (1.f + __expf(-a)) * b);
+  const int j = (blockIdx.x * kThreads + threadIdx.x) * W;
+  if (j >= F) return;
+  for (int n = blockIdx.y; n < N; n += gridDim.y) {
+    const bf* row = fc + (size_t)n * ld_fc;
+    float a[W], b[W], o[W];
+    load<W>(a, row + j);
+    load<W>(b, row + F + j);
+#pragma unroll
+    for (int i = 0; i < W; i++) o[i] = a[i] / (1.f + __expf(-a[i])) * b[i];
+    store<W>(out + (size_t)n * ld_out + j, o);
   }
 }
 
 // d silu(a)/da = σ(a)·(1 + a·(1 − σ(a))).
+template <int W>
 __global__ void swiglu_backward_kernel(bf* dfc, const bf* dout, const bf* fc, int N, int F, int ld_fc, int ld_out) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)N * F; i += (size_t)gridDim.x * blockDim.x) {
-    const size_t n = i / F, j = i % F;
-    const float a = __bfloat162float(fc[n * ld_fc + j]), b = __bfloat162float(fc[n * ld_fc + F + j]);
-    const float g = __bfloat162float(dout[n * ld_out + j]), sig = 1.f / (1.f + __expf(-a));
-    dfc[n * ld_fc + j] = __float2bfloat16(g * b * sig * (1.f + a * (1.f - sig)));
-    dfc[n * ld_fc + F + j] = __float2bfloat16(g * a * sig);
+  const int j = (blockIdx.x * kThreads + threadIdx.x) * W;
+  if (j >= F) return;
+  for (int n = blockIdx.y; n < N; n += gridDim.y) {
+    const size_t row = (size_t)n * ld_fc;
+    float a[W], b[W], g[W], da[W], db[W];
+    load<W>(a, fc + row + j);
+    load<W>(b, fc + row + F + j);
+    load<W>(g, dout + (size_t)n * ld_out + j);
+#pragma unroll
+    for (int i = 0; i < W; i++) {
+      const float sig = 1.f / (1.f + __expf(-a[i]));
+      da[i] = g[i] * b[i] * sig * (1.f + a[i] * (1.f - sig));
+      db[i] = g[i] * a[i] * sig;
+    }
+    store<W>(dfc + row + j, da);
+    store<W>(dfc + row + F + j, db);
   }
 }
+
+// Column blocks × rows (at most 65535 rows of blocks; each block then strides over rows).
+dim3 grid(int N, int F, int W) { return dim3((F / W + kThreads - 1) / kThreads, std::min(N, 65535)); }
 
 }  // namespace
 
 template <>
 void swiglu_forward<bf16>(const Context& ctx, bf16* out, const bf16* fc, int N, int F, int ld_fc, int ld_out) {
   T6_TIMED(ctx, "swiglu forward");
-  swiglu_forward_kernel<<<blocks_for((size_t)N * F, 256), 256, 0, stream(ctx)>>>(dev(out), dev(fc), N, F, ld_fc ? ld_fc : 2 * F,
-                                                                                 ld_out ? ld_out : F);
+  ld_fc = ld_fc ? ld_fc : 2 * F, ld_out = ld_out ? ld_out : F;
+  if (F % 2 == 0 && ld_fc % 2 == 0 && ld_out % 2 == 0)
+    swiglu_forward_kernel<2><<<grid(N, F, 2), kThreads, 0, stream(ctx)>>>(dev(out), dev(fc), N, F, ld_fc, ld_out);
+  else
+    swiglu_forward_kernel<1><<<grid(N, F, 1), kThreads, 0, stream(ctx)>>>(dev(out), dev(fc), N, F, ld_fc, ld_out);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -39,8 +84,11 @@ template <>
 void swiglu_backward<bf16>(const Context& ctx, bf16* dfc, const bf16* dout, const bf16* fc, int N, int F, int ld_fc,
                            int ld_out) {
   T6_TIMED(ctx, "swiglu backward");
-  swiglu_backward_kernel<<<blocks_for((size_t)N * F, 256), 256, 0, stream(ctx)>>>(dev(dfc), dev(dout), dev(fc), N, F,
-                                                                                  ld_fc ? ld_fc : 2 * F, ld_out ? ld_out : F);
+  ld_fc = ld_fc ? ld_fc : 2 * F, ld_out = ld_out ? ld_out : F;
+  if (F % 2 == 0 && ld_fc % 2 == 0 && ld_out % 2 == 0)
+    swiglu_backward_kernel<2><<<grid(N, F, 2), kThreads, 0, stream(ctx)>>>(dev(dfc), dev(dout), dev(fc), N, F, ld_fc, ld_out);
+  else
+    swiglu_backward_kernel<1><<<grid(N, F, 1), kThreads, 0, stream(ctx)>>>(dev(dfc), dev(dout), dev(fc), N, F, ld_fc, ld_out);
   CUDA_CHECK_LAUNCH();
 }
 
