@@ -84,6 +84,16 @@ TEST(GpuDataParallel, RanksMatchOneGpuWithTheSameGlobalBatch) {
   world->barrier();
 }
 
+TEST(GpuDataParallel, OverlappedReduceMatchesOneReduceAfterBackward) {
+  REQUIRE_GPUS();
+  const std::string end = shared_dir("gpu_reduce_end"), overlapped = shared_dir("gpu_reduce_overlapped");
+  auto world = communicator(MPI_COMM_WORLD);
+  const TrainResult a = train(small_run(end, 2), "", world.get());
+  const TrainResult b = train(small_run(overlapped, 2, {"train.overlap_grad_reduce=true"}), "", world.get());
+  if (world_rank() == 0) expect_same_run(b, a);
+  world->barrier();
+}
+
 TEST(GpuDataParallel, ZeroOneMatchesPlainDataParallelism) {
   REQUIRE_GPUS();
   const std::string plain = shared_dir("gpu_zero_plain"), sharded = shared_dir("gpu_zero_sharded");

@@ -86,6 +86,17 @@ TEST(DataParallel, RanksMatchOneRankWithTheSameGlobalBatch) {
   world->barrier();
 }
 
+TEST(DataParallel, OverlappedReduceMatchesOneReduceAfterBackward) {
+  // Per-layer all-reduces started during backward sum the same numbers as one at the end.
+  const std::string end = shared_dir("reduce_end"), overlapped = shared_dir("reduce_overlapped");
+  auto world = communicator(MPI_COMM_WORLD);
+  const TrainResult a = train(tiny(end, 2, {"train.max_iters=10"}), "", world.get());
+  const TrainResult b = train(tiny(overlapped, 2, {"train.max_iters=10", "train.overlap_grad_reduce=true"}), "",
+                              world.get());
+  if (world_rank() == 0) expect_same_run(b, a, overlapped, end);
+  world->barrier();
+}
+
 TEST(DataParallel, ZeroOneMatchesPlainDataParallelism) {
   const std::string plain = shared_dir("zero_plain"), sharded = shared_dir("zero_sharded");
   auto world = communicator(MPI_COMM_WORLD);

@@ -25,6 +25,10 @@ const char* device_name(DeviceChoice d);
 struct TrainConfig {
   DeviceChoice device = DeviceChoice::auto_;
   bool recompute = false;  // GPU memory: recompute norms and SwiGLU in backward instead of keeping them
+  // All-reduce each layer's gradients during the last micro-batch's backward (overlapping it)
+  // instead of all of them once after it. Off by default: on one node over NVLink the single
+  // all-reduce measured faster (docs: README, "Several GPUs"); across nodes, try it on.
+  bool overlap_grad_reduce = false;
   int batch_size = 8;
   int gradient_accumulation_steps = 1;
   int64_t max_iters = 1000;

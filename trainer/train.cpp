@@ -363,9 +363,9 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       if (benchmark > 0) random_tokens.next(inputs.data(), targets.data(), inputs.size());
       else train_data->next(inputs.data(), targets.data());
       loss += model.forward(inputs.data(), targets.data(), 1.0 / accum);
-      // In the last micro-batch each layer's gradients are final as soon as its backward is
-      // done: their all-reduce starts then and overlaps the layers below.
-      const bool overlap = W > 1 && !zero && micro + 1 == accum;
+      // With train.overlap_grad_reduce, in the last micro-batch each layer's gradients are final
+      // as soon as its backward is done: their all-reduce starts then and overlaps the layers below.
+      const bool overlap = W > 1 && !zero && micro + 1 == accum && tc.overlap_grad_reduce;
       if (overlap) {
         model.backward([&](size_t off, size_t n) {
           if (poison && off > 0) poison_at(off);  // before the range leaves this rank
@@ -377,15 +377,18 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     }
     if (rank == faults.rank && step == faults.throw_step)
       throw std::runtime_error(fmt::format("injected failure at step {} (T6_TEST_THROW_STEP)", step));
-    if (poison && !(W > 1 && !zero)) poison_at(total / 2);
+    const bool overlapped = W > 1 && !zero && tc.overlap_grad_reduce;
+    if (poison && !overlapped) poison_at(total / 2);
 
-    // Average over ranks: the gradients (or this rank's shard of them), the loss.
+    // Sum over ranks: the gradients (or this rank's shard of them), the loss.
     float* grads = model.grads.data();
     if (zero) {
       dcomm->reduce_scatter_sum(model.grads.data(), grad_shard.data(), counts);
       grads = grad_shard.data();
-    } else {
+    } else if (overlapped) {
       dcomm->wait_all();
+    } else if (W > 1) {
+      dcomm->all_reduce_sum(model.grads.data(), total);
     }
     // The gradients are summed over ranks; the 1/W of the average is applied by the optimizer.
     double sums[2] = {loss / accum, sum_squares(ctx, grads, shard_size)};
