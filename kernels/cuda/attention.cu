@@ -162,29 +162,37 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
         mma(s[2 * np], qf[kk], kb[0], kb[1]);
         mma(s[2 * np + 1], qf[kk], kb[2], kb[3]);
       }
+    // Scores stay raw (m too); the scale is folded into the exponent's FMA. Only the diagonal
+    // tile, and a tile running past T, need the mask.
+    if (kt == qtile || (kt + 1) * kTile > T) {
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int key = kt * kTile + nt * 8 + tig * 2 + (e & 1);
+          if (key > rows[e / 2] || key >= T) s[nt][e] = -INFINITY;
+        }
+    }
     float mx[2] = {m[0], m[1]};
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int key = kt * kTile + nt * 8 + tig * 2 + (e & 1), row = rows[e / 2];
-        s[nt][e] = key > row || key >= T ? -INFINITY : s[nt][e] * scale_log2;
-        mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
-      }
-    float corr[2];
+      for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+    float corr[2], shift[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      corr[i] = mx[i] == -INFINITY ? 1.f : exp2f(m[i] - mx[i]);
+      corr[i] = mx[i] == -INFINITY ? 1.f : exp2f((m[i] - mx[i]) * scale_log2);
       m[i] = mx[i];
+      shift[i] = mx[i] == -INFINITY ? 0.f : mx[i] * scale_log2;
       l[i] *= corr[i];  // per-thread partial sums: the quad shares m, so they add up at the end
     }
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        s[nt][e] = m[e / 2] == -INFINITY ? 0.f : exp2f(s[nt][e] - m[e / 2]);
+        s[nt][e] = exp2f(fmaf(s[nt][e], scale_log2, -shift[e / 2]));  // exp2(−inf) = 0
         l[e / 2] += s[nt][e];
       }
 #pragma unroll
@@ -210,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf* out, fl
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++)
       *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
-    if (tig == 0) lse[((size_t)b * H + h) * T + rows[i]] = (m[i] + log2f(l[i])) * kLn2;
+    if (tig == 0) lse[((size_t)b * H + h) * T + rows[i]] = (m[i] * scale_log2 + log2f(l[i])) * kLn2;
   }
 }
 
@@ -302,13 +310,16 @@ __global__ void __launch_bounds__(32 * kBwdWarps, kMinBlocks) attention_backward
           mma(dpt[2 * np + 1], va, db[2], db[3]);
         }
       }
-      // Pᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta)·scale.
+      // Pᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta)·scale. Only pairs that touch the diagonal or T
+      // need the mask.
+      const bool masked = q0 < k0 + kBwdKeys || q0 + kTile > T || k0 + kBwdKeys > T;
 #pragma unroll
       for (int nt = 0; nt < 8; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           const int qi = nt * 8 + tig * 2 + (e & 1), query = q0 + qi, key = keys[e / 2];
-          const float p = query < key || query >= T || key >= T ? 0.f : exp2f(st[nt][e] * scale_log2 - lse_s[qi]);
+          float p = exp2f(fmaf(st[nt][e], scale_log2, -lse_s[qi]));
+          if (masked && (query < key || query >= T || key >= T)) p = 0.f;
           st[nt][e] = p;
           dpt[nt][e] = p * (dpt[nt][e] - delta_s[qi]) * scale;
         }
