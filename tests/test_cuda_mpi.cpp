@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "mpi_util.h"
 #include "test_util.h"
 #include "trainer/config.h"
 #include "trainer/runtime.h"
@@ -15,22 +16,10 @@
 namespace t6 {
 namespace {
 
-int world_rank() {
-  int r;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int w;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
-
-std::unique_ptr<Communicator> communicator(MPI_Comm c) {
-  void* handle = nullptr;
-  std::memcpy(&handle, &c, sizeof(c));
-  return make_mpi_communicator(handle);
-}
+using test::communicator;
+using test::shared_dir;
+using test::world_rank;
+using test::world_size;
 
 // Every rank must agree, or one would wait in a collective the others skipped.
 bool every_rank_has_a_gpu() {
@@ -42,12 +31,6 @@ bool every_rank_has_a_gpu() {
 
 #define REQUIRE_GPUS() \
   if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs mpirun -np W on a machine with W GPUs, W > 1"
-
-std::string shared_dir(const std::string& name) {
-  std::string dir = world_rank() == 0 ? test::temp_dir(name) : "";
-  communicator(MPI_COMM_WORLD)->broadcast_string(dir, 0);
-  return dir;
-}
 
 // A small model on the sample; `accum` micro-batches of 4 sequences per rank and step (the
 // loader's windows depend on the micro-batch size, so the global batch grows by accumulation).
@@ -107,15 +90,4 @@ TEST(GpuDataParallel, ZeroOneMatchesPlainDataParallelism) {
 }  // namespace
 }  // namespace t6
 
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  if (t6::world_rank() != 0) {  // one rank reports; the others' failures still fail the job
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS(), any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return any;
-}
+int main(int argc, char** argv) { return t6::test::mpi_test_main(argc, argv); }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "model/safetensors.h"
+#include "mpi_util.h"
 #include "test_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -18,29 +19,10 @@
 namespace t6 {
 namespace {
 
-int world_rank() {
-  int r;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int w;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
-
-std::unique_ptr<Communicator> communicator(MPI_Comm c) {
-  void* handle = nullptr;
-  std::memcpy(&handle, &c, sizeof(c));
-  return make_mpi_communicator(handle);
-}
-
-// One directory for all ranks: rank 0 makes it and tells the others.
-std::string shared_dir(const std::string& name) {
-  std::string dir = world_rank() == 0 ? test::temp_dir(name) : "";
-  communicator(MPI_COMM_WORLD)->broadcast_string(dir, 0);
-  return dir;
-}
+using test::communicator;
+using test::shared_dir;
+using test::world_rank;
+using test::world_size;
 
 // A tiny model on the sample; `accum` micro-batches of 2 sequences per rank and step.
 Config tiny(const std::string& out, int accum, std::vector<std::string> extra = {}) {
@@ -178,17 +160,4 @@ TEST(Stability, NanOnOneRankSkipsTheStepOnEveryRank) {
 }  // namespace
 }  // namespace t6
 
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) {  // one rank reports; the others' failures still fail the job
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS(), any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return any;
-}
+int main(int argc, char** argv) { return t6::test::mpi_test_main(argc, argv); }
