@@ -77,10 +77,10 @@ template <class A> void swiglu_forward(const Context&, A* out, const A* fc, int 
 template <class A> void swiglu_backward(const Context&, A* dfc, const A* dout, const A* fc, int N, int F, int ld_fc = 0,
                                         int ld_out = 0);
 
-// Fused classifier: logits (N,V) are replaced by dloss·(softmax − onehot(target)) / n_valid and
-// losses[n] = −log softmax(logits[n])[target[n]]; rows whose target is −1 get zero loss and
-// zero gradient. n_valid is the number of targets that are not −1 (in the whole batch: the
-// model calls this per chunk of rows).
+// Fused classifier: losses[n] = −log softmax(logits[n])[target[n]], and unless dloss is 0 (an
+// evaluation) the logits (N,V) are replaced by dloss·(softmax − onehot(target)) / n_valid.
+// Rows whose target is −1 get zero loss and zero gradient. n_valid is the number of targets
+// that are not −1 (in the whole batch: the model calls this per chunk of rows).
 template <class A, class P> void classifier_forward_backward(const Context&, A* logits, P* losses, const int32_t* targets,
                                                              int N, int V, int n_valid, double dloss);
 

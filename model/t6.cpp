@@ -64,6 +64,11 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
   fc_pitch_ = padded(2 * cfg.mlp_hidden());
   g_pitch_ = padded(cfg.mlp_hidden());
   pad_mlp_proj_ = g_pitch_ != cfg.mlp_hidden();
+  // The rounded-up products read past a weight into the tensor after it (attn.c_proj after
+  // the stacked projection, mlp.c_proj after c_fc): only where that tensor is large enough.
+  const int F = cfg.mlp_hidden();
+  attn_rows_ = proj_pitch_ - attn_width_ <= cfg.n_head * cfg.head_dim ? proj_pitch_ : attn_width_;
+  fc_rows_ = fc_pitch_ - 2 * F <= F ? fc_pitch_ : 2 * F;
   params = Buffer<P>(ctx, layout.total);
   grads = Buffer<P>(ctx, layout.total);
   if constexpr (std::is_same_v<A, P>) {
@@ -196,13 +201,13 @@ double T6<A, P>::forward(const int32_t* tokens, const int32_t* targets, double d
 
     // The stacked projection's output width is rounded up to its pitch: the extra rows read
     // past attn_in are attn.c_proj's (which follows it), and land in the padding.
-    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, proj_pitch_, C, proj_pitch_);
+    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_rows_, C, proj_pitch_);
     qkv_forward(ctx, a.q, a.k, a.v, a.proj, qkv_, B_, T_);
     attention_forward(ctx, a.y, a.lse, a.q, a.k, a.v, B_, T_, H, Hkv, D);
     matmul_forward(ctx, s_.branch, a.y, w.attn_proj, N_, H * D, C);
     residual_rmsnorm_forward(ctx, a.x_mid, a.h2, a.rstd2, a.x, s_.branch, N_, C, kRmsEps);
 
-    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, fc_pitch_, C, fc_pitch_);  // likewise: c_proj follows c_fc2
+    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, fc_rows_, C, fc_pitch_);  // likewise: c_proj follows c_fc2
     swiglu_forward(ctx, a.g, a.fc, N_, F, fc_pitch_, g_pitch_);
     matmul_forward(ctx, s_.branch, a.g, w.mlp_proj, N_, mlp_k(), C, g_pitch_, C);
     residual_rmsnorm_forward(ctx, last ? x_final_ : acts_[l + 1].x, last ? h_final_ : acts_[l + 1].h1,
@@ -246,7 +251,7 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     matmul_backward_input(ctx, s_.dg, s_.dx, w.mlp_proj, N_, mlp_k(), C, g_pitch_, C);
     weight_grad(g.mlp_proj, s_.dx, this->g(l), F, C, g_pitch_, C);
     swiglu_backward(ctx, s_.dfc, s_.dg, a.fc, N_, F, fc_pitch_, g_pitch_);
-    matmul_backward_input(ctx, s_.dh, s_.dfc, w.fc, N_, C, fc_pitch_, C, fc_pitch_);
+    matmul_backward_input(ctx, s_.dh, s_.dfc, w.fc, N_, C, fc_rows_, C, fc_pitch_);
     weight_grad(g.fc, s_.dfc, h2(l), C, 2 * F, C, fc_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x_mid, a.rstd2, N_, C);
 
@@ -255,7 +260,7 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     matmul_backward_weight(ctx, g.attn_proj, s_.dx, a.y, N_, H * D, C);
     attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.y, a.lse, B_, T_, H, Hkv, D);
     qkv_backward(ctx, s_.dproj, s_.dq, s_.dk, s_.dv, a.proj, qkv_, B_, T_);
-    matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, proj_pitch_, C, proj_pitch_);
+    matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, attn_rows_, C, proj_pitch_);
     weight_grad(g.attn_in, s_.dproj, h1(l), C, attn_width_, C, proj_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);

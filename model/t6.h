@@ -90,6 +90,7 @@ class T6 {
   // Row pitches of the activations whose widths need not be multiples of 8 (the stacked
   // projection's output, c_fc's, SwiGLU's): padded so every row stays 16-byte aligned.
   int proj_pitch_, fc_pitch_, g_pitch_;
+  int attn_rows_, fc_rows_;  // the stacked projection's and c_fc's output widths as computed (≤ their pitches)
   // mlp.c_proj is (C, F): when F is not a multiple of 8 its compute copy is kept with rows
   // padded to g_pitch_ (zeros in the padding).
   bool pad_mlp_proj_;

@@ -350,7 +350,7 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
   int64_t epoch = benchmark > 0 ? 0 : train_data->epoch();
   const double flops_per_step = flops_per_token(mc) * tokens_per_step;
   for (int64_t step = start; step < max_iters; step++) {
-    if (bench.profile && step == 2) set_profiling(ctx, true);
+    if (benchmark > 0 && bench.profile && step == 2) set_profiling(ctx, true);
     const auto step_start = std::chrono::steady_clock::now();
     model.zero_grads();
     double loss = 0;
@@ -411,6 +411,11 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
                    skip_reason, loss, grad_norm, result.skipped);
       record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"skipped", skip_reason}});
       if (consecutive_skips >= tc.max_consecutive_skips) {
+        if (benchmark > 0) {  // a benchmark writes nothing
+          if (root) fmt::print("benchmark: stopping after {} consecutive skipped steps\n", consecutive_skips);
+          result.gave_up = true;
+          return result;
+        }
         checkpoint(step);  // the parameters are still those of the last good step
         if (root)
           fmt::print("stopping: {} consecutive steps skipped (the last: {}). The last good state is in {}. Lower "
@@ -509,17 +514,26 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     local = make_local_communicator();
     comm = local.get();
   }
-  const int gpus = cuda_device_count();
-  const bool cuda = cfg.train.device == DeviceChoice::cuda || (cfg.train.device == DeviceChoice::auto_ && gpus > 0);
+  const int gpus = cuda_device_count(), D = cfg.model.head_dim;
+  const bool gpu_attention = D == 32 || D == 64 || D == 128;
+  if (cfg.train.device == DeviceChoice::cuda && !gpu_attention)
+    throw std::invalid_argument(fmt::format("{}: model.head_dim: the CUDA backend supports 32, 64 and 128, got {}; "
+                                            "use one of those or train.device: cpu", cfg.path, D));
+  if (cfg.train.device == DeviceChoice::auto_ && gpus > 0 && !gpu_attention && comm->rank() == 0)
+    fmt::print("device: the CUDA backend supports head_dim 32, 64 and 128, not {}: running on the CPU\n", D);
+  const bool cuda = cfg.train.device == DeviceChoice::cuda ||
+                    (cfg.train.device == DeviceChoice::auto_ && gpus > 0 && gpu_attention);
   if (!cuda) return run<T6<float>>(cfg, resume, benchmark, comm, comm, Context{});
 #ifdef T6_WITH_CUDA
   if (gpus == 0)
     throw std::runtime_error("train.device is cuda, but no GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)");
+  // Local rank r takes GPU r; a process that sees a single GPU (a scheduler bound one GPU to
+  // each task, e.g. Slurm's --gpus-per-task=1) takes that one.
   const int local_rank = comm->local_rank();
-  if (local_rank >= gpus)
+  if (gpus > 1 && local_rank >= gpus)
     throw std::runtime_error(fmt::format("local rank {} has no GPU of its own: this machine shows {} GPU(s); start at "
                                          "most that many processes per machine", local_rank, gpus));
-  const Context ctx = make_cuda_context(local_rank);
+  const Context ctx = make_cuda_context(gpus == 1 ? 0 : local_rank);
   std::unique_ptr<Communicator> nccl;
   if (comm->size() > 1) nccl = make_nccl_communicator(*comm, ctx);
   return run<T6<bf16, float>>(cfg, resume, benchmark, comm, nccl ? nccl.get() : comm, ctx);

@@ -51,6 +51,9 @@ int main(int argc, char** argv) {
       else throw std::invalid_argument("unknown argument '" + a + "'");
     }
     if (config.empty()) throw std::invalid_argument("--config FILE.yaml is required");
+    if (benchmark.profile && benchmark.steps == 0) throw std::invalid_argument("--profile needs --benchmark N");
+    if (benchmark.steps > 0 && !resume.empty())
+      throw std::invalid_argument("--benchmark runs on random tokens from a fresh model; it cannot --resume");
     const t6::TrainResult r = t6::train(t6::load_config(config, overrides), resume, rt.comm.get(), benchmark);
     t6::finalize_runtime(rt);
     return r.gave_up ? 3 : 0;

@@ -17,7 +17,8 @@ void classifier_forward_backward(const Context&, T* logits, P* losses, const int
     const int target = targets[n];
     if (target < 0) {
       losses[n] = 0;
-      for (int i = 0; i < V; i++) row[i] = 0;
+      if (dloss != 0)
+        for (int i = 0; i < V; i++) row[i] = 0;
       continue;
     }
     T maxv = row[0];
@@ -26,6 +27,7 @@ void classifier_forward_backward(const Context&, T* logits, P* losses, const int
     for (int i = 0; i < V; i++) sum += std::exp((double)(row[i] - maxv));
     const double logsum = std::log(sum);
     losses[n] = P(logsum - (double)(row[target] - maxv));
+    if (dloss == 0) continue;
     for (int i = 0; i < V; i++) {
       double p = std::exp((double)(row[i] - maxv) - logsum);
       row[i] = T((p - (i == target ? 1.0 : 0.0)) * g);

@@ -62,6 +62,7 @@ void* scratch(const Context& ctx, size_t bytes) {
   CudaState& s = *ctx.cuda;
   if (bytes > s.scratch_bytes) {
     if (s.scratch) release(ctx, s.scratch);
+    s.scratch = nullptr, s.scratch_bytes = 0;  // nothing dangles if the allocation below fails
     s.scratch = alloc(ctx, bytes);
     s.scratch_bytes = bytes;
   }
