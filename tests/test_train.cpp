@@ -165,3 +165,24 @@ TEST(Train, GradientNormOutliersAreSkippedByTheZScoreRule) {
 
 }  // namespace
 }  // namespace t6
+
+namespace t6 {
+namespace {
+
+TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
+  // No data is read (the shard paths may not even exist), no output is written, and the loss
+  // is that of random tokens: near ln(vocab) for a fresh model.
+  const std::string out = test::temp_dir("benchmark") + "/out";
+  Config cfg = tiny_run(out);
+  cfg.data.train = {"/nonexistent/train_*.h5"};
+  const TrainResult r = train(cfg, "", nullptr, Benchmark{4, false});
+  ASSERT_EQ(r.steps.size(), 4u);
+  for (const StepRecord& s : r.steps) {
+    EXPECT_GT(s.tokens_per_sec, 0);
+    EXPECT_NEAR(s.loss, std::log(256.0), 0.5);  // the demo's byte vocabulary
+  }
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+}  // namespace
+}  // namespace t6
