@@ -52,8 +52,7 @@ template <class P> void add_from_pitch(const Context&, P* dst, const P* src, int
 // (1/R) Σ_r A[h,r]·B[r,:]. RoPE rotates q and k: the rows of B, or each dense head.
 struct QkvLayout {
   int width = 0, D = 0;
-  int pitch = 0;  // of proj's rows, ≥ width (0: width)
-  int stride() const { return pitch ? pitch : width; }
+  int pitch = 0;  // of proj's rows, ≥ width
   int heads[3] = {}, rank[3] = {};  // rank 0: dense
   int a[3] = {}, b[3] = {}, dense[3] = {};
 };

@@ -8,6 +8,8 @@ namespace t6 {
 
 namespace {
 
+int round8(int n) { return (n + 7) / 8 * 8; }
+
 // Each layer's parameters in layout order are: the q/k/v projections, attn.c_proj, c_fc1,
 // c_fc2, mlp.c_proj. Stacked, the projections are one matrix (one matmul); so are c_fc1 and
 // c_fc2. This records the q/k/v sections' columns in the stacked product.
@@ -58,16 +60,14 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
     layer_ranges_.push_back({first, end - first});
   }
   qkv_ = qkv_layout(cfg, layout);
-  attn_width_ = qkv_.width;
-  auto padded = [](int n) { return (n + 7) / 8 * 8; };
-  proj_pitch_ = qkv_.pitch = padded(attn_width_);
-  fc_pitch_ = padded(2 * cfg.mlp_hidden());
-  g_pitch_ = padded(cfg.mlp_hidden());
+  qkv_.pitch = round8(qkv_.width);
+  fc_pitch_ = round8(2 * cfg.mlp_hidden());
+  g_pitch_ = round8(cfg.mlp_hidden());
   pad_mlp_proj_ = g_pitch_ != cfg.mlp_hidden();
   // The rounded-up products read past a weight into the tensor after it (attn.c_proj after
   // the stacked projection, mlp.c_proj after c_fc): only where that tensor is large enough.
   const int F = cfg.mlp_hidden();
-  attn_rows_ = proj_pitch_ - attn_width_ <= cfg.n_head * cfg.head_dim ? proj_pitch_ : attn_width_;
+  attn_rows_ = qkv_.pitch - qkv_.width <= cfg.n_head * cfg.head_dim ? qkv_.pitch : qkv_.width;
   fc_rows_ = fc_pitch_ - 2 * F <= F ? fc_pitch_ : 2 * F;
   params = Buffer<P>(ctx, layout.total);
   grads = Buffer<P>(ctx, layout.total);
@@ -78,14 +78,15 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
     w_ = views<const A>(weights_.data());
   }
   g_ = views<P>(grads.data());
+  master_ = views<P>(params.data());
   if (pad_mlp_proj_) {
     const size_t per_layer = (size_t)cfg.n_embd * g_pitch_;
     mlp_proj_padded_ = Buffer<A>(ctx, per_layer * cfg.n_layer);
     for (int l = 0; l < cfg.n_layer; l++) w_.layers[l].mlp_proj = mlp_proj_padded_.data() + per_layer * l;
   }
   // Room for the largest rounded-up weight gradient: the stacked projection's, c_fc's, c_proj's.
-  const size_t C8 = padded(cfg.n_embd);
-  dweight_padded_ = Buffer<P>(ctx, std::max({(size_t)proj_pitch_ * C8, (size_t)fc_pitch_ * C8, C8 * g_pitch_}));
+  const size_t C8 = round8(cfg.n_embd);
+  dweight_padded_ = Buffer<P>(ctx, std::max({(size_t)qkv_.pitch * C8, (size_t)fc_pitch_ * C8, C8 * g_pitch_}));
   tokens_ = Buffer<int32_t>(ctx, N_);
   targets_ = Buffer<int32_t>(ctx, N_);
   plan_memory();
@@ -111,7 +112,7 @@ typename T6<A, P>::template Weights<X> T6<A, P>::views(X* base) const {
 template <class A, class P>
 void T6<A, P>::plan_memory() {
   const size_t N = N_, C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(), D = cfg.head_dim,
-               V = cfg.vocab_size, Wp = proj_pitch_, Fc = fc_pitch_, G = g_pitch_;
+               V = cfg.vocab_size, Wp = qkv_.pitch, Fc = fc_pitch_, G = g_pitch_;
   for (int pass = 0; pass < 2; pass++) {
     size_t used = 0, used_stats = 0;
     auto carve = [&](size_t count) -> A* {
@@ -201,7 +202,7 @@ double T6<A, P>::forward(const int32_t* tokens, const int32_t* targets, double d
 
     // The stacked projection's output width is rounded up to its pitch: the extra rows read
     // past attn_in are attn.c_proj's (which follows it), and land in the padding.
-    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_rows_, C, proj_pitch_);
+    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_rows_, C, qkv_.pitch);
     qkv_forward(ctx, a.q, a.k, a.v, a.proj, qkv_, B_, T_);
     attention_forward(ctx, a.y, a.lse, a.q, a.k, a.v, B_, T_, H, Hkv, D);
     matmul_forward(ctx, s_.branch, a.y, w.attn_proj, N_, H * D, C);
@@ -260,8 +261,8 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     matmul_backward_weight(ctx, g.attn_proj, s_.dx, a.y, N_, H * D, C);
     attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.y, a.lse, B_, T_, H, Hkv, D);
     qkv_backward(ctx, s_.dproj, s_.dq, s_.dk, s_.dv, a.proj, qkv_, B_, T_);
-    matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, attn_rows_, C, proj_pitch_);
-    weight_grad(g.attn_in, s_.dproj, h1(l), C, attn_width_, C, proj_pitch_);
+    matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, attn_rows_, C, qkv_.pitch);
+    weight_grad(g.attn_in, s_.dproj, h1(l), C, qkv_.width, C, qkv_.pitch);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
   }
@@ -274,7 +275,7 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
 // (the extra rows and columns come from pitch padding and are dropped) and added in.
 template <class A, class P>
 void T6<A, P>::weight_grad(P* dweight, const A* dout, const A* inp, int K, int N, int ld_in, int ld_out) {
-  const int K8 = (K + 7) / 8 * 8, N8 = (N + 7) / 8 * 8;
+  const int K8 = round8(K), N8 = round8(N);
   if ((K8 == K && N8 == N) || K8 > ld_in || N8 > ld_out) {
     matmul_backward_weight(ctx, dweight, dout, inp, N_, K, N, ld_in, ld_out);
     return;
@@ -324,14 +325,13 @@ void T6<A, P>::refresh_weights(bool flat_copy_current) {
   if (!pad_mlp_proj_) return;
   const size_t per_layer = (size_t)cfg.n_embd * g_pitch_;
   for (int l = 0; l < cfg.n_layer; l++)
-    copy_to_pitch(ctx, mlp_proj_padded_.data() + per_layer * l,
-                  params.data() + layout.at(layer_param(l, "mlp.c_proj.weight")).offset, cfg.n_embd,
+    copy_to_pitch(ctx, mlp_proj_padded_.data() + per_layer * l, master_.layers[l].mlp_proj, cfg.n_embd,
                   cfg.mlp_hidden(), g_pitch_);
 }
 
 template <class A, class P>
-bf16* T6<A, P>::bf16_weights(size_t offset) {
-  if constexpr (std::is_same_v<A, bf16>) return weights_.data() + offset;
+bf16* T6<A, P>::bf16_weights() {
+  if constexpr (std::is_same_v<A, bf16>) return weights_.data();
   else return nullptr;
 }
 

@@ -47,9 +47,9 @@ class T6 {
   // copies of the weights. flat_copy_current: the optimizer already wrote the bf16 copy of the
   // flat buffer (fused AdamW), so only the padded copies need refreshing.
   void refresh_weights(bool flat_copy_current = false);
-  // The bf16 compute copy of the weights at an element offset, for the fused optimizer; null
-  // when there is none (A == P).
-  bf16* bf16_weights(size_t offset);
+  // The bf16 compute copy of the flat weights, for the fused optimizer; null when there is
+  // none (A == P).
+  bf16* bf16_weights();
 
   int batch() const { return B_; }
   int seq() const { return T_; }
@@ -86,10 +86,9 @@ class T6 {
   std::vector<std::pair<size_t, size_t>> layer_ranges_;  // (offset, count) of each layer's parameters
   int B_, T_, N_, chunk_;  // chunk_: rows of logits formed at once
   bool recompute_;
-  int attn_width_;         // rows of attn_in
   // Row pitches of the activations whose widths need not be multiples of 8 (the stacked
   // projection's output, c_fc's, SwiGLU's): padded so every row stays 16-byte aligned.
-  int proj_pitch_, fc_pitch_, g_pitch_;
+  int fc_pitch_, g_pitch_;  // the stacked projection's is qkv_.pitch
   int attn_rows_, fc_rows_;  // the stacked projection's and c_fc's output widths as computed (≤ their pitches)
   // mlp.c_proj is (C, F): when F is not a multiple of 8 its compute copy is kept with rows
   // padded to g_pitch_ (zeros in the padding).
@@ -100,7 +99,7 @@ class T6 {
   QkvLayout qkv_;
   Buffer<A> weights_;      // the compute copy (A ≠ P only)
   Weights<const A> w_;
-  Weights<P> g_;
+  Weights<P> g_, master_;  // views of the gradients and of the fp32 master weights
   std::vector<LayerActs> acts_;
   A *x_final_, *h_final_, *h_scratch_, *g_scratch_;
   P *rstd_final_, *losses_;

@@ -20,9 +20,6 @@ namespace {
 
 using Vec = std::vector<double>;
 
-#define REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible: the gpu tests run on a GPU machine"
-
 class Gpu : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -16,10 +16,7 @@
 namespace t6 {
 namespace {
 
-using test::communicator;
-using test::shared_dir;
-using test::world_rank;
-using test::world_size;
+using namespace test;  // communicator, shared_dir, world_rank, world_size (mpi_util.h)
 
 // Every rank must agree, or one would wait in a collective the others skipped.
 bool every_rank_has_a_gpu() {
@@ -67,24 +64,25 @@ TEST(GpuDataParallel, RanksMatchOneGpuWithTheSameGlobalBatch) {
   world->barrier();
 }
 
-TEST(GpuDataParallel, OverlappedReduceMatchesOneReduceAfterBackward) {
-  REQUIRE_GPUS();
-  const std::string end = shared_dir("gpu_reduce_end"), overlapped = shared_dir("gpu_reduce_overlapped");
+// A setting that changes how gradients travel between GPUs, not what they sum to: the run
+// with it equals plain data parallelism.
+void expect_plain_run_with(const std::string& name, const std::string& setting) {
+  const std::string plain = shared_dir(name + "_plain"), changed = shared_dir(name);
   auto world = communicator(MPI_COMM_WORLD);
-  const TrainResult a = train(small_run(end, 2), "", world.get());
-  const TrainResult b = train(small_run(overlapped, 2, {"train.overlap_grad_reduce=true"}), "", world.get());
+  const TrainResult a = train(small_run(plain, 2), "", world.get());
+  const TrainResult b = train(small_run(changed, 2, {setting}), "", world.get());
   if (world_rank() == 0) expect_same_run(b, a);
   world->barrier();
 }
 
+TEST(GpuDataParallel, OverlappedReduceMatchesOneReduceAfterBackward) {
+  REQUIRE_GPUS();
+  expect_plain_run_with("gpu_reduce_overlapped", "train.overlap_grad_reduce=true");
+}
+
 TEST(GpuDataParallel, ZeroOneMatchesPlainDataParallelism) {
   REQUIRE_GPUS();
-  const std::string plain = shared_dir("gpu_zero_plain"), sharded = shared_dir("gpu_zero_sharded");
-  auto world = communicator(MPI_COMM_WORLD);
-  const TrainResult a = train(small_run(plain, 2), "", world.get());
-  const TrainResult b = train(small_run(sharded, 2, {"optim.zero=1"}), "", world.get());
-  if (world_rank() == 0) expect_same_run(b, a);
-  world->barrier();
+  expect_plain_run_with("gpu_zero", "optim.zero=1");
 }
 
 }  // namespace

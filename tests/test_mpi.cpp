@@ -19,10 +19,7 @@
 namespace t6 {
 namespace {
 
-using test::communicator;
-using test::shared_dir;
-using test::world_rank;
-using test::world_size;
+using namespace test;  // communicator, shared_dir, world_rank, world_size (mpi_util.h)
 
 // A tiny model on the sample; `accum` micro-batches of 2 sequences per rank and step.
 Config tiny(const std::string& out, int accum, std::vector<std::string> extra = {}) {
@@ -68,27 +65,23 @@ TEST(DataParallel, RanksMatchOneRankWithTheSameGlobalBatch) {
   world->barrier();
 }
 
-TEST(DataParallel, OverlappedReduceMatchesOneReduceAfterBackward) {
-  // Per-layer all-reduces started during backward sum the same numbers as one at the end.
-  const std::string end = shared_dir("reduce_end"), overlapped = shared_dir("reduce_overlapped");
+// A setting that changes how gradients travel between ranks, not what they sum to: the run
+// with it equals plain data parallelism.
+void expect_plain_run_with(const std::string& name, const std::string& setting) {
+  const std::string plain = shared_dir(name + "_plain"), changed = shared_dir(name);
   auto world = communicator(MPI_COMM_WORLD);
-  const TrainResult a = train(tiny(end, 2, {"train.max_iters=10"}), "", world.get());
-  const TrainResult b = train(tiny(overlapped, 2, {"train.max_iters=10", "train.overlap_grad_reduce=true"}), "",
-                              world.get());
-  if (world_rank() == 0) expect_same_run(b, a, overlapped, end);
+  const TrainResult a = train(tiny(plain, 2, {"train.max_iters=10"}), "", world.get());
+  const TrainResult b = train(tiny(changed, 2, {"train.max_iters=10", setting}), "", world.get());
+  if (world_rank() == 0) expect_same_run(b, a, changed, plain);
   world->barrier();
 }
 
-TEST(DataParallel, ZeroOneMatchesPlainDataParallelism) {
-  const std::string plain = shared_dir("zero_plain"), sharded = shared_dir("zero_sharded");
-  auto world = communicator(MPI_COMM_WORLD);
-  const TrainResult a = train(tiny(plain, 2, {"train.max_iters=10"}), "", world.get());
-  const TrainResult b = train(tiny(sharded, 2, {"train.max_iters=10", "optim.zero=1"}), "", world.get());
-  if (world_rank() == 0) {
-    expect_same_run(b, a, sharded, plain);
-  }
-  world->barrier();
+TEST(DataParallel, OverlappedReduceMatchesOneReduceAfterBackward) {
+  // Per-layer all-reduces started during backward sum the same numbers as one at the end.
+  expect_plain_run_with("reduce_overlapped", "train.overlap_grad_reduce=true");
 }
+
+TEST(DataParallel, ZeroOneMatchesPlainDataParallelism) { expect_plain_run_with("zero", "optim.zero=1"); }
 
 TEST(DataParallel, CheckpointOfTwoRanksResumesOnOneAndOnThreeWithAndWithoutZero) {
   // 6 sequences per step: 3 micro-batches on 2 ranks, 2 on 3 ranks, 6 on 1.

@@ -103,7 +103,7 @@ QkvLayout mixed_layout(int D) {
   L.heads[0] = 2, L.rank[0] = 3, L.a[0] = 0, L.b[0] = 6;
   L.heads[1] = 2, L.rank[1] = 0, L.dense[1] = 6 + 3 * D;
   L.heads[2] = 2, L.rank[2] = 2, L.b[2] = 6 + 5 * D, L.a[2] = 6 + 7 * D;
-  L.width = 6 + 7 * D + 4;
+  L.width = L.pitch = 6 + 7 * D + 4;
   return L;
 }
 
@@ -134,7 +134,7 @@ TEST(Ops, QkvContractsFactorsAndRotatesWithTheSpecConvention) {
   L.dense[0] = 0;
   L.rank[1] = 2, L.a[1] = D, L.b[1] = D + 2;
   L.dense[2] = 3 * D + 2;
-  L.width = 4 * D + 2;
+  L.width = L.pitch = 4 * D + 2;
   Vec proj((size_t)T * L.width, 0.0);
   double* row = proj.data() + 3 * L.width;
   const Vec x = {1, 2, 3, 4}, b0 = {0.5, -1, 2, 1}, b1 = {1, 1, -1, 3}, a = {2, -3};

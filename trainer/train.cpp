@@ -179,9 +179,9 @@ std::string device_summary(const Context& ctx) {
   return fmt::format("{} ({:.1f} GB)", gpu_name(ctx), m.total / 1e9);
 }
 
-// The synthetic batches of --benchmark: uniform random tokens, a fixed seed.
+// The synthetic batches of --benchmark: uniform random tokens, seeded per rank.
 struct RandomTokens {
-  std::mt19937_64 rng{1234};
+  std::mt19937_64 rng;
   int vocab;
   void next(int32_t* inputs, int32_t* targets, size_t n) {
     std::uniform_int_distribution<int32_t> u(0, vocab - 1);
@@ -192,17 +192,20 @@ struct RandomTokens {
 // median, over the steps after the first two (warm-up), of a step record's field
 double median_after_warmup(const std::vector<StepRecord>& steps, double StepRecord::*field) {
   std::vector<double> v;
-  for (size_t i = std::min<size_t>(2, steps.size() > 2 ? 2 : 0); i < steps.size(); i++) v.push_back(steps[i].*field);
+  for (size_t i = steps.size() > 2 ? 2 : 0; i < steps.size(); i++) v.push_back(steps[i].*field);
   if (v.empty()) return 0;
   std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
   return v[v.size() / 2];
 }
 
-template <class Model>
+// Model FLOPs utilization of one rank (T6_SPEC.md's formula over kPeakFlops).
+double mfu(const ModelConfig& mc, double tokens_per_sec_per_rank) {
+  return flops_per_token(mc) * tokens_per_sec_per_rank / kPeakFlops;
+}
+
 void print_benchmark(const Config& cfg, const Context& ctx, size_t activation_bytes,
                      const std::vector<StepRecord>& steps, size_t tokens_per_step, int W) {
   const double ms = median_after_warmup(steps, &StepRecord::ms), tok_s = tokens_per_step / (ms / 1e3);
-  const double mfu = flops_per_token(cfg.model) * tok_s / kPeakFlops / W;
   std::string memory = fmt::format("{:.2f} GB activations", activation_bytes / 1e9);
   if (ctx.device == Device::cuda) {
     const GpuMemory m = gpu_memory(ctx);
@@ -214,7 +217,8 @@ void print_benchmark(const Config& cfg, const Context& ctx, size_t activation_by
   fmt::print("| config | micro-batch × accum × ranks | tokens/step | ms/step | tokens/s | tokens/s per rank | MFU | memory |\n");
   fmt::print("|---|---|---|---|---|---|---|---|\n");
   fmt::print("| {} | {} × {} × {} | {} | {:.1f} | {:.0f} | {:.0f} | {:.1f}% | {} |\n", cfg.path, cfg.train.batch_size,
-             cfg.train.gradient_accumulation_steps, W, tokens_per_step, ms, tok_s, tok_s / W, 100 * mfu, memory);
+             cfg.train.gradient_accumulation_steps, W, tokens_per_step, ms, tok_s, tok_s / W,
+             100 * mfu(cfg.model, tok_s / W), memory);
 }
 
 // One run on this rank. comm carries host values (losses, norms, checkpoint gathers, signals);
@@ -302,10 +306,12 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
                "{} sequences), steps {} to {}\n",
                B, T, accum, W, tokens_per_step, B * accum * W, start, tc.max_iters);
     fmt::print("device: {}\n", device_summary(ctx));
-    if (ctx.device == Device::cuda)
+    if (ctx.device == Device::cuda) {
+      const GpuMemory m = gpu_memory(ctx);
       fmt::print("GPU memory: {:.2f} GB allocated ({:.2f} GB activations{}), {:.2f} GB in use on the device\n",
-                 gpu_memory(ctx).peak_allocated / 1e9, model.activation_bytes() / 1e9,
-                 tc.recompute ? ", norms and SwiGLU recomputed in backward" : "", gpu_memory(ctx).used / 1e9);
+                 m.peak_allocated / 1e9, model.activation_bytes() / 1e9,
+                 tc.recompute ? ", norms and SwiGLU recomputed in backward" : "", m.used / 1e9);
+    }
     if (W > 1)
       fmt::print("optimizer state: {:.1f} MB per rank{}\n", 2.0 * shard_size * sizeof(float) / 1e6,
                  zero ? fmt::format(" (ZeRO-1: 1/{} of {:.1f} MB)", W, 2.0 * total * sizeof(float) / 1e6) : "");
@@ -348,7 +354,9 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
   int consecutive_skips = 0;
   std::vector<int32_t> inputs((size_t)B * T), targets((size_t)B * T);
   int64_t epoch = benchmark > 0 ? 0 : train_data->epoch();
-  const double flops_per_step = flops_per_token(mc) * tokens_per_step;
+  // With train.overlap_grad_reduce, in the last micro-batch each layer's gradients are final as
+  // soon as its backward is done: their all-reduce starts then and overlaps the layers below.
+  const bool overlapped = W > 1 && !zero && tc.overlap_grad_reduce;
   for (int64_t step = start; step < max_iters; step++) {
     if (benchmark > 0 && bench.profile && step == 2) set_profiling(ctx, true);
     const auto step_start = std::chrono::steady_clock::now();
@@ -363,10 +371,7 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       if (benchmark > 0) random_tokens.next(inputs.data(), targets.data(), inputs.size());
       else train_data->next(inputs.data(), targets.data());
       loss += model.forward(inputs.data(), targets.data(), 1.0 / accum);
-      // With train.overlap_grad_reduce, in the last micro-batch each layer's gradients are final
-      // as soon as its backward is done: their all-reduce starts then and overlaps the layers below.
-      const bool overlap = W > 1 && !zero && micro + 1 == accum && tc.overlap_grad_reduce;
-      if (overlap) {
+      if (overlapped && micro + 1 == accum) {
         model.backward([&](size_t off, size_t n) {
           if (poison && off > 0) poison_at(off);  // before the range leaves this rank
           dcomm->start_all_reduce_sum(model.grads.data() + off, n);
@@ -377,7 +382,6 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     }
     if (rank == faults.rank && step == faults.throw_step)
       throw std::runtime_error(fmt::format("injected failure at step {} (T6_TEST_THROW_STEP)", step));
-    const bool overlapped = W > 1 && !zero && tc.overlap_grad_reduce;
     if (poison && !overlapped) poison_at(total / 2);
 
     // Sum over ranks: the gradients (or this rank's shard of them), the loss.
@@ -428,7 +432,7 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       consecutive_skips = 0;
       loss_history.add(loss);
       norm_history.add(grad_norm);
-      optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(0),
+      optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(),
                      clip_factor(grad_norm, cfg.optim.grad_clip) / W);
       if (zero) dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
       model.refresh_weights(/*flat_copy_current=*/!zero);
@@ -437,7 +441,6 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
 
     StepRecord r{step, loss, lr, grad_norm, tokens_per_step / seconds, seconds * 1e3};
-    const double mfu = flops_per_step / seconds / kPeakFlops / W;
     result.steps.push_back(r);
     if (!skip_reason)
       record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
@@ -445,7 +448,7 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     if (root && (step % tc.log_interval == 0 || step + 1 == max_iters) && !skip_reason)
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms{}\n", step,
                  max_iters, loss, lr, grad_norm, r.tokens_per_sec, r.ms,
-                 ctx.device == Device::cuda ? fmt::format(" | MFU {:.1f}%", 100 * mfu) : "");
+                 ctx.device == Device::cuda ? fmt::format(" | MFU {:.1f}%", 100 * mfu(mc, r.tokens_per_sec / W)) : "");
     if (benchmark > 0) continue;
     if (train_data->epoch() != epoch) {
       epoch = train_data->epoch();
@@ -483,7 +486,7 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     }
   }
   if (benchmark > 0) {
-    if (root) print_benchmark<Model>(cfg, ctx, model.activation_bytes(), result.steps, tokens_per_step, W);
+    if (root) print_benchmark(cfg, ctx, model.activation_bytes(), result.steps, tokens_per_step, W);
     if (root && bench.profile)
       fmt::print("\ndevice time by op over steps 2 to {} ({} micro-batches):\n{}", max_iters - 1,
                  (max_iters - 2) * accum, profile_report(ctx));

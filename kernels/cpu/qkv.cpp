@@ -49,7 +49,7 @@ void qkv_forward(const Context&, T* q, T* k, T* v, const T* proj, const QkvLayou
   for (int n = 0; n < N; n++) {
     thread_local std::vector<T> cs, brot;
     rope_table(cs, n % T_, D);
-    const T* row = proj + (size_t)n * L.stride();
+    const T* row = proj + (size_t)n * L.pitch;
     for (int i = 0; i < 3; i++) {
       const int H = L.heads[i], R = L.rank[i];
       T* o = outs[i] + (size_t)n * H * D;
@@ -81,8 +81,8 @@ void qkv_backward(const Context&, T* dproj, const T* dq, const T* dk, const T* d
   for (int n = 0; n < N; n++) {
     thread_local std::vector<T> cs, brot;
     rope_table(cs, n % T_, D);
-    const T* row = proj + (size_t)n * L.stride();
-    T* drow = dproj + (size_t)n * L.stride();
+    const T* row = proj + (size_t)n * L.pitch;
+    T* drow = dproj + (size_t)n * L.pitch;
     for (int i = 0; i < 3; i++) {
       const int H = L.heads[i], R = L.rank[i];
       const T* g = douts[i] + (size_t)n * H * D;

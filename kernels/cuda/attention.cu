@@ -241,11 +241,13 @@ __global__ void convert_dq_kernel(bf* dq, const float* acc, size_t n) {
 
 // Backward: kBwdWarps warps of 16 keys each. (8 warps, 128 keys, halve the L2 traffic of
 // query tiles and dQ sums per key, but measured no faster on an H100 than 4.)
-template <int D, int kBwdWarps, int kMinBlocks>
-__global__ void __launch_bounds__(32 * kBwdWarps, kMinBlocks) attention_backward_kernel(
+constexpr int kBwdWarps = 4, kBwdKeys = 16 * kBwdWarps;
+
+template <int D>
+__global__ void __launch_bounds__(32 * kBwdWarps, 1) attention_backward_kernel(
     float* dq_acc, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v, const float* lse,
     const float* delta, int T, int H, int Hkv, float scale, float scale_log2) {
-  constexpr int LD = D + 8, LDS = kTile + 8, kBwdKeys = 16 * kBwdWarps;
+  constexpr int LD = D + 8, LDS = kTile + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf* Ks = reinterpret_cast<bf*>(smem);
   bf* Vs = Ks + kBwdKeys * LD;
@@ -401,13 +403,12 @@ void forward(const Context& ctx, bf* out, float* lse, const bf* q, const bf* k, 
   CUDA_CHECK_LAUNCH();
 }
 
-template <int D, int kBwdWarps = 4, int kMinBlocks = 1>
+template <int D>
 void backward(const Context& ctx, float* dq_acc, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v,
               const float* lse, const float* delta, int B, int T, int H, int Hkv) {
-  constexpr int kBwdKeys = 16 * kBwdWarps;
   const size_t shared = (2 * kBwdKeys * (D + 8) + 4 * kTile * (D + 8) + kBwdKeys * (kTile + 8)) * sizeof(bf) +
                         4 * kTile * sizeof(float);
-  auto kernel = attention_backward_kernel<D, kBwdWarps, kMinBlocks>;
+  auto kernel = attention_backward_kernel<D>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
   const dim3 grid((T + kBwdKeys - 1) / kBwdKeys, B * Hkv);
   const float scale = 1.f / sqrtf((float)D);

@@ -149,7 +149,7 @@ Context make_cuda_context(int index) {
   CUBLAS_CHECK(cublasLtCreate(&s.lt));
   s.lt_workspace_bytes = 64u << 20;  // cuBLASLt's recommendation for Hopper is 32 MiB or more
   CUDA_CHECK(cudaMalloc(&s.lt_workspace, s.lt_workspace_bytes));
-  CUDA_CHECK(cudaMallocHost(&s.host_result, sizeof(double) * 4));
+  CUDA_CHECK(cudaMallocHost(&s.host_result, sizeof(double)));
   return ctx;
 }
 

@@ -180,12 +180,9 @@ void backward(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, c
 }
 
 // The kernels read whole rows 16 bytes at a time: the pitch must keep rows 16-byte aligned.
-QkvLayout checked(const QkvLayout& L) {
-  QkvLayout p = L;
-  p.pitch = L.stride();
-  if (p.pitch % 8)
-    throw std::invalid_argument(fmt::format("qkv on the GPU needs a row pitch that is a multiple of 8, got {}", p.pitch));
-  return p;
+void check_pitch(const QkvLayout& L) {
+  if (L.pitch % 8)
+    throw std::invalid_argument(fmt::format("qkv on the GPU needs a row pitch that is a multiple of 8, got {}", L.pitch));
 }
 
 [[noreturn]] void unsupported(int D) {
@@ -198,11 +195,11 @@ template <>
 void qkv_forward<bf16>(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L, int B,
                        int T) {
   T6_TIMED(ctx, "qkv forward");
-  const QkvLayout Lp = checked(L);
+  check_pitch(L);
   switch (L.D) {
-    case 32: return forward<32>(ctx, q, k, v, proj, Lp, B, T);
-    case 64: return forward<64>(ctx, q, k, v, proj, Lp, B, T);
-    case 128: return forward<128>(ctx, q, k, v, proj, Lp, B, T);
+    case 32: return forward<32>(ctx, q, k, v, proj, L, B, T);
+    case 64: return forward<64>(ctx, q, k, v, proj, L, B, T);
+    case 128: return forward<128>(ctx, q, k, v, proj, L, B, T);
     default: unsupported(L.D);
   }
 }
@@ -211,11 +208,11 @@ template <>
 void qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, const bf16* dv,
                         const bf16* proj, const QkvLayout& L, int B, int T) {
   T6_TIMED(ctx, "qkv backward");
-  const QkvLayout Lp = checked(L);
+  check_pitch(L);
   switch (L.D) {
-    case 32: return backward<32>(ctx, dproj, dq, dk, dv, proj, Lp, B, T);
-    case 64: return backward<64>(ctx, dproj, dq, dk, dv, proj, Lp, B, T);
-    case 128: return backward<128>(ctx, dproj, dq, dk, dv, proj, Lp, B, T);
+    case 32: return backward<32>(ctx, dproj, dq, dk, dv, proj, L, B, T);
+    case 64: return backward<64>(ctx, dproj, dq, dk, dv, proj, L, B, T);
+    case 128: return backward<128>(ctx, dproj, dq, dk, dv, proj, L, B, T);
     default: unsupported(L.D);
   }
 }
