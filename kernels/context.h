@@ -37,6 +37,8 @@ Context make_cuda_context(int index);
 struct GpuMemory { size_t used = 0, peak_allocated = 0, total = 0; };
 GpuMemory gpu_memory(const Context& ctx);
 std::string gpu_name(const Context& ctx);
+// Reductions in a fixed order, so runs repeat bitwise (the default; the CPU always is).
+void set_deterministic(const Context& ctx, bool on);
 // Per-op device time: profiling on/off, and a table (op, calls, ms, share) of what was timed
 // since it was switched on (waits for the device; an empty string on the CPU).
 void set_profiling(const Context& ctx, bool on);

@@ -16,9 +16,11 @@
 
 namespace t6 {
 
-// out[n,:] = wte[tokens[n],:]. Backward accumulates into dwte.
+// out[n,:] = wte[tokens[n],:]. Backward accumulates into dwte (V rows), in token order on both
+// backends, so repeated tokens sum the same way every run.
 template <class A> void embedding_forward(const Context&, A* out, const int32_t* tokens, const A* wte, int N, int C);
-template <class A, class P> void embedding_backward(const Context&, P* dwte, const A* dout, const int32_t* tokens, int N, int C);
+template <class A, class P>
+void embedding_backward(const Context&, P* dwte, const A* dout, const int32_t* tokens, int N, int C, int V);
 
 // out = inp / sqrt(mean(inp²) + eps) per row, no weight; rstd (N) is kept for backward.
 // The residual form first adds the branch into the stream: x_out = x + branch, out = rmsnorm(x_out).

@@ -13,9 +13,38 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
   exit 0
 fi
 
+# A package counts as present when dpkg has it, or when what the build takes from it is
+# already on the machine (images that install toolkits without dpkg records, such as GPU
+# machines' images with cmake and the libraries built in).
+header() {
+  for dir in /usr/include /usr/local/include /usr/include/*-linux-gnu /usr/lib/*-linux-gnu/openmpi/include \
+             /usr/include/hdf5/serial /opt/*/include; do
+    [ -e "$dir/$1" ] && return 0
+  done
+  return 1
+}
+provided() {
+  case "$1" in
+    cmake) command -v cmake ;;
+    ninja-build) command -v ninja ;;
+    g++) command -v g++ ;;
+    pkg-config) command -v pkg-config ;;
+    libhdf5-dev) header hdf5.h ;;
+    libyaml-cpp-dev) header yaml-cpp/yaml.h ;;
+    libfmt-dev) header fmt/format.h ;;
+    libgtest-dev) header gtest/gtest.h ;;
+    libopenblas-openmp-dev) header openblas-openmp/cblas.h || header cblas.h ;;
+    nlohmann-json3-dev) header nlohmann/json.hpp ;;
+    zlib1g-dev) header zlib.h ;;
+    libopenmpi-dev) command -v mpicc ;;
+    openmpi-bin) command -v mpirun ;;
+    *) false ;;
+  esac >/dev/null 2>&1
+}
+
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || provided "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all build dependencies present"

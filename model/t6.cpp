@@ -10,6 +10,8 @@ namespace {
 
 int round8(int n) { return (n + 7) / 8 * 8; }
 
+}  // namespace
+
 // Each layer's parameters in layout order are: the q/k/v projections, attn.c_proj, c_fc1,
 // c_fc2, mlp.c_proj. Stacked, the projections are one matrix (one matmul); so are c_fc1 and
 // c_fc2. This records the q/k/v sections' columns in the stacked product.
@@ -36,10 +38,9 @@ QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
       q.dense[s] = col(dense[s]);
     }
   }
+  q.pitch = round8(q.width);
   return q;
 }
-
-}  // namespace
 
 template <class A, class P>
 T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int seq, bool recompute)
@@ -60,7 +61,6 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
     layer_ranges_.push_back({first, end - first});
   }
   qkv_ = qkv_layout(cfg, layout);
-  qkv_.pitch = round8(qkv_.width);
   fc_pitch_ = round8(2 * cfg.mlp_hidden());
   g_pitch_ = round8(cfg.mlp_hidden());
   pad_mlp_proj_ = g_pitch_ != cfg.mlp_hidden();
@@ -266,7 +266,7 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
   }
-  embedding_backward(ctx, g_.wte, s_.dx, tokens_.data(), N_, C);
+  embedding_backward(ctx, g_.wte, s_.dx, tokens_.data(), N_, C, cfg.vocab_size);
   if (grads_ready) grads_ready(0, (size_t)cfg.vocab_size * C);  // the tied matrix: both of its uses are done
 }
 

@@ -20,6 +20,9 @@ namespace t6 {
 // rmsnorm's eps: float32 machine epsilon, what the reference's F.rms_norm uses (T6_SPEC.md).
 constexpr double kRmsEps = 1.1920928955078125e-07;
 
+// Where q, k and v sit in a row of the stacked input projection (rows padded to a multiple of 8).
+QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout);
+
 template <class A, class P = A>
 class T6 {
  public:

@@ -6,8 +6,11 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+#include <functional>
 #include <random>
 
+#include "kernels/cuda/state.h"
 #include "kernels/ops.h"
 #include "model/init.h"
 #include "model/t6.h"
@@ -75,16 +78,21 @@ TEST_F(Gpu, EmbeddingForwardBackward) {
   for (int32_t& t : tokens) t = (int32_t)(rng() % V);
   Vec wte = random((size_t)V * C), dout = random((size_t)N * C), out(N * C), dwte(V * C, 0.0);
   embedding_forward(cpu, out.data(), tokens.data(), wte.data(), N, C);
-  embedding_backward(cpu, dwte.data(), dout.data(), tokens.data(), N, C);
+  embedding_backward(cpu, dwte.data(), dout.data(), tokens.data(), N, C, V);
   Buffer<int32_t> t(ctx, N);
   t.from_host(tokens.data(), N);
   auto g_wte = upload(wte), g_dout = upload(dout);
   auto g_out = poisoned((size_t)N * C);
   Buffer<float> g_dwte(ctx, (size_t)V * C);
   embedding_forward(ctx, g_out.data(), t.data(), g_wte.data(), N, C);
-  embedding_backward(ctx, g_dwte.data(), g_dout.data(), t.data(), N, C);
+  embedding_backward(ctx, g_dwte.data(), g_dout.data(), t.data(), N, C, V);
   EXPECT_EQ(test::rel_error(download(g_out), out), 0.0);
   EXPECT_LT(test::rel_error(download(g_dwte), dwte), kFp32);
+  // The sums run in token order: a second pass adds exactly the same values again.
+  const Vec once = download(g_dwte);
+  g_dwte.zero();
+  embedding_backward(ctx, g_dwte.data(), g_dout.data(), t.data(), N, C, V);
+  EXPECT_EQ(download(g_dwte), once);
 }
 
 TEST_F(Gpu, RmsNormPlainResidualAndBackward) {
@@ -181,9 +189,32 @@ TEST_F(Gpu, QkvForwardBackward) {
   }
 }
 
+// Element by element: |got − want| ≤ arms·rms(want) + rtol·|want| (+1e-6), printing the first
+// mismatches with their place, so one wrong row or head cannot hide in a norm.
+::testing::AssertionResult close_elementwise(const Vec& got, const Vec& want, double rtol, double arms,
+                                             const std::function<std::string(size_t)>& where) {
+  double ss = 0;
+  for (double w : want) ss += w * w;
+  const double atol = arms * std::sqrt(ss / std::max<size_t>(want.size(), 1)) + 1e-6;
+  std::string msg;
+  size_t bad = 0;
+  for (size_t i = 0; i < want.size(); i++) {
+    const double err = std::fabs(got[i] - want[i]);
+    if (!(err <= atol + rtol * std::fabs(want[i])) && bad++ < 5)
+      msg += fmt::format("\n  at {}: got {:.6g}, want {:.6g}", where(i), got[i], want[i]);
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad << " of " << want.size() << " elements off" << msg;
+}
+
 struct AttentionCase { int B, T, H, Hkv, D; };
 class GpuAttention : public Gpu, public ::testing::WithParamInterface<AttentionCase> {};
 
+// Every version of the kernels that runs on this GPU (the mma.sync ones; Hopper's on sm_90),
+// against the CPU in double on the same bf16 inputs. The reference backward reads the
+// output rounded to bf16, as the GPU stores it. P and dS pass through bf16 on the way into
+// the products (as in every flash attention), so gradients get a looser absolute part than
+// the output, still far below the error of a wrong row (≈ rms).
 TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
   const auto [B, T, H, Hkv, D] = GetParam();
   const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
@@ -191,34 +222,93 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
   Vec q = random(nq, 2.0), k = random(nk, 2.0), v = random(nk), dout = random(nq);
   Vec out(nq), lse((size_t)B * H * T), dq(nq), dk(nk), dv(nk);
   attention_forward(cpu, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
-  attention_backward(cpu, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+  Vec out_bf16 = out;
+  for (double& x : out_bf16) x = to_float(to_bf16((float)x));
+  attention_backward(cpu, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out_bf16.data(),
                      lse.data(), B, T, H, Hkv, D);
+  auto at = [&](int heads) {
+    return [=](size_t i) {
+      return fmt::format("(b {}, t {}, h {}, d {})", i / ((size_t)T * heads * D), i / (heads * D) % T, i / D % heads,
+                         i % D);
+    };
+  };
+  auto at_lse = [=](size_t i) { return fmt::format("(b {}, h {}, t {})", i / ((size_t)H * T), i / T % H, i % T); };
   auto gq = upload(q), gk = upload(k), gv = upload(v), gdo = upload(dout);
-  auto gout = poisoned(nq), gdq = poisoned(nq), gdk = poisoned(nk), gdv = poisoned(nk);
-  Buffer<float> glse(ctx, lse.size());
-  attention_forward(ctx, gout.data(), glse.data(), gq.data(), gk.data(), gv.data(), B, T, H, Hkv, D);
-  attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(), gout.data(),
-                     glse.data(), B, T, H, Hkv, D);
-  EXPECT_LT(test::rel_error(download(gout), out), kBf16);
-  EXPECT_LT(test::rel_error(download(glse), lse), 1e-3);
-  EXPECT_LT(test::rel_error(download(gdq), dq), kBf16);
-  EXPECT_LT(test::rel_error(download(gdk), dk), kBf16);
-  EXPECT_LT(test::rel_error(download(gdv), dv), kBf16);
+  int versions = 0;
+  for (int version : {1, 2}) {
+    ctx.cuda->attention_version = version;
+    auto gout = poisoned(nq), gdq = poisoned(nq), gdk = poisoned(nk), gdv = poisoned(nk);
+    Buffer<float> glse(ctx, lse.size());
+    try {
+      attention_forward(ctx, gout.data(), glse.data(), gq.data(), gk.data(), gv.data(), B, T, H, Hkv, D);
+    } catch (const std::invalid_argument& e) {  // Hopper's kernels on another GPU, or D = 32
+      continue;
+    }
+    attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
+                       gout.data(), glse.data(), B, T, H, Hkv, D);
+    versions++;
+    SCOPED_TRACE(version == 1 ? "mma.sync kernels" : "Hopper kernels");
+    EXPECT_TRUE(close_elementwise(download(gout), out, 2e-2, 2e-2, at(H))) << "out";
+    EXPECT_TRUE(close_elementwise(download(glse), lse, 1e-3, 1e-3, at_lse)) << "lse";
+    EXPECT_TRUE(close_elementwise(download(gdq), dq, 3e-2, 6e-2, at(H))) << "dq";
+    EXPECT_TRUE(close_elementwise(download(gdk), dk, 3e-2, 6e-2, at(Hkv))) << "dk";
+    EXPECT_TRUE(close_elementwise(download(gdv), dv, 3e-2, 6e-2, at(Hkv))) << "dv";
+    EXPECT_LT(test::rel_error(download(gdq), dq), kBf16);
+    EXPECT_LT(test::rel_error(download(gdk), dk), kBf16);
+    EXPECT_LT(test::rel_error(download(gdv), dv), kBf16);
+  }
+  ctx.cuda->attention_version = 0;
+  EXPECT_GE(versions, 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GpuAttention,
-                         ::testing::Values(AttentionCase{2, 128, 4, 4, 64},    // whole tiles
+                         ::testing::Values(AttentionCase{2, 1, 3, 3, 64},      // one position
+                                           AttentionCase{3, 7, 2, 1, 64},      // a few positions, MQA
+                                           AttentionCase{2, 64, 4, 4, 64},     // exactly one query tile
+                                           AttentionCase{2, 128, 4, 4, 64},    // whole tiles
                                            AttentionCase{1, 200, 34, 34, 64},  // T6-small's 34 heads, a partial tile
                                            AttentionCase{1, 77, 47, 47, 64},   // T6-medium's 47 heads, one partial tile
                                            AttentionCase{2, 190, 6, 2, 64},    // GQA, 3 query heads per KV head
+                                           AttentionCase{1, 300, 8, 4, 64},    // GQA with 4 KV heads
                                            AttentionCase{1, 130, 5, 1, 64},    // MQA
                                            AttentionCase{2, 100, 3, 3, 128},   // head_dim 128
-                                           AttentionCase{2, 129, 4, 2, 32},    // head_dim 32, GQA
-                                           AttentionCase{1, 1024, 2, 2, 64}),  // the paper's T
+                                           AttentionCase{1, 1000, 4, 2, 128},  // head_dim 128, GQA, partial tiles
+                                           AttentionCase{2, 129, 4, 2, 32},    // head_dim 32 (mma.sync only), GQA
+                                           AttentionCase{1, 1024, 2, 2, 64},   // the paper's T
+                                           AttentionCase{1, 2048, 1, 1, 64},   // one head, longer
+                                           AttentionCase{1, 4096, 1, 1, 64}),  // the longest rows
                          [](const auto& info) {
                            const AttentionCase& c = info.param;
                            return fmt::format("B{}_T{}_H{}_Hkv{}_D{}", c.B, c.T, c.H, c.Hkv, c.D);
                          });
+
+// The deterministic mode (the default): dQ's sums in a fixed order, so two backward passes
+// give the same bits; Hopper's kernels, where they run (the mma.sync ones use atomics).
+TEST_F(Gpu, AttentionBackwardRepeatsBitwise) {
+  const int B = 4, T = 1024, H = 6, Hkv = 2, D = 64;
+  const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
+  auto q = upload(random(nq, 2.0)), k = upload(random(nk, 2.0)), v = upload(random(nk)), dout = upload(random(nq));
+  Buffer<bf16> out(ctx, nq), dq(ctx, nq), dk(ctx, nk), dv(ctx, nk);
+  Buffer<float> lse(ctx, (size_t)B * H * T);
+  try {
+    ctx.cuda->attention_version = 2;
+    attention_forward(ctx, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+  } catch (const std::invalid_argument& e) {
+    GTEST_SKIP() << "Hopper's attention kernels do not run on this GPU: " << e.what();
+  }
+  std::vector<Vec> runs;
+  for (int run = 0; run < 3; run++) {
+    attention_backward(ctx, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                       lse.data(), B, T, H, Hkv, D);
+    Vec all = download(dq), kk = download(dk), vv = download(dv);
+    all.insert(all.end(), kk.begin(), kk.end());
+    all.insert(all.end(), vv.begin(), vv.end());
+    runs.push_back(all);
+  }
+  ctx.cuda->attention_version = 0;
+  EXPECT_TRUE(runs[1] == runs[0]);
+  EXPECT_TRUE(runs[2] == runs[0]);
+}
 
 TEST_F(Gpu, SwigluForwardBackward) {
   const int N = 99, F = 2730;
@@ -327,7 +417,8 @@ TEST_F(Gpu, RecomputationKeepsLessWithTheSameResults) {
   for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(rng() % 512), targets[i] = (int32_t)(rng() % 512);
   stored.zero_grads();
   recomputed.zero_grads();
-  // The forward pass is deterministic; backward sums with atomics (embedding, attention's dQ).
+  // The forward pass is deterministic, and so (in the default deterministic mode) is backward
+  // on Hopper; elsewhere attention's dQ sums with atomics.
   EXPECT_EQ(stored.forward(tokens.data(), targets.data(), 1.0), recomputed.forward(tokens.data(), targets.data(), 1.0));
   stored.backward();
   recomputed.backward();
@@ -355,6 +446,24 @@ TEST_F(Gpu, FiftyStepsTrackTheCpuCurve) {
     EXPECT_NEAR(g.steps[i].loss, c.steps[i].loss, 0.02 * c.steps[i].loss + 0.01) << "step " << i;
   EXPECT_LT(g.steps.back().loss, 0.75 * g.steps.front().loss);  // and it learns
   EXPECT_NEAR(g.final_val_loss, c.final_val_loss, 0.02 * c.final_val_loss);
+}
+
+// train.deterministic (the default): two runs of the same config give the same bits, step by
+// step and in the final weights (on Hopper, where every reduction has a fixed order).
+TEST_F(Gpu, DeterministicRunsRepeatBitwise) {
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  if (major != 9) GTEST_SKIP() << "bitwise repeatable training needs Hopper's attention kernels (sm_90)";
+  const std::string a = test::temp_dir("det_a"), b = test::temp_dir("det_b");
+  const std::vector<std::string> extra = {"train.max_iters=20", "model.head_dim=64", "model.n_head=2"};
+  const TrainResult ra = train(sample_run(a, "cuda", extra)), rb = train(sample_run(b, "cuda", extra));
+  ASSERT_EQ(ra.steps.size(), 20u);
+  ASSERT_EQ(rb.steps.size(), 20u);
+  for (size_t i = 0; i < 20; i++) {
+    EXPECT_EQ(ra.steps[i].loss, rb.steps[i].loss) << "step " << i;
+    EXPECT_EQ(ra.steps[i].grad_norm, rb.steps[i].grad_norm) << "step " << i;
+  }
+  EXPECT_TRUE(test::flat_weights(a + "/model.safetensors") == test::flat_weights(b + "/model.safetensors"));
 }
 
 TEST_F(Gpu, CheckpointsMoveBetweenGpuAndCpu) {

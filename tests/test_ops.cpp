@@ -51,7 +51,7 @@ TEST(OpsGradient, Embedding) {
   Vec wte = random_vec(V * C, rng), w = random_vec(N * C, rng), out(N * C);
   auto f = [&] { embedding_forward(ctx, out.data(), tokens.data(), wte.data(), N, C); return dot(out, w); };
   Vec dwte(V * C, 0.0);
-  embedding_backward(ctx, dwte.data(), w.data(), tokens.data(), N, C);
+  embedding_backward(ctx, dwte.data(), w.data(), tokens.data(), N, C, V);
   EXPECT_LT(test::rel_error(dwte, numeric_grad(wte, f)), kTol);
 }
 

@@ -192,6 +192,7 @@ const std::vector<Key>& schema() {
       choice<DeviceChoice>("train", "device", FIELD(train.device), parse_device, device_name, "auto, cpu, cuda"),
       boolean("train", "recompute", FIELD(train.recompute)),
       boolean("train", "overlap_grad_reduce", FIELD(train.overlap_grad_reduce)),
+      boolean("train", "deterministic", FIELD(train.deterministic)),
       integer("train", "batch_size", FIELD(train.batch_size)),
       integer("train", "gradient_accumulation_steps", FIELD(train.gradient_accumulation_steps)),
       integer("train", "max_iters", FIELD(train.max_iters)),

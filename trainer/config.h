@@ -29,6 +29,9 @@ struct TrainConfig {
   // instead of all of them once after it. Off by default: on one node over NVLink the single
   // all-reduce measured faster (docs: README, "Several GPUs"); across nodes, try it on.
   bool overlap_grad_reduce = false;
+  // GPU reductions in a fixed order (attention's dQ sums; cuBLASLt's first-choice algorithms
+  // instead of the fastest timed at start-up), so a run repeats bitwise for a world size.
+  bool deterministic = true;
   int batch_size = 8;
   int gradient_accumulation_steps = 1;
   int64_t max_iters = 1000;

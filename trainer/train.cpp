@@ -537,6 +537,7 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     throw std::runtime_error(fmt::format("local rank {} has no GPU of its own: this machine shows {} GPU(s); start at "
                                          "most that many processes per machine", local_rank, gpus));
   const Context ctx = make_cuda_context(gpus == 1 ? 0 : local_rank);
+  set_deterministic(ctx, cfg.train.deterministic);
   std::unique_ptr<Communicator> nccl;
   if (comm->size() > 1) nccl = make_nccl_communicator(*comm, ctx);
   return run<T6<bf16, float>>(cfg, resume, benchmark, comm, nccl ? nccl.get() : comm, ctx);

@@ -11,6 +11,7 @@
 
 #include <stdexcept>
 
+#include "kernels/cuda/attention_sm90.h"
 #include "kernels/cuda/common.cuh"
 
 namespace t6 {
@@ -417,6 +418,17 @@ void backward(const Context& ctx, float* dq_acc, bf* dk, bf* dv, const bf* dout,
   CUDA_CHECK_LAUNCH();
 }
 
+// Hopper's kernels where they run (versions 2 and 3 insist on them), else mma.sync.
+bool use_sm90(const Context& ctx, const void* const* tensors, int n, int D) {
+  const int version = ctx.cuda->attention_version;
+  if (version == 1) return false;
+  const bool ok = attention_sm90_supports(ctx, tensors, n, D);
+  if (version >= 2 && !ok)
+    throw std::invalid_argument(fmt::format("the Hopper attention kernels need an sm_90 GPU, head_dim 64 or 128 "
+                                            "and 16-byte aligned tensors (head_dim {})", D));
+  return ok;
+}
+
 [[noreturn]] void unsupported(int D) {
   throw std::invalid_argument(fmt::format("model.head_dim: the CUDA attention supports 32, 64 and 128, got {}", D));
 }
@@ -427,6 +439,9 @@ template <>
 void attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, const bf16* q, const bf16* k,
                                     const bf16* v, int B, int T, int H, int Hkv, int D) {
   T6_TIMED(ctx, "attention forward");
+  const void* tensors[] = {out, q, k, v};
+  if (use_sm90(ctx, tensors, 4, D))
+    return attention_forward_sm90(ctx, out, lse, q, k, v, B, T, H, Hkv, D, ctx.cuda->attention_version != 3);
   switch (D) {
     case 32: return forward<32>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
     case 64: return forward<64>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
@@ -440,6 +455,10 @@ void attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* dk, bf1
                                      const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                                      int B, int T, int H, int Hkv, int D) {
   T6_TIMED(ctx, "attention backward");
+  const void* tensors[] = {dq, dk, dv, dout, q, k, v, out};
+  if (use_sm90(ctx, tensors, 8, D))
+    return attention_backward_sm90(ctx, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, D,
+                                   ctx.cuda->deterministic);
   const size_t N = (size_t)B * T, nq = N * H * D;
   // Scratch: the fp32 dQ sums, then delta.
   float* dq_acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nq + N * H)));

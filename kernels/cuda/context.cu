@@ -85,6 +85,10 @@ OpTimer::~OpTimer() {
 
 }  // namespace cuda
 
+void set_deterministic(const Context& ctx, bool on) {
+  if (ctx.cuda) ctx.cuda->deterministic = on;
+}
+
 void set_profiling(const Context& ctx, bool on) {
   if (!ctx.cuda) return;
   profile_report(ctx);  // drop what was timed so far
@@ -145,6 +149,8 @@ Context make_cuda_context(int index) {
   ctx.cuda = std::make_shared<CudaState>();
   CudaState& s = *ctx.cuda;
   s.device = index;
+  CUDA_CHECK(cudaDeviceGetAttribute(&s.compute_major, cudaDevAttrComputeCapabilityMajor, index));
+  CUDA_CHECK(cudaDeviceGetAttribute(&s.compute_minor, cudaDevAttrComputeCapabilityMinor, index));
   CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasLtCreate(&s.lt));
   s.lt_workspace_bytes = 64u << 20;  // cuBLASLt's recommendation for Hopper is 32 MiB or more

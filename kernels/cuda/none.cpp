@@ -18,6 +18,7 @@ Context make_cuda_context(int) { no_cuda(); }
 GpuMemory gpu_memory(const Context&) { no_cuda(); }
 std::string gpu_name(const Context&) { no_cuda(); }
 void set_profiling(const Context&, bool) {}
+void set_deterministic(const Context&, bool) {}
 std::string profile_report(const Context&) { return ""; }
 void convert(const Context&, bf16*, const float*, size_t) { no_cuda(); }
 

@@ -1,9 +1,14 @@
-// q, k, v from the stacked projection, one block per token: the token's projection row is
-// staged in shared memory (fp32), RoPE rotates the rows of B_q, B_k (or the dense q, k heads)
-// there (cos/sin from a table made once), and each output element is a rank-R contraction. Backward stages the same row and
-// one section's output gradient at a time.
+// q, k, v from the stacked projection, and back: memory-bound kernels, one warp per token.
+// The warp stages its projection row in shared memory (fp32), rotates the rows of B_q and B_k
+// there (RoPE, cos/sin from a table made once), and writes the outputs 16 bytes per lane:
+// lane l owns features 8·(l % (D/8)) … + 7 of every (32 / (D/8))-th head, so a warp writes
+// whole heads side by side. TPA's contraction keeps the lane's slice of the rotated B (R × 8
+// values) in registers. Backward stages the gradient row in shared memory and writes it out
+// whole (the row's padding becomes zeros): dA by dot products reduced across the lanes of a
+// head, dB summed over the heads in registers, then reduced across the warp and un-rotated.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -15,8 +20,6 @@ namespace t6 {
 using namespace cuda;
 
 namespace {
-
-constexpr int kThreads = 128;
 
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
 // CPU backend (and the reference's fp32 table) forms it, then cos and sin in double. Made once
@@ -41,12 +44,46 @@ const float* rope_table(const Context& ctx, int T, int D) {
   return static_cast<const float*>(table);
 }
 
-// Rotates `rows` rows of length D, `pitch` apart, at x by −θ (sign 1) or back (sign −1).
+constexpr int kWarps = 8;  // tokens per block
+
+// Stages a projection row (pitch bf16, 16-byte aligned) as floats in the warp's shared row.
+__device__ inline void stage_row(float* row, const bf* src, int pitch, int lane) {
+  for (int i = lane * 8; i < pitch; i += 256) {
+    float f[8];
+    load8(f, src + i);
+    reinterpret_cast<float4*>(row + i)[0] = make_float4(f[0], f[1], f[2], f[3]);
+    reinterpret_cast<float4*>(row + i)[1] = make_float4(f[4], f[5], f[6], f[7]);
+  }
+}
+
+// 8 floats from or to shared memory: two 16-byte accesses where the address allows (a lane's 8
+// consecutive floats, read one at a time, would collide in the banks with its neighbours').
+__device__ inline void ld8(float x[8], const float* p, bool aligned) {
+  if (aligned) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; i++) x[i] = p[i];
+  }
+}
+__device__ inline void st8(float* p, const float x[8], bool aligned) {
+  if (aligned) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(x[0], x[1], x[2], x[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(x[4], x[5], x[6], x[7]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; i++) p[i] = x[i];
+  }
+}
+
+// Rotates `rows` rows of D floats at x by −θ (sign 1) or back (sign −1), the warp's lanes
+// taking (row, i < D/2) pairs.
 template <int D>
-__device__ void rotate(float* x, int rows, const float* cs, float sign, int pitch = D) {
+__device__ inline void rotate_rows(float* x, int rows, const float* cs, float sign, int lane) {
   constexpr int half = D / 2;
-  for (int idx = threadIdx.x; idx < rows * half; idx += blockDim.x) {
-    float* v = x + (idx / half) * pitch;
+  for (int idx = lane; idx < rows * half; idx += 32) {
+    float* v = x + (idx / half) * D;
     const int i = idx % half;
     const float c = cs[i], s = sign * cs[half + i], x1 = v[i], x2 = v[i + half];
     v[i] = x1 * c + x2 * s;
@@ -54,128 +91,263 @@ __device__ void rotate(float* x, int rows, const float* cs, float sign, int pitc
   }
 }
 
-// n (a multiple of 8) bf16 from 16-byte-aligned src into shared floats, 8 at a time: each run
-// of D values starts a new row `pitch` floats apart, or (pitch 0) all of them in one row.
-template <int D>
-__device__ void load_rows(float* dst, const bf* src, int n, int pitch) {
-  for (int c = threadIdx.x * 8; c < n; c += blockDim.x * 8) {
-    float f[8];
-    load8(f, src + c);
-    float* d = pitch ? dst + (c / D) * pitch + c % D : dst + c;
+// TPA's contraction for one section, with kR ≥ R (or 8, taking larger ranks in blocks of 8) so
+// the loops over a block of the rank unroll completely.
+template <int D, int S, int kR>
+__device__ inline void forward_factored(bf* out, const float* row, const QkvLayout& L, int lane) {
+  constexpr int C8 = D / 8, HG = 32 / C8;
+  const int c = lane % C8, hg = lane / C8, H = L.heads[S], R = L.rank[S];
+    float b[kR][8];  // this lane's 8 features of each rotated B row (ranks above 8: re-read per head)
 #pragma unroll
-    for (int i = 0; i < 8; i++) d[i] = f[i];
-  }
-}
-
-template <int D>
-__global__ void qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj, const float* table, QkvLayout L, int T) {
-  extern __shared__ float sh[];
-  const int n = blockIdx.x;
-  float* row = sh;
-  const float* cs = table + (n % T) * D;
-  load_rows<D>(row, proj + (size_t)n * L.pitch, L.pitch, 0);
-  __syncthreads();
-  for (int s = 0; s < 2; s++)
-    rotate<D>(row + (L.rank[s] ? L.b[s] : L.dense[s]), L.rank[s] ? L.rank[s] : L.heads[s], cs, 1.f);
-  __syncthreads();
-  bf* outs[3] = {q, k, v};
-  for (int s = 0; s < 3; s++) {
-    const int H = L.heads[s], R = L.rank[s];
-    bf* out = outs[s] + (size_t)n * H * D;
-    for (int c = threadIdx.x * 8; c < H * D; c += blockDim.x * 8) {  // 8 adjacent features per thread
-      float acc[8];
-      if (R == 0) {
+  for (int r = 0; r < kR; r++)
+    if (r < R)
+      ld8(b[r], row + L.b[S] + r * D + 8 * c, L.b[S] % 4 == 0);
+    else
 #pragma unroll
-        for (int i = 0; i < 8; i++) acc[i] = row[L.dense[s] + c + i];
-      } else {
-        const float *a = row + L.a[s] + (c / D) * R, *b = row + L.b[s] + c % D;
+      for (int i = 0; i < 8; i++) b[r][i] = 0.f;
+  const float inv = 1.f / R;
+  for (int h = hg; h < H; h += HG) {
+    const float* a = row + L.a[S] + h * R;
+    float o[8] = {};
+    for (int r0 = 0; r0 < R; r0 += kR) {
 #pragma unroll
-        for (int i = 0; i < 8; i++) acc[i] = 0.f;
-        for (int r = 0; r < R; r++)
+      for (int r = 0; r < kR; r++) {
+        const float ar = r0 + r < R ? a[r0 + r] : 0.f;
 #pragma unroll
-          for (int i = 0; i < 8; i++) acc[i] += a[r] * b[r * D + i];
-#pragma unroll
-        for (int i = 0; i < 8; i++) acc[i] /= R;  // sum first, then divide, as the reference does
+        for (int i = 0; i < 8; i++)
+          o[i] += ar * (r0 == 0 ? b[r][i] : r0 + r < R ? row[L.b[S] + (r0 + r) * D + 8 * c + i] : 0.f);
       }
-      store8(out + c, acc);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) o[i] *= inv;
+    store8(out + h * D, o);
+  }
+}
+
+// One section (S: 0 q, 1 k, 2 v) of a token's outputs; row holds its projection, B rotated.
+template <int D, int S>
+__device__ inline void forward_section(bf* out, const float* row, const float* cs, const QkvLayout& L, int lane) {
+  constexpr int C8 = D / 8, HG = 32 / C8, half = D / 2;
+  const int c = lane % C8, hg = lane / C8, H = L.heads[S], R = L.rank[S];
+  out += 8 * c;
+  if (R == 0) {
+    const bool aligned = L.dense[S] % 4 == 0;
+    for (int h = hg; h < H; h += HG) {
+      const float* x = row + L.dense[S] + h * D;
+      float o[8], other[8];  // this lane's features f = 8c + i, and f ± D/2
+      ld8(o, x + 8 * c, aligned);
+      if constexpr (S < 2) {  // RoPE on the dense q and k heads
+        ld8(other, x + (8 * c + half) % D, aligned);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          const int f = 8 * c + i, j = f % half;
+          o[i] = f < half ? o[i] * cs[j] + other[i] * cs[half + j] : -other[i] * cs[half + j] + o[i] * cs[j];
+        }
+      }
+      store8(out + h * D, o);
+    }
+    return;
+  }
+  if (R <= 1) forward_factored<D, S, 1>(out, row, L, lane);
+  else if (R <= 2) forward_factored<D, S, 2>(out, row, L, lane);
+  else if (R <= 4) forward_factored<D, S, 4>(out, row, L, lane);
+  else forward_factored<D, S, 8>(out, row, L, lane);
+}
+
+template <int D>
+__global__ void __launch_bounds__(32 * kWarps) qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj,
+                                                                  const float* table, QkvLayout L, int N, int T) {
+  extern __shared__ float sh[];
+  const int lane = threadIdx.x % 32, n = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (n >= N) return;
+  float* row = sh + (threadIdx.x / 32) * L.pitch;
+  const float* cs = table + (n % T) * D;
+  stage_row(row, proj + (size_t)n * L.pitch, L.pitch, lane);
+  __syncwarp();
+  if (L.rank[0]) rotate_rows<D>(row + L.b[0], L.rank[0], cs, 1.f, lane);
+  if (L.rank[1]) rotate_rows<D>(row + L.b[1], L.rank[1], cs, 1.f, lane);
+  __syncwarp();
+  forward_section<D, 0>(q + (size_t)n * L.heads[0] * D, row, cs, L, lane);
+  forward_section<D, 1>(k + (size_t)n * L.heads[1] * D, row, cs, L, lane);
+  forward_section<D, 2>(v + (size_t)n * L.heads[2] * D, row, cs, L, lane);
+}
+
+// The transpose of a rotation is the opposite rotation: the gradient of feature f of a rotated
+// row from y (its own) and other (feature f ± D/2). The v section is not rotated.
+template <int D, int S>
+__device__ inline float unrotate(float y, float other, int f, const float* cs) {
+  constexpr int half = D / 2;
+  const int j = f % half;
+  if constexpr (S == 2) return y;
+  return f < half ? y * cs[j] - other * cs[half + j] : other * cs[half + j] + y * cs[j];
+}
+
+// TPA's gradients for one section (kR as in forward_factored).
+template <int D, int S, int kR>
+__device__ inline void backward_factored(float* drow, const bf* g, const float* row, const float* cs,
+                                         const QkvLayout& L, int lane) {
+  constexpr int C8 = D / 8, HG = 32 / C8;
+  const int c = lane % C8, hg = lane / C8, H = L.heads[S], R = L.rank[S];
+  const float inv = 1.f / R;
+  // dA[h, r] = (1/R) Σ_d g[h, d]·B[r, d]: lane (hg, c) forms the partial sums over its 8
+  // features for kR ranks, and a transposing reduction over the head's C8 lanes leaves each
+  // lane with whole sums: butterfly steps first, then steps that each halve the values a lane
+  // keeps (the lower or upper half by its lane bit), so kR sums cost about kR shuffles.
+  constexpr int kHalvings = kR < C8 ? (kR == 1 ? 0 : kR == 2 ? 1 : kR == 4 ? 2 : 3) : (C8 == 4 ? 2 : C8 == 8 ? 3 : 4);
+  constexpr int kKeep = kR >> kHalvings;  // sums each lane holds at the end
+  for (int r0 = 0; r0 < R; r0 += kR) {
+    float b[kR][8];
+#pragma unroll
+    for (int r = 0; r < kR; r++)
+      if (r0 + r < R)
+        ld8(b[r], row + L.b[S] + (r0 + r) * D + 8 * c, L.b[S] % 4 == 0);
+      else
+#pragma unroll
+        for (int i = 0; i < 8; i++) b[r][i] = 0.f;
+    for (int h0 = 0; h0 < H; h0 += HG) {  // the same count on every lane: all of them shuffle
+      const int h = h0 + hg;
+      float x[8] = {};
+      if (h < H) load8(x, g + h * D + 8 * c);
+      float v[kR];
+#pragma unroll
+      for (int r = 0; r < kR; r++) {
+        v[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[r] += x[i] * b[r][i];
+      }
+#pragma unroll
+      for (int o = C8 / 2; o >= (1 << kHalvings); o >>= 1)
+#pragma unroll
+        for (int r = 0; r < kR; r++) v[r] += __shfl_xor_sync(0xffffffffu, v[r], o);
+      int base = 0;  // the rank of v[0]
+#pragma unroll
+      for (int step = 0; step < kHalvings; step++) {
+        const int o = (1 << kHalvings) >> (step + 1), n = kR >> step;
+        const bool upper = c & o;
+#pragma unroll
+        for (int j = 0; j < n / 2; j++) {
+          const float send = upper ? v[j] : v[j + n / 2], keep = upper ? v[j + n / 2] : v[j];
+          v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+        }
+        base += upper ? n / 2 : 0;
+      }
+      // Lanes c and c + kR·… hold the same sums (butterfly steps): the first writes them.
+      if (h < H && c < (C8 < kR ? C8 : kR))
+#pragma unroll
+        for (int j = 0; j < kKeep; j++)
+          if (r0 + base + j < R) drow[L.a[S] + h * R + r0 + base + j] = v[j] * inv;
+    }
+  }
+  // dB[r, :] = (1/R) Σ_h A[h, r]·g[h, :]: lane (hg, c) sums its heads for features 8c … 8c + 7
+  // (g again, from cache), then the lane groups add up, and q's and k's are un-rotated.
+  for (int r0 = 0; r0 < R; r0 += kR) {
+    float db[kR][8] = {};
+    for (int h = hg; h < H; h += HG) {
+      float x[8];
+      load8(x, g + h * D + 8 * c);
+      const float* a = row + L.a[S] + h * R + r0;
+#pragma unroll
+      for (int r = 0; r < kR; r++) {
+        const float ar = r0 + r < R ? a[r] : 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) db[r][i] += ar * x[i];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kR; r++) {
+      if (r0 + r >= R) break;
+      float y[8];
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        float t = db[r][i];
+#pragma unroll
+        for (int o = C8; o < 32; o <<= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        t *= inv;
+        const float other = __shfl_xor_sync(0xffffffffu, t, C8 / 2);
+        y[i] = unrotate<D, S>(t, other, 8 * c + i, cs);
+      }
+      if (hg == 0) st8(drow + L.b[S] + (r0 + r) * D + 8 * c, y, L.b[S] % 4 == 0);
     }
   }
 }
 
-// g holds one section's output gradient with rows padded to D + 1, so threads that walk
-// different heads at the same feature hit different shared-memory banks.
+// The gradient of one section into drow (the token's gradient row in shared memory).
+template <int D, int S>
+__device__ inline void backward_section(float* drow, const bf* g, const float* row, const float* cs,
+                                        const QkvLayout& L, int lane) {
+  constexpr int C8 = D / 8, HG = 32 / C8;
+  const int c = lane % C8, hg = lane / C8, H = L.heads[S], R = L.rank[S];
+  if (R == 0) {  // a slice; every lane walks the same number of heads, so all take part in the shuffles
+    const bool aligned = L.dense[S] % 4 == 0;
+    for (int h0 = 0; h0 < H; h0 += HG) {
+      const int h = h0 + hg;
+      float x[8] = {}, y[8];
+      if (h < H) load8(x, g + h * D + 8 * c);
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        const float other = __shfl_xor_sync(0xffffffffu, x[i], C8 / 2);
+        y[i] = unrotate<D, S>(x[i], other, 8 * c + i, cs);
+      }
+      if (h < H) st8(drow + L.dense[S] + h * D + 8 * c, y, aligned);
+    }
+    return;
+  }
+  if (R <= 1) backward_factored<D, S, 1>(drow, g, row, cs, L, lane);
+  else if (R <= 2) backward_factored<D, S, 2>(drow, g, row, cs, L, lane);
+  else if (R <= 4) backward_factored<D, S, 4>(drow, g, row, cs, L, lane);
+  else backward_factored<D, S, 8>(drow, g, row, cs, L, lane);
+}
+
 template <int D>
-__global__ void qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk, const bf* dv, const bf* proj,
-                                    const float* table, QkvLayout L, int T, int max_hd, int max_rd) {
+__global__ void __launch_bounds__(32 * kWarps) qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk,
+                                                                   const bf* dv, const bf* proj, const float* table,
+                                                                   QkvLayout L, int N, int T) {
   extern __shared__ float sh[];
-  constexpr int P = D + 1;
-  const int n = blockIdx.x;
-  float *row = sh, *g = row + L.pitch, *db = g + max_hd, *da = db + max_rd;
+  const int lane = threadIdx.x % 32, n = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (n >= N) return;
+  float* row = sh + (threadIdx.x / 32) * 2 * L.pitch;
+  float* drow = row + L.pitch;  // the gradient row, written out whole at the end
   const float* cs = table + (n % T) * D;
-  load_rows<D>(row, proj + (size_t)n * L.pitch, L.pitch, 0);
-  __syncthreads();
-  for (int s = 0; s < 2; s++)
-    if (L.rank[s]) rotate<D>(row + L.b[s], L.rank[s], cs, 1.f);
-  bf* drow = dproj + (size_t)n * L.pitch;
-  const bf* douts[3] = {dq, dk, dv};
-  for (int s = 0; s < 3; s++) {
-    const int H = L.heads[s], R = L.rank[s];
-    __syncthreads();  // the previous section is done with g, da and db (and the rotations are done)
-    load_rows<D>(g, douts[s] + (size_t)n * H * D, H * D, P);
-    __syncthreads();
-    if (R == 0) {
-      if (s < 2) rotate<D>(g, H, cs, -1.f, P);  // the transpose of a rotation is the opposite rotation
-      __syncthreads();
-      for (int j = threadIdx.x; j < H * D; j += blockDim.x) drow[L.dense[s] + j] = __float2bfloat16(g[(j / D) * P + j % D]);
-      continue;
-    }
-    // dA[h,r] = (1/R) Σ_d g[h,d]·B[r,d]: neighbouring threads share r and walk different heads.
-    for (int j = threadIdx.x; j < H * R; j += blockDim.x) {
-      const int r = j / H, h = j % H;
-      const float *gh = g + h * P, *b = row + L.b[s] + r * D;
-      float acc = 0.f;
-#pragma unroll 16
-      for (int d = 0; d < D; d++) acc += gh[d] * b[d];
-      da[h * R + r] = acc / R;
-    }
-    // dB[r,d] = (1/R) Σ_h A[h,r]·g[h,d], then un-rotated.
-    for (int j = threadIdx.x; j < R * D; j += blockDim.x) {
-      const float* a = row + L.a[s] + j / D;
-      float acc = 0.f;
-      for (int h = 0; h < H; h++) acc += a[h * R] * g[h * P + j % D];
-      db[j] = acc / R;
-    }
-    __syncthreads();
-    if (s < 2) rotate<D>(db, R, cs, -1.f);
-    __syncthreads();
-    for (int j = threadIdx.x; j < H * R; j += blockDim.x) drow[L.a[s] + j] = __float2bfloat16(da[j]);
-    for (int j = threadIdx.x; j < R * D; j += blockDim.x) drow[L.b[s] + j] = __float2bfloat16(db[j]);
+  if (L.rank[0] || L.rank[1] || L.rank[2]) stage_row(row, proj + (size_t)n * L.pitch, L.pitch, lane);
+  for (int i = lane * 4; i < L.pitch; i += 128) *reinterpret_cast<float4*>(drow + i) = make_float4(0.f, 0.f, 0.f, 0.f);
+  __syncwarp();
+  if (L.rank[0]) rotate_rows<D>(row + L.b[0], L.rank[0], cs, 1.f, lane);
+  if (L.rank[1]) rotate_rows<D>(row + L.b[1], L.rank[1], cs, 1.f, lane);
+  __syncwarp();
+  backward_section<D, 0>(drow, dq + (size_t)n * L.heads[0] * D, row, cs, L, lane);
+  backward_section<D, 1>(drow, dk + (size_t)n * L.heads[1] * D, row, cs, L, lane);
+  backward_section<D, 2>(drow, dv + (size_t)n * L.heads[2] * D, row, cs, L, lane);
+  __syncwarp();
+  bf* dst = dproj + (size_t)n * L.pitch;
+  for (int i = lane * 8; i < L.pitch; i += 256) {
+    float y[8];
+    ld8(y, drow + i, true);
+    store8(dst + i, y);
   }
 }
 
 template <int D>
 void forward(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L, int B, int T) {
   const float* table = rope_table(ctx, T, D);
-  const size_t shared = sizeof(float) * L.pitch;
-  CUDA_CHECK(cudaFuncSetAttribute(qkv_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-  qkv_forward_kernel<D><<<B * T, kThreads, shared, stream(ctx)>>>(dev(q), dev(k), dev(v), dev(proj), table, L, T);
+  const int N = B * T;
+  const size_t shared = sizeof(float) * L.pitch * kWarps;
+  auto kernel = qkv_forward_kernel<D>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+  kernel<<<(N + kWarps - 1) / kWarps, 32 * kWarps, shared, stream(ctx)>>>(dev(q), dev(k), dev(v), dev(proj), table,
+                                                                          L, N, T);
   CUDA_CHECK_LAUNCH();
 }
 
 template <int D>
 void backward(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, const bf16* dv, const bf16* proj,
               const QkvLayout& L, int B, int T) {
-  int max_hd = 0, max_rd = 0, max_hr = 0;
-  for (int s = 0; s < 3; s++) {
-    max_hd = std::max(max_hd, L.heads[s] * (D + 1));
-    max_rd = std::max(max_rd, L.rank[s] * D);
-    max_hr = std::max(max_hr, L.heads[s] * L.rank[s]);
-  }
   const float* table = rope_table(ctx, T, D);
-  const size_t shared = sizeof(float) * (L.pitch + max_hd + max_rd + max_hr);
-  CUDA_CHECK(cudaFuncSetAttribute(qkv_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-  qkv_backward_kernel<D><<<B * T, kThreads, shared, stream(ctx)>>>(dev(dproj), dev(dq), dev(dk), dev(dv), dev(proj),
-                                                                  table, L, T, max_hd, max_rd);
+  const int N = B * T;
+  const size_t shared = sizeof(float) * 2 * L.pitch * kWarps;
+  auto kernel = qkv_backward_kernel<D>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+  kernel<<<(N + kWarps - 1) / kWarps, 32 * kWarps, shared, stream(ctx)>>>(dev(dproj), dev(dq), dev(dk), dev(dv),
+                                                                          dev(proj), table, L, N, T);
   CUDA_CHECK_LAUNCH();
 }
 

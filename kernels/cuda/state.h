@@ -18,6 +18,12 @@ namespace t6 {
 
 struct CudaState {
   int device = 0;
+  int compute_major = 0, compute_minor = 0;
+  // Which attention kernels run (attention.cu): 0 the fastest for this GPU, 1 the mma.sync
+  // ones (sm_80 and later), 2 Hopper's (sm_90 only). Tests and the kernel benchmark set it.
+  int attention_version = 0;
+  // Reductions whose order is fixed (attention's dQ), so a run repeats bitwise.
+  bool deterministic = true;
   cudaStream_t stream = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* lt_workspace = nullptr;

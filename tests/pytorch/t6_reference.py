@@ -6,6 +6,13 @@ usage: t6_reference.py EXPORT_DIR TEXT_FILE BLOCK_SIZE [--write-back OUT.safeten
 Prints the mean loss over every window of BLOCK_SIZE+1 byte tokens (stride BLOCK_SIZE) of
 TEXT_FILE's bytes followed by end-of-text 0: the validation split that
 `t6-prepare --tokenizer byte` makes of that file.
+
+usage: t6_reference.py benchmark CONFIG.yaml [--steps N]
+Times training steps of the same model on a GPU with the authors' recipe (module T6 below:
+separate nn.Linear factor projections as in their code, torch.compile, bf16 autocast,
+F.scaled_dot_product_attention(is_causal=True), fused AdamW, gradient clipping), with the
+config's micro-batch, accumulation and block size on random tokens, and prints a line
+`pytorch_benchmark tokens_per_sec ms_per_step` (medians after 3 warm-up steps).
 """
 import json
 import struct
@@ -107,7 +114,138 @@ def mean_loss(W, cfg, stream, T):
     return sum(losses) / len(losses)
 
 
+class Rope(torch.nn.Module):
+    def __init__(self, D, T):
+        super().__init__()
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+        angle = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angle.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", angle.sin()[None, :, None, :], persistent=False)
+
+    def forward(self, x):  # (B, T, rows, D)
+        T, h = x.shape[1], x.shape[-1] // 2
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x1, x2 = x[..., :h].float(), x[..., h:].float()
+        return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, cfg, rope):
+        super().__init__()
+        L = lambda i, o: torch.nn.Linear(i, o, bias=False)
+        C, H, D = cfg["n_embd"], cfg["n_head"], cfg["head_dim"]
+        self.att, self.H, self.D, self.rope = cfg["attention"], H, D, rope
+        self.rq, self.rk = cfg.get("q_rank", 6), cfg.get("k_rank") or cfg.get("rank", 2)
+        self.rv = cfg.get("v_rank") or cfg.get("rank", 2)
+        self.hkv = {"mha": H, "gqa": cfg.get("n_kv_head") or H, "mqa": 1}.get(self.att, H)
+        if self.att == "tpa":
+            self.W_A_q, self.W_B_q = L(C, H * self.rq), L(C, self.rq * D)
+        else:
+            self.c_q = L(C, H * D)
+        if self.att in ("tpa", "tpa_kvonly"):
+            self.W_A_k, self.W_B_k = L(C, H * self.rk), L(C, self.rk * D)
+            self.W_A_v, self.W_B_v = L(C, H * self.rv), L(C, self.rv * D)
+        else:
+            self.c_k, self.c_v = L(C, self.hkv * D), L(C, self.hkv * D)
+        self.c_proj = L(H * D, C)
+
+    def factored(self, x, WA, WB, R, rotate):
+        B, T, _ = x.shape
+        A = WA(x).view(B * T, self.H, R)
+        Bf = WB(x).view(B, T, R, self.D)
+        if rotate:
+            Bf = self.rope(Bf)
+        return torch.bmm(A, Bf.view(B * T, R, self.D)).div_(R).view(B, T, self.H, self.D)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        if self.att == "tpa":
+            q = self.factored(x, self.W_A_q, self.W_B_q, self.rq, True)
+        else:
+            q = self.rope(self.c_q(x).view(B, T, self.H, self.D))
+        if self.att in ("tpa", "tpa_kvonly"):
+            k = self.factored(x, self.W_A_k, self.W_B_k, self.rk, True)
+            v = self.factored(x, self.W_A_v, self.W_B_v, self.rv, False)
+        else:
+            k = self.rope(self.c_k(x).view(B, T, self.hkv, self.D))
+            v = self.c_v(x).view(B, T, self.hkv, self.D)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                           enable_gqa=self.hkv != self.H)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, self.H * self.D))
+
+
+class Block(torch.nn.Module):
+    def __init__(self, cfg, rope):
+        super().__init__()
+        C, Fh = cfg["n_embd"], 8 * cfg["n_embd"] // 3
+        self.attn = Attention(cfg, rope)
+        self.c_fc1 = torch.nn.Linear(C, Fh, bias=False)
+        self.c_fc2 = torch.nn.Linear(C, Fh, bias=False)
+        self.c_proj = torch.nn.Linear(Fh, C, bias=False)
+
+    def forward(self, x):
+        x = x + self.attn(F.rms_norm(x, (x.shape[-1],)))
+        h = F.rms_norm(x, (x.shape[-1],))
+        return x + self.c_proj(F.silu(self.c_fc1(h)) * self.c_fc2(h))
+
+
+class T6(torch.nn.Module):
+    """The model as a module, for timing training (benchmark); same math as forward_loss."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        rope = Rope(cfg["head_dim"], cfg["block_size"])
+        self.wte = torch.nn.Embedding(cfg["vocab_size"], cfg["n_embd"])
+        self.h = torch.nn.ModuleList(Block(cfg, rope) for _ in range(cfg["n_layer"]))
+
+    def forward(self, tokens, targets):
+        x = self.wte(tokens)
+        for block in self.h:
+            x = block(x)
+        logits = F.linear(F.rms_norm(x, (x.shape[-1],)), self.wte.weight)  # fp32 loss: autocast
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def benchmark(config_path, steps):
+    import statistics
+    import time
+
+    import yaml
+
+    full = yaml.safe_load(open(config_path))
+    cfg, train, opt = full["model"], full.get("train", {}), full.get("optim", {})
+    B, T, accum = train.get("batch_size", 1), cfg["block_size"], train.get("gradient_accumulation_steps", 1)
+    torch.manual_seed(0)
+    model = T6(cfg).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.get("learning_rate", 6e-4),
+                                  betas=(opt.get("beta1", 0.9), opt.get("beta2", 0.95)),
+                                  weight_decay=opt.get("weight_decay", 0.1), fused=True)
+    step_fn = torch.compile(model)
+    g = torch.Generator(device="cuda").manual_seed(1234)
+    times = []
+    for step in range(steps + 3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(accum):
+            tokens = torch.randint(0, cfg["vocab_size"], (B, T + 1), device="cuda", generator=g)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = step_fn(tokens[:, :-1], tokens[:, 1:]) / accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opt.get("grad_clip", 1.0))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if step >= 3:
+            times.append(time.perf_counter() - start)
+    ms = statistics.median(times) * 1e3
+    print(f"pytorch_benchmark {B * T * accum / (ms / 1e3):.0f} {ms:.1f} "
+          f"(torch {torch.__version__}, {torch.cuda.get_device_name()}, {B} x {accum} x {T}, median of {steps})")
+
+
 def main():
+    if sys.argv[1] == "benchmark":
+        steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 10
+        return benchmark(sys.argv[2], steps)
     export_dir, text_file, T = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = json.load(open(export_dir + "/config.json"))
     W = read_safetensors(export_dir + "/model.safetensors")

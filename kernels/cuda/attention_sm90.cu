@@ -1,0 +1,675 @@
+// Causal attention for Hopper (sm_90a): the same function as attention.cu's mma.sync kernels,
+// built from the chip's own parts. One warpgroup produces (a single thread issues TMA copies
+// into a ring of shared-memory stages guarded by mbarriers), two consume (wgmma from shared
+// memory, fp32 accumulators in registers, softmax in registers), and register reallocation
+// moves the producer's registers to the consumers.
+//
+// Forward: a block owns 128 query rows of one head (64 per consumer warpgroup) and walks the
+// key tiles of 128 from the diagonal (the only masked one) down to 0. Each iteration issues
+// S = Q·Kᵀ for this tile and O += P·V for the previous one, then computes this tile's softmax
+// while the tensor cores work; the two consumers take turns issuing (named barriers), so one's
+// softmax overlaps the other's products.
+//
+// Backward: a block owns 128 keys of one KV head (64 per consumer), keeps K and V in shared
+// memory, and walks the 64-query tiles at or after them for every query head of its group:
+// Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q (A from
+// registers), and dQ = dS·K from dSᵀ staged in shared memory. dQ tiles are added into an
+// fp32 buffer by bulk reductions (one 64×D tile per step, not per-element atomics); in the
+// deterministic mode each (head, query tile) takes its key tiles' additions in a fixed order.
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "kernels/cuda/attention_sm90.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/hopper.cuh"
+
+namespace t6::cuda {
+
+using namespace sm90;
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+constexpr int kConsumers = 2, kThreads = 128 * (kConsumers + 1);
+constexpr int kRowBytes = 128;  // one swizzled row: 64 bf16 features
+
+__device__ inline uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Accumulator fragments (64 × 16k) as the A operands (64 × 16 each) of a following product.
+template <int K16>
+__device__ inline void to_a(uint32_t (&a)[K16][4], const float (&c)[K16 * 8]) {
+#pragma unroll
+  for (int k = 0; k < K16; k++) {
+    a[k][0] = pack(c[8 * k + 0], c[8 * k + 1]);
+    a[k][1] = pack(c[8 * k + 2], c[8 * k + 3]);
+    a[k][2] = pack(c[8 * k + 4], c[8 * k + 5]);
+    a[k][3] = pack(c[8 * k + 6], c[8 * k + 7]);
+  }
+}
+
+__device__ inline unsigned char* align1024(unsigned char* p) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
+}
+
+// ================================ forward ================================
+
+constexpr int kFwdM = 64 * kConsumers, kFwdN = 128;
+
+template <int D>
+struct FwdSmem {
+  static constexpr int q_bytes = kFwdM * D * 2, kv_bytes = kFwdN * D * 2;
+  static constexpr int q = 0, k = q_bytes, v = k + 2 * kv_bytes, bars = v + 2 * kv_bytes;
+  static constexpr int total = bars + 9 * 8 + 1024;  // + room to align the base to 1024
+};
+
+template <int D, bool kTurns>
+__global__ void __launch_bounds__(kThreads, 1)
+    forward_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+                   const __grid_constant__ CUtensorMap tv, bf* out, float* lse, int T, int H, int Hkv,
+                   float scale_log2) {
+  using L = FwdSmem<D>;
+  constexpr int kSub = D / 64;  // 64-feature column blocks of a tile, each rows × 128 bytes
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = align1024(smem_raw);
+  const uint32_t sq = smem_addr(smem + L::q), sk = smem_addr(smem + L::k), sv = smem_addr(smem + L::v);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
+  uint64_t *q_full = bars, *k_full = bars + 1, *k_empty = bars + 3, *v_full = bars + 5, *v_empty = bars + 7;
+
+  const int mtile = gridDim.y - 1 - blockIdx.y;  // the longest rows first
+  const int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / Hkv);
+  const int ntiles = (mtile * kFwdM + kFwdM - 1) / kFwdN + 1;  // key tiles up to the diagonal
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < 2; s++) {
+      mbar_init(k_full + s, 1), mbar_init(v_full + s, 1);
+      mbar_init(k_empty + s, 128 * kConsumers), mbar_init(v_empty + s, 128 * kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    regs_dealloc<24>();
+    if (threadIdx.x == 0) {
+      mbar_arrive_expect(q_full, L::q_bytes);
+      for (int c = 0; c < kSub; c++) tma_load_4d(smem + L::q + c * kFwdM * kRowBytes, &tq, q_full, c * 64, h, mtile * kFwdM, b);
+      for (int i = 0; i < ntiles; i++) {
+        const int n = ntiles - 1 - i, s = i & 1, phase = (i >> 1) & 1;
+        if (i >= 2) mbar_wait(k_empty + s, phase ^ 1);
+        mbar_arrive_expect(k_full + s, L::kv_bytes);
+        for (int c = 0; c < kSub; c++)
+          tma_load_4d(smem + L::k + s * L::kv_bytes + c * kFwdN * kRowBytes, &tk, k_full + s, c * 64, kvh, n * kFwdN, b);
+        if (i >= 2) mbar_wait(v_empty + s, phase ^ 1);
+        mbar_arrive_expect(v_full + s, L::kv_bytes);
+        for (int c = 0; c < kSub; c++)
+          tma_load_4d(smem + L::v + s * L::kv_bytes + c * kFwdN * kRowBytes, &tv, v_full + s, c * 64, kvh, n * kFwdN, b);
+      }
+    }
+    return;
+  }
+
+  regs_alloc<240>();
+  const int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
+  const int row_in_tile = cw * 64 + warp * 16 + gid;  // and + 8
+  // Descriptors: a base per operand and stage, plus compile-time offsets per k-step (a
+  // descriptor holds the address in 16-byte units in its low bits). S = Q·Kᵀ: both K-major; a
+  // k-step of 16 features is 32 bytes along the swizzled rows, every 4 the next 64-feature block.
+  const uint64_t q_d = desc_sw128(sq + cw * 64 * kRowBytes);
+  const uint64_t k_d[2] = {desc_sw128(sk), desc_sw128(sk + L::kv_bytes)};
+  // O += P·V: V is MN-major (features contiguous); a k-step is 16 keys = 16 rows.
+  const uint64_t v_d[2] = {desc_sw128(sv, kFwdN * kRowBytes), desc_sw128(sv + L::kv_bytes, kFwdN * kRowBytes)};
+  auto kmajor = [](int kk, int rows) { return (uint64_t)(((kk / 4) * rows * kRowBytes + (kk % 4) * 32) >> 4); };
+  auto issue_s = [&](float (&acc)[kFwdN / 2], int s) {
+    const uint64_t kd = s ? k_d[1] : k_d[0];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+      if (kk == 0)
+        Wgmma<kFwdN, 0, 0>::ss0(acc, q_d, kd);
+      else
+        Wgmma<kFwdN, 0, 0>::ss(acc, q_d + kmajor(kk, kFwdM), kd + kmajor(kk, kFwdN), true);
+  };
+  auto issue_o = [&](float (&acc)[D / 2], const uint32_t (&p)[kFwdN / 16][4], int s) {
+    const uint64_t vd = s ? v_d[1] : v_d[0];
+#pragma unroll
+    for (int kk = 0; kk < kFwdN / 16; kk++) Wgmma<D, 0, 1>::rs(acc, p[kk], vd + (uint64_t)(kk * 16 * kRowBytes >> 4), true);
+  };
+  // Turns: consumer c waits on barrier 1 + c before issuing, then lets the other one go.
+  auto my_turn = [&] {
+    if constexpr (kTurns) named_sync(1 + cw, 256);
+  };
+  auto your_turn = [&] {
+    if constexpr (kTurns) named_arrive(1 + (cw ^ 1), 256);
+  };
+  if (kTurns && cw == 1) named_arrive(1, 256);  // consumer 0 goes first
+
+  float s_acc[kFwdN / 2], o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+  uint32_t p[kFwdN / 16][4];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  // Raw scores in s_acc; out: the probabilities (relative to the new running max) as bf16 A
+  // operands, and the correction of the earlier sums. Scores stay unscaled (and so does m);
+  // the scale is in the exponent. s_acc is only read: a product may still be writing nearby.
+  auto softmax = [&](uint32_t (&pr)[kFwdN / 16][4], float (&corr)[2]) {
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int j = 0; j < kFwdN / 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s_acc[4 * j + e]);
+    float shift[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      corr[i] = exp2f((m[i] - mx[i]) * scale_log2);  // the diagonal tile comes first: mx is finite
+      m[i] = mx[i];
+      shift[i] = mx[i] * scale_log2;
+      l[i] *= corr[i];
+    }
+#pragma unroll
+    for (int j = 0; j < kFwdN / 8; j++) {
+      float x[4];
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        x[e] = exp2f(fmaf(s_acc[4 * j + e], scale_log2, -shift[e / 2]));
+        l[e / 2] += x[e];
+      }
+      pr[j / 2][(j % 2) * 2] = pack(x[0], x[1]);  // A fragment: rows gid | gid + 8, keys 16k + … (+ 8)
+      pr[j / 2][(j % 2) * 2 + 1] = pack(x[2], x[3]);
+    }
+  };
+
+  mbar_wait(q_full, 0);
+  // Iteration 0: the diagonal tile (the last key tile), masked.
+  {
+    mbar_wait(k_full, 0);
+    my_turn();
+    wgmma_fence();
+    issue_s(s_acc, 0);
+    wgmma_commit();
+    your_turn();
+    wgmma_wait<0>();
+    fence_regs(s_acc);
+    mbar_arrive(k_empty);
+    const int key0 = (ntiles - 1) * kFwdN - mtile * kFwdM;  // first key's offset from the tile's first row
+#pragma unroll
+    for (int j = 0; j < kFwdN / 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        if (key0 + 8 * j + 2 * tig + (e & 1) > row_in_tile + 8 * (e / 2)) s_acc[4 * j + e] = -INFINITY;
+    float corr[2];
+    softmax(p, corr);
+  }
+  for (int i = 1; i < ntiles; i++) {
+    const int s = i & 1, phase = (i >> 1) & 1, ps = s ^ 1, pphase = ((i - 1) >> 1) & 1;
+    mbar_wait(k_full + s, phase);
+    mbar_wait(v_full + ps, pphase);
+    my_turn();
+    fence_regs(p);
+    fence_regs(o);
+    wgmma_fence();
+    issue_s(s_acc, s);
+    wgmma_commit();
+    issue_o(o, p, ps);
+    wgmma_commit();
+    your_turn();
+    wgmma_wait<1>();  // S is ready; P·V still runs
+    fence_regs(s_acc);
+    mbar_arrive(k_empty + s);
+    float corr[2];
+    uint32_t pn[kFwdN / 16][4];
+    softmax(pn, corr);
+    wgmma_wait<0>();
+    fence_regs(o);
+    fence_regs(p);  // p stays live (and its registers untouched) until the product has read it
+    mbar_arrive(v_empty + ps);
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) o[4 * j + e] *= corr[e / 2];
+#pragma unroll
+    for (int k = 0; k < kFwdN / 16; k++)
+#pragma unroll
+      for (int r = 0; r < 4; r++) p[k][r] = pn[k][r];
+  }
+  {
+    const int ls = (ntiles - 1) & 1;
+    mbar_wait(v_full + ls, ((ntiles - 1) >> 1) & 1);
+    my_turn();
+    fence_regs(p);
+    fence_regs(o);
+    wgmma_fence();
+    issue_o(o, p, ls);
+    wgmma_commit();
+    if (cw == 0) your_turn();  // consumer 1 takes the last turn: no one waits for its signal
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+  const size_t qstride = (size_t)H * D;
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    const int row = mtile * kFwdM + row_in_tile + 8 * i;
+    if (row >= T) continue;
+    const float inv = 1.f / l[i];
+    bf* orow = out + ((size_t)b * T + row) * qstride + (size_t)h * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+      *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * tig) = pack(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+    if (tig == 0) lse[((size_t)b * H + h) * T + row] = (m[i] * scale_log2 + log2f(l[i])) * kLn2;
+  }
+}
+
+// ================================ backward ================================
+
+constexpr int kBwdM = 64, kBwdN = 64 * kConsumers;
+
+// lse·log2(e) and delta = rowsum(dO ⊙ O) per (b, h, t), in rows padded to whole query tiles
+// (padding: lse +inf, so its probabilities are 0; delta 0), one warp per row.
+__global__ void prepare_kernel(float* lse2, float* delta, const float* lse, const bf* dout, const bf* out, int B,
+                               int T, int Tp, int H, int D) {
+  const size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;  // (b·H + h)·Tp + t
+  if (row >= (size_t)B * H * Tp) return;
+  const int t = row % Tp;
+  const size_t bh = row / Tp, b = bh / H, h = bh % H;
+  float acc = 0.f;
+  if (t < T) {
+    const size_t at = ((b * T + t) * H + h) * D;
+    for (int d = threadIdx.x % 32 * 2; d < D; d += 64) {
+      const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + at + d));
+      const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(out + at + d));
+      acc += x.x * y.x + x.y * y.y;
+    }
+  }
+  acc = warp_sum(acc);
+  if (threadIdx.x % 32 == 0) {
+    delta[row] = acc;
+    lse2[row] = t < T ? lse[bh * T + t] * kLog2e : INFINITY;
+  }
+}
+
+// dQ in (B, T, H, D) bf16 from the fp32 sums. Those are kept per (b, h, 64-query tile) as
+// D/64 blocks of 64 rows × 64 columns, each row's 8-float groups rotated by the row (group g of
+// row r at g ^ (r % 8)): the layout the backward stages without bank conflicts and adds with
+// one bulk reduction per block.
+__global__ void dq_convert_kernel(bf* dq, const float* acc, int B, int T, int Tp, int H, int D) {
+  const size_t n = (size_t)B * T * H * D / 8;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t e = i * 8;
+    const int d = (int)(e % D), block = d / 64, g = d % 64 / 8;
+    const size_t bth = e / D, h = bth % H, bt = bth / H, t = bt % T, b = bt / T;
+    const size_t tile = (b * H + h) * (Tp / 64) + t / 64;
+    const float* src = acc + ((tile * (D / 64) + block) * 64 + t % 64) * 64 + 8 * (g ^ (t % 8));
+    const float4 lo = *reinterpret_cast<const float4*>(src), hi = *reinterpret_cast<const float4*>(src + 4);
+    const float f[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    store8(dq + e, f);
+  }
+}
+
+template <int D>
+struct BwdSmem {
+  static constexpr int kv_bytes = kBwdN * D * 2, q_bytes = kBwdM * D * 2, stat_bytes = kBwdM * 4;
+  static constexpr int ds_bytes = kBwdN * kBwdM * 2, dq_bytes = kBwdM * D * 4;
+  static constexpr int k = 0, v = kv_bytes, q = 2 * kv_bytes, dout = q + 2 * q_bytes, ds = dout + 2 * q_bytes,
+                       dq = ds + 2 * ds_bytes, lse = dq + 2 * dq_bytes, delta = lse + 2 * stat_bytes,
+                       bars = delta + 2 * stat_bytes;
+  static constexpr int total = bars + 9 * 8 + 1024;
+};
+
+struct BwdArgs {
+  bf *dk, *dv;
+  float* dq_acc;
+  const float *lse2, *delta;
+  int* order;  // per (b, h, query tile): key tiles added so far (deterministic mode), else null
+  int T, Tp, H, Hkv;
+  float scale, scale_log2;
+};
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    backward_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+                    const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo, BwdArgs a) {
+  using L = BwdSmem<D>;
+  constexpr int kSub = D / 64, kDqN = D / 2;  // each consumer makes dQ's columns kDqN·c … + kDqN − 1
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = align1024(smem_raw);
+  const uint32_t sk = smem_addr(smem + L::k), sv = smem_addr(smem + L::v), sq = smem_addr(smem + L::q),
+                 sdo = smem_addr(smem + L::dout), sds = smem_addr(smem + L::ds);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
+  // kv_full: K and V are in; full/empty: a stage of Q, dO, lse, delta; staged/free: a dQ tile
+  // is in its staging buffer, and has been read out by the reduction.
+  uint64_t *kv_full = bars, *full = bars + 1, *empty = bars + 3, *staged = bars + 5, *free = bars + 7;
+
+  const int ntiles_k = gridDim.x;
+  const int n = ntiles_k - 1 - blockIdx.x;  // key tile: the later (shorter) ones first, see `order`
+  const int b = blockIdx.y / a.Hkv, kvh = blockIdx.y % a.Hkv, group = a.H / a.Hkv;
+  const int first = n * kBwdN / kBwdM, per_head = (a.T + kBwdM - 1) / kBwdM - first, steps = group * per_head;
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int s = 0; s < 2; s++) {
+      mbar_init(full + s, 1), mbar_init(empty + s, 128 * kConsumers);
+      mbar_init(staged + s, 128 * kConsumers), mbar_init(free + s, 1);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    regs_dealloc<24>();
+    if (threadIdx.x == 0) {  // the producer: K, V once, then Q, dO, lse, delta per step
+      mbar_arrive_expect(kv_full, 2 * L::kv_bytes);
+      for (int c = 0; c < kSub; c++) {
+        tma_load_4d(smem + L::k + c * kBwdN * kRowBytes, &tk, kv_full, c * 64, kvh, n * kBwdN, b);
+        tma_load_4d(smem + L::v + c * kBwdN * kRowBytes, &tv, kv_full, c * 64, kvh, n * kBwdN, b);
+      }
+      for (int i = 0; i < steps; i++) {
+        const int h = kvh * group + i / per_head, m = first + i % per_head, s = i & 1, phase = (i >> 1) & 1;
+        if (i >= 2) mbar_wait(empty + s, phase ^ 1);
+        mbar_arrive_expect(full + s, 2 * L::q_bytes + 2 * L::stat_bytes);
+        for (int c = 0; c < kSub; c++) {
+          tma_load_4d(smem + L::q + s * L::q_bytes + c * kBwdM * kRowBytes, &tq, full + s, c * 64, h, m * kBwdM, b);
+          tma_load_4d(smem + L::dout + s * L::q_bytes + c * kBwdM * kRowBytes, &tdo, full + s, c * 64, h, m * kBwdM, b);
+        }
+        const size_t stat = ((size_t)b * a.H + h) * a.Tp + m * kBwdM;
+        bulk_load(smem + L::lse + s * L::stat_bytes, a.lse2 + stat, L::stat_bytes, full + s);
+        bulk_load(smem + L::delta + s * L::stat_bytes, a.delta + stat, L::stat_bytes, full + s);
+      }
+    } else if (threadIdx.x == 32) {  // the dQ writer: adds each staged tile into the fp32 sums
+      for (int i = 0; i < steps; i++) {
+        const int h = kvh * group + i / per_head, m = first + i % per_head, s = i & 1, phase = (i >> 1) & 1;
+        mbar_wait(staged + s, phase);
+        const size_t tile = ((size_t)b * a.H + h) * (a.Tp / kBwdM) + m;
+        int* turn = a.order ? a.order + tile : nullptr;
+        if (turn) {  // key tiles add in descending order: the one at the diagonal first
+          const int last = min(ntiles_k - 1, (m * kBwdM + kBwdM - 1) / kBwdN);
+          while (atomicAdd(turn, 0) != last - n) __nanosleep(32);
+        }
+        bulk_reduce_add(a.dq_acc + tile * kBwdM * D, reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes),
+                        L::dq_bytes);
+        bulk_commit();
+        bulk_wait_read<0>();
+        mbar_arrive(free + s);
+        if (turn) {
+          bulk_wait<0>();
+          fence_async_global();
+          __threadfence();
+          atomicAdd(turn, 1);
+        }
+      }
+      bulk_wait<0>();
+    }
+    return;
+  }
+
+  regs_alloc<240>();
+  const int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
+  const int key_in_tile = cw * 64 + warp * 16 + gid;  // this thread's keys: + 0 and + 8
+  const int k0 = n * kBwdN;
+  // Descriptors: a base per operand (and stage), plus compile-time offsets per k-step (a
+  // descriptor holds the address in 16-byte units in its low bits).
+  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ: all K-major (features contiguous); a k-step of 16 features is 32
+  // bytes along the swizzled rows, every 4 k-steps the next 64-feature block.
+  const uint64_t k_d = desc_sw128(sk + cw * 64 * kRowBytes), v_d = desc_sw128(sv + cw * 64 * kRowBytes);
+  const uint64_t q_d[2] = {desc_sw128(sq), desc_sw128(sq + L::q_bytes)};
+  const uint64_t do_d[2] = {desc_sw128(sdo), desc_sw128(sdo + L::q_bytes)};
+  auto kmajor = [](int kk, int rows) { return (uint64_t)(((kk / 4) * rows * kRowBytes + (kk % 4) * 32) >> 4); };
+  // dV += Pᵀ·dO, dK += dSᵀ·Q: B is MN-major (features contiguous); a k-step is 16 queries.
+  const uint64_t qt_d[2] = {desc_sw128(sq, kBwdM * kRowBytes), desc_sw128(sq + L::q_bytes, kBwdM * kRowBytes)};
+  const uint64_t dot_d[2] = {desc_sw128(sdo, kBwdM * kRowBytes), desc_sw128(sdo + L::q_bytes, kBwdM * kRowBytes)};
+  // dQ = dS·K: A = dSᵀ (keys × queries) and B = K (keys × features), both MN-major; a k-step
+  // is 16 keys. This consumer's columns start kDqN·cw features into K's rows.
+  const uint64_t ds_d[2] = {desc_sw128(sds, kBwdN * kRowBytes), desc_sw128(sds + L::ds_bytes, kBwdN * kRowBytes)};
+  const uint64_t kt_d = desc_sw128(sk + (cw * kDqN / 64) * kBwdN * kRowBytes + (cw * kDqN % 64) * 2, kBwdN * kRowBytes);
+  constexpr uint64_t kRows16 = 16 * kRowBytes >> 4;
+
+  // This thread's rows of the dSᵀ tile (keys key_in_tile, + 8) and of the dQ staging tile
+  // (queries warp·16 + gid, + 8); both swizzle 16-byte (or 32-byte) groups by gid = row % 8.
+  const uint32_t ds_row = key_in_tile * kRowBytes + tig * 4, g16 = gid * 16;
+  const int q_row = warp * 16 + gid;
+
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; i++) dk[i] = dv[i] = 0.f;
+  mbar_wait(kv_full, 0);
+  for (int i = 0; i < steps; i++) {
+    const int m = first + i % per_head, s = i & 1, phase = (i >> 1) & 1;
+    const int q0 = m * kBwdM;
+    mbar_wait(full + s, phase);
+    float st[kBwdM / 2], dpt[kBwdM / 2];
+    const uint64_t qd = s ? q_d[1] : q_d[0], dod = s ? do_d[1] : do_d[0];  // (no run-time array index: locals stay in registers)
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+      if (kk == 0)
+        Wgmma<kBwdM, 0, 0>::ss0(st, k_d, qd);
+      else
+        Wgmma<kBwdM, 0, 0>::ss(st, k_d + kmajor(kk, kBwdN), qd + kmajor(kk, kBwdM), true);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+      if (kk == 0)
+        Wgmma<kBwdM, 0, 0>::ss0(dpt, v_d, dod);
+      else
+        Wgmma<kBwdM, 0, 0>::ss(dpt, v_d + kmajor(kk, kBwdN), dod + kmajor(kk, kBwdM), true);
+    wgmma_commit();
+    // This thread's 16 queries: 8j + 2·tig + {0, 1}; lse·log2e and delta·scale for each.
+    const float2* lse_s = reinterpret_cast<const float2*>(smem + L::lse + s * L::stat_bytes) + tig;
+    const float2* delta_s = reinterpret_cast<const float2*>(smem + L::delta + s * L::stat_bytes) + tig;
+    float lse[kBwdM / 4], dsc[kBwdM / 4];
+#pragma unroll
+    for (int j = 0; j < kBwdM / 8; j++) {
+      const float2 l2 = lse_s[4 * j], d2 = delta_s[4 * j];
+      lse[2 * j] = l2.x, lse[2 * j + 1] = l2.y, dsc[2 * j] = d2.x * a.scale, dsc[2 * j + 1] = d2.y * a.scale;
+    }
+    wgmma_wait<1>();
+    fence_regs(st);
+    // Pᵀ; only steps that cross the diagonal need the mask (padded queries have lse = +inf,
+    // so their probabilities are 0 already).
+    float p[kBwdM / 2];
+    if (q0 < k0 + kBwdN) {
+      const int rel = k0 + key_in_tile - q0;  // this thread's first key, from the tile's first query
+#pragma unroll
+      for (int j = 0; j < kBwdM / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const float x = exp2f(fmaf(st[4 * j + e], a.scale_log2, -lse[2 * j + (e & 1)]));
+          p[4 * j + e] = 8 * j + 2 * tig + (e & 1) < rel + 8 * (e / 2) ? 0.f : x;
+        }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kBwdM / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) p[4 * j + e] = exp2f(fmaf(st[4 * j + e], a.scale_log2, -lse[2 * j + (e & 1)]));
+    }
+    uint32_t pa[kBwdM / 16][4], dsa[kBwdM / 16][4];
+    to_a(pa, p);
+    wgmma_wait<0>();
+    fence_regs(dpt);
+    // dSᵀ = Pᵀ ⊙ (dPᵀ − delta), with the softmax scale folded in.
+#pragma unroll
+    for (int j = 0; j < kBwdM / 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) p[4 * j + e] *= fmaf(dpt[4 * j + e], a.scale, -dsc[2 * j + (e & 1)]);
+    to_a(dsa, p);
+    // dSᵀ into shared memory for dQ, in the swizzled layout the descriptor expects. Buffer s
+    // was last read by the dQ products two steps ago, which finished before the last barrier.
+    {
+      unsigned char* ds = smem + L::ds + s * L::ds_bytes + ds_row;
+#pragma unroll
+      for (int j = 0; j < kBwdM / 8; j++)
+#pragma unroll
+        for (int i2 = 0; i2 < 2; i2++)
+          *reinterpret_cast<uint32_t*>(ds + i2 * 8 * kRowBytes + ((j * 16) ^ g16)) = dsa[j / 2][(j % 2) * 2 + i2];
+    }
+    fence_async_shared();
+    named_sync(1, 256);  // both consumers' halves of dSᵀ are in place
+    fence_regs(pa);
+    fence_regs(dsa);
+    float dq[kDqN / 2];
+    wgmma_fence();
+    const uint64_t dotd = s ? dot_d[1] : dot_d[0], qtd = s ? qt_d[1] : qt_d[0], dsd = s ? ds_d[1] : ds_d[0];
+#pragma unroll
+    for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dv, pa[kk], dotd + kk * kRows16, true);
+#pragma unroll
+    for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
+#pragma unroll
+    for (int kk = 0; kk < kBwdN / 16; kk++)
+      if (kk == 0)
+        Wgmma<kDqN, 1, 1>::ss0(dq, dsd, kt_d);
+      else
+        Wgmma<kDqN, 1, 1>::ss(dq, dsd + kk * kRows16, kt_d + kk * kRows16, true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(dv);
+    fence_regs(dk);
+    fence_regs(dq);
+    fence_regs(pa);
+    fence_regs(dsa);
+    mbar_arrive(empty + s);
+    // This consumer's columns of the dQ tile into staging buffer s, once the writer has read
+    // out what was there two steps ago; the layout is the fp32 sums' (see dq_convert_kernel).
+    if (i >= 2) mbar_wait(free + s, phase ^ 1);
+    float* stage = reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes) + q_row * 64 + 2 * tig;
+#pragma unroll
+    for (int j = 0; j < kDqN / 8; j++) {
+      const int col = cw * kDqN + 8 * j, block = col / 64, g = col % 64 / 8;
+#pragma unroll
+      for (int i2 = 0; i2 < 2; i2++)
+        *reinterpret_cast<float2*>(stage + (block * kBwdM + 8 * i2) * 64 + 8 * (g ^ gid)) =
+            make_float2(dq[4 * j + 2 * i2], dq[4 * j + 2 * i2 + 1]);
+    }
+    fence_async_shared();
+    mbar_arrive(staged + s);
+  }
+  const size_t kstride = (size_t)a.Hkv * D;
+#pragma unroll
+  for (int i2 = 0; i2 < 2; i2++) {
+    const int key = k0 + key_in_tile + 8 * i2;
+    if (key >= a.T) continue;
+    const size_t at = ((size_t)b * a.T + key) * kstride + (size_t)kvh * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+      *reinterpret_cast<uint32_t*>(a.dk + at + 8 * j + 2 * tig) = pack(dk[4 * j + 2 * i2], dk[4 * j + 2 * i2 + 1]);
+      *reinterpret_cast<uint32_t*>(a.dv + at + 8 * j + 2 * tig) = pack(dv[4 * j + 2 * i2], dv[4 * j + 2 * i2 + 1]);
+    }
+  }
+}
+
+// ================================ host side ================================
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encoder() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || !p)
+      throw std::runtime_error("the CUDA driver lacks cuTensorMapEncodeTiled (tensor maps need a 12.0+ driver)");
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  return fn;
+}
+
+// A (B, T, heads, D) bf16 tensor as tiles of 64 features × 1 head × `rows` positions × 1
+// sequence, 128-byte swizzled; positions past T read as zeros.
+CUtensorMap tile_map(const bf* base, int B, int T, int heads, int D, int rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)heads, (cuuint64_t)T, (cuuint64_t)B};
+  const cuuint64_t strides[3] = {(cuuint64_t)D * 2, (cuuint64_t)heads * D * 2, (cuuint64_t)T * heads * D * 2};
+  const cuuint32_t box[4] = {64, 1, (cuuint32_t)rows, 1}, unit[4] = {1, 1, 1, 1};
+  const CUresult r = encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<bf*>(base), dims, strides, box,
+                               unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error(fmt::format("cuTensorMapEncodeTiled failed ({}) for a ({}, {}, {}, {}) tensor", (int)r, B,
+                                         T, heads, D));
+  return map;
+}
+
+template <int D, bool kTurns>
+void forward(const Context& ctx, bf* out, float* lse, const bf* q, const bf* k, const bf* v, int B, int T, int H,
+             int Hkv) {
+  const CUtensorMap tq = tile_map(q, B, T, H, D, kFwdM), tk = tile_map(k, B, T, Hkv, D, kFwdN),
+                    tv = tile_map(v, B, T, Hkv, D, kFwdN);
+  auto kernel = forward_kernel<D, kTurns>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FwdSmem<D>::total));
+  const dim3 grid(B * H, (T + kFwdM - 1) / kFwdM);
+  kernel<<<grid, kThreads, FwdSmem<D>::total, stream(ctx)>>>(tq, tk, tv, out, lse, T, H, Hkv,
+                                                             kLog2e / sqrtf((float)D));
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int D>
+void backward(const Context& ctx, bf* dq, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v,
+              const bf* out, const float* lse, int B, int T, int H, int Hkv, bool deterministic) {
+  const int Tp = (T + kBwdN - 1) / kBwdN * kBwdN;  // whole key tiles, so also whole query tiles
+  const size_t rows = (size_t)B * H * Tp, nacc = rows * D, tiles = rows / kBwdM;
+  // Scratch: dQ sums, lse·log2e, delta, then the order counters.
+  float* acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nacc + 2 * rows) + sizeof(int) * tiles));
+  float *lse2 = acc + nacc, *delta = lse2 + rows;
+  int* order = reinterpret_cast<int*>(delta + rows);
+  CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(float) * nacc, stream(ctx)));
+  if (deterministic) CUDA_CHECK(cudaMemsetAsync(order, 0, sizeof(int) * tiles, stream(ctx)));
+  prepare_kernel<<<blocks_for(rows * 32, 256), 256, 0, stream(ctx)>>>(lse2, delta, lse, dout, out, B, T, Tp, H, D);
+  CUDA_CHECK_LAUNCH();
+  const CUtensorMap tq = tile_map(q, B, T, H, D, kBwdM), tdo = tile_map(dout, B, T, H, D, kBwdM),
+                    tk = tile_map(k, B, T, Hkv, D, kBwdN), tv = tile_map(v, B, T, Hkv, D, kBwdN);
+  BwdArgs a{dk, dv, acc, lse2, delta, deterministic ? order : nullptr, T, Tp, H, Hkv, 0.f, 0.f};
+  a.scale = 1.f / sqrtf((float)D);
+  a.scale_log2 = a.scale * kLog2e;
+  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdSmem<D>::total));
+  const dim3 grid(Tp / kBwdN, B * Hkv);
+  backward_kernel<D><<<grid, kThreads, BwdSmem<D>::total, stream(ctx)>>>(tq, tk, tv, tdo, a);
+  CUDA_CHECK_LAUNCH();
+  dq_convert_kernel<<<blocks_for((size_t)B * T * H * D / 8, 256), 256, 0, stream(ctx)>>>(dq, acc, B, T, Tp, H, D);
+  CUDA_CHECK_LAUNCH();
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+bool attention_sm90_supports(const Context& ctx, const void* const* tensors, int n, int D) {
+  if (!ctx.cuda || ctx.cuda->compute_major != 9 || ctx.cuda->compute_minor != 0) return false;
+  if (D != 64 && D != 128) return false;
+  for (int i = 0; i < n; i++)
+    if (!aligned16(tensors[i])) return false;
+  return true;
+}
+
+void attention_forward_sm90(const Context& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                            int B, int T, int H, int Hkv, int D, bool turns) {
+  if (D == 64)
+    turns ? forward<64, true>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv)
+          : forward<64, false>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
+  else
+    turns ? forward<128, true>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv)
+          : forward<128, false>(ctx, dev(out), lse, dev(q), dev(k), dev(v), B, T, H, Hkv);
+}
+
+void attention_backward_sm90(const Context& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
+                             const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
+                             int Hkv, int D, bool deterministic) {
+  if (D == 64)
+    backward<64>(ctx, dev(dq), dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), dev(out), lse, B, T, H, Hkv,
+                 deterministic);
+  else
+    backward<128>(ctx, dev(dq), dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), dev(out), lse, B, T, H, Hkv,
+                  deterministic);
+}
+
+}  // namespace t6::cuda

@@ -1,0 +1,308 @@
+// t6-kernel-bench: one op family at a time on the GPU, every version side by side (in the
+// spirit of llm.c's dev/cuda): each version's result checked element by element against the
+// CPU backend in double on the same bf16-rounded inputs, then timed (median of --reps runs,
+// CUDA events) with its achieved TFLOP/s or GB/s.
+//
+//   t6-kernel-bench attention [--B 24 --T 1024 --H 34 --Hkv 34 --D 64] [--reps 20]
+//   t6-kernel-bench qkv [--config configs/t6-small-tpa.yaml --B 24 --T 1024] [--reps 20]
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/state.h"
+#include "kernels/ops.h"
+#include "model/layout.h"
+#include "model/t6.h"
+#include "trainer/config.h"
+
+namespace t6 {
+namespace {
+
+using Vec = std::vector<double>;
+
+// --name value pairs after the op name.
+struct Args {
+  std::map<std::string, std::string> kv;
+  int get(const std::string& k, int fallback) const {
+    auto it = kv.find(k);
+    return it == kv.end() ? fallback : std::stoi(it->second);
+  }
+  std::string str(const std::string& k, const std::string& fallback) const {
+    auto it = kv.find(k);
+    return it == kv.end() ? fallback : it->second;
+  }
+};
+
+struct Rng {
+  std::mt19937_64 gen{1234};
+  Vec bf16_values(size_t n, double scale) {  // uniform, rounded to bf16 (both sides see these)
+    std::uniform_real_distribution<double> u(-scale, scale);
+    Vec v(n);
+    for (double& x : v) x = to_float(to_bf16((float)u(gen)));
+    return v;
+  }
+};
+
+Buffer<bf16> upload(const Context& ctx, const Vec& v) {
+  std::vector<bf16> h(v.size());
+  for (size_t i = 0; i < v.size(); i++) h[i] = to_bf16((float)v[i]);
+  Buffer<bf16> b(ctx, v.size());
+  b.from_host(h.data(), h.size());
+  return b;
+}
+template <class T>
+Vec download(const Buffer<T>& b, size_t n = 0, size_t offset = 0) {
+  n = n ? n : b.size();
+  std::vector<T> h(n);
+  b.to_host(h.data(), n, offset);
+  Vec v(n);
+  for (size_t i = 0; i < n; i++) v[i] = to_float(h[i]);
+  return v;
+}
+Buffer<bf16> poisoned(const Context& ctx, size_t n) {
+  std::vector<bf16> h(n, bf16{0x7fc0});
+  Buffer<bf16> b(ctx, n);
+  b.from_host(h.data(), n);
+  return b;
+}
+
+// Element-wise |got − want| ≤ atol + rtol·|want| with atol = arms·rms(want) + 1e-6; returns
+// the worst ratio |got − want| / bound (≤ 1 passes) and prints the first mismatches.
+double compare(const std::string& what, const Vec& got, const Vec& want, double rtol, double arms,
+               const std::function<std::string(size_t)>& where) {
+  double ss = 0;
+  for (double w : want) ss += w * w;
+  const double atol = arms * std::sqrt(ss / std::max<size_t>(want.size(), 1)) + 1e-6;
+  double worst = 0;
+  int shown = 0;
+  for (size_t i = 0; i < want.size(); i++) {
+    const double bound = atol + rtol * std::fabs(want[i]), err = std::fabs(got[i] - want[i]);
+    const double ratio = std::isfinite(got[i]) ? err / bound : INFINITY;
+    worst = std::max(worst, ratio);
+    if (ratio > 1 && shown++ < 5)
+      fmt::print("  MISMATCH {} at {}: got {:.6g}, want {:.6g}\n", what, where(i), got[i], want[i]);
+  }
+  return worst;
+}
+
+double median_ms(const Context& ctx, int reps, const std::function<void()>& f) {
+  cudaStream_t s = ctx.cuda->stream;
+  std::vector<float> ms;
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  f();  // warm-up: plans, tensor maps, first-touch
+  for (int r = 0; r < reps; r++) {
+    CUDA_CHECK(cudaEventRecord(a, s));
+    f();
+    CUDA_CHECK(cudaEventRecord(b, s));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+const char* version_name(int v) {
+  switch (v) {
+    case 1: return "mma.sync (sm_80)";
+    case 2: return "hopper";
+    case 3: return "hopper, no turns";
+    default: return "?";
+  }
+}
+
+int bench_attention(const Context& ctx, const Args& args) {
+  const int B = args.get("B", 24), T = args.get("T", 1024), H = args.get("H", 34), Hkv = args.get("Hkv", H),
+            D = args.get("D", 64), reps = args.get("reps", 20);
+  const int check_batch = std::min(B, args.get("check-batch", 1));  // sequences checked against the CPU
+  const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
+  fmt::print("attention: B {} T {} H {} Hkv {} D {}, causal, bf16 ({})\n", B, T, H, Hkv, D, gpu_name(ctx));
+  Rng rng;
+  const Vec q = rng.bf16_values(nq, 2.0), k = rng.bf16_values(nk, 2.0), v = rng.bf16_values(nk, 1.0),
+            dout = rng.bf16_values(nq, 1.0);
+  // The CPU reference in double for the first check_batch sequences.
+  const size_t cq = (size_t)check_batch * T * H * D, ck = (size_t)check_batch * T * Hkv * D;
+  const Vec cq_in(q.begin(), q.begin() + cq), ck_in(k.begin(), k.begin() + ck), cv_in(v.begin(), v.begin() + ck),
+      cdo(dout.begin(), dout.begin() + cq);
+  Vec out(cq), lse((size_t)check_batch * H * T), dq(cq), dk(ck), dv(ck);
+  const Context cpu;
+  attention_forward(cpu, out.data(), lse.data(), cq_in.data(), ck_in.data(), cv_in.data(), check_batch, T, H, Hkv, D);
+  // Backward reads the output as the GPU stores it (bf16): delta = rowsum(dO ⊙ O) inherits
+  // that rounding on every version alike, so the reference does too.
+  Vec out_bf16 = out;
+  for (double& x : out_bf16) x = to_float(to_bf16((float)x));
+  attention_backward(cpu, dq.data(), dk.data(), dv.data(), cdo.data(), cq_in.data(), ck_in.data(), cv_in.data(),
+                     out_bf16.data(), lse.data(), check_batch, T, H, Hkv, D);
+  auto at_q = [&](size_t i) {
+    return fmt::format("(b {}, t {}, h {}, d {})", i / ((size_t)T * H * D), i / (H * D) % T, i / D % H, i % D);
+  };
+  auto at_k = [&](size_t i) {
+    return fmt::format("(b {}, t {}, h {}, d {})", i / ((size_t)T * Hkv * D), i / (Hkv * D) % T, i / D % Hkv, i % D);
+  };
+  auto at_l = [&](size_t i) { return fmt::format("(b {}, h {}, t {})", i / ((size_t)H * T), i / T % H, i % T); };
+
+  auto gq = upload(ctx, q), gk = upload(ctx, k), gv = upload(ctx, v), gdo = upload(ctx, dout);
+  // Flops as FlashAttention counts them: 2 products forward, 5 backward, half the matrix causal.
+  const double fwd_flops = 4.0 * B * H * (double)T * T * D / 2, bwd_flops = 2.5 * fwd_flops;
+  struct Row { std::string name; double fwd_ms, bwd_ms, worst; bool repeats; };
+  std::vector<Row> rows;
+  bool ok = true;
+  for (int version : {1, 2, 3}) {
+    for (bool deterministic : {true, false}) {
+      if (version != 2 && !deterministic) continue;
+      ctx.cuda->attention_version = version;
+      ctx.cuda->deterministic = deterministic;
+      auto gout = poisoned(ctx, nq), gdq = poisoned(ctx, nq), gdk = poisoned(ctx, nk), gdv = poisoned(ctx, nk);
+      Buffer<float> glse(ctx, nl);
+      try {
+        attention_forward(ctx, gout.data(), glse.data(), gq.data(), gk.data(), gv.data(), B, T, H, Hkv, D);
+        attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
+                           gout.data(), glse.data(), B, T, H, Hkv, D);
+        ctx.synchronize();
+      } catch (const std::exception& e) {
+        fmt::print("{}: skipped ({})\n", version_name(version), e.what());
+        continue;
+      }
+      const std::string name = fmt::format("{}{}", version_name(version), deterministic ? "" : ", atomic order");
+      fmt::print("{}\n", name);
+      double worst = 0;
+      // Gradients pass through bf16 probabilities (P, dS), as in every flash attention: a
+      // looser absolute part than the output's, still far below a wrong row's error (≈ rms).
+      worst = std::max(worst, compare("out", download(gout, cq), out, 2e-2, 2e-2, at_q));
+      worst = std::max(worst, compare("lse", download(glse, lse.size()), lse, 1e-3, 1e-3, at_l));
+      worst = std::max(worst, compare("dq", download(gdq, cq), dq, 2e-2, 5e-2, at_q));
+      worst = std::max(worst, compare("dk", download(gdk, ck), dk, 2e-2, 5e-2, at_k));
+      worst = std::max(worst, compare("dv", download(gdv, ck), dv, 2e-2, 5e-2, at_k));
+      // Every element written: no NaN left from the poison anywhere in the batch.
+      for (auto* buf : {&gout, &gdq})
+        for (double x : download(*buf))
+          if (!std::isfinite(x)) { worst = INFINITY; break; }
+      // Repeatability: a second backward gives the same bits.
+      const std::vector<double> first = download(gdq);
+      attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
+                         gout.data(), glse.data(), B, T, H, Hkv, D);
+      const bool repeats = download(gdq) == first;
+      const double f = median_ms(ctx, reps, [&] {
+        attention_forward(ctx, gout.data(), glse.data(), gq.data(), gk.data(), gv.data(), B, T, H, Hkv, D);
+      });
+      const double bwd = median_ms(ctx, reps, [&] {
+        attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
+                           gout.data(), glse.data(), B, T, H, Hkv, D);
+      });
+      rows.push_back({name, f, bwd, worst, repeats});
+      ok = ok && worst <= 1;
+    }
+  }
+  fmt::print("\n| kernels | forward ms | TFLOP/s | backward ms | TFLOP/s | worst error / bound | dQ repeats |\n"
+             "|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows)
+    fmt::print("| {} | {:.3f} | {:.0f} | {:.3f} | {:.0f} | {:.2f} | {} |\n", r.name, r.fwd_ms,
+               fwd_flops / r.fwd_ms / 1e9, r.bwd_ms, bwd_flops / r.bwd_ms / 1e9, r.worst, r.repeats ? "yes" : "no");
+  fmt::print("(error bound per element: out 2e-2·(rms + |ref|), gradients 5e-2·rms + 2e-2·|ref|, lse 1e-3·(rms + "
+             "|ref|); checked on the first {} sequence(s))\n",
+             check_batch);
+  ctx.cuda->attention_version = 0;
+  return ok ? 0 : 1;
+}
+
+int bench_qkv(const Context& ctx, const Args& args) {
+  const std::string path = args.str("config", "configs/t6-small-tpa.yaml");
+  const Config cfg = load_config(path);
+  const int B = args.get("B", cfg.train.batch_size), T = args.get("T", cfg.model.block_size), reps = args.get("reps", 20);
+  const QkvLayout L = qkv_layout(cfg.model, make_layout(cfg.model));
+  const int N = B * T, D = L.D;
+  const size_t nproj = (size_t)N * L.pitch;
+  size_t nout[3];
+  for (int s = 0; s < 3; s++) nout[s] = (size_t)N * L.heads[s] * D;
+  fmt::print("qkv: {} (B {} T {}; projection row {} of pitch {}; heads {}/{}/{}, ranks {}/{}/{}, D {}) on {}\n", path, B,
+             T, L.width, L.pitch, L.heads[0], L.heads[1], L.heads[2], L.rank[0], L.rank[1], L.rank[2], D, gpu_name(ctx));
+  Rng rng;
+  const Vec proj = rng.bf16_values(nproj, 1.0);
+  Vec douts[3], outs[3], dproj(nproj);
+  for (int s = 0; s < 3; s++) douts[s] = rng.bf16_values(nout[s], 1.0), outs[s] = Vec(nout[s]);
+  const Context cpu;
+  qkv_forward(cpu, outs[0].data(), outs[1].data(), outs[2].data(), proj.data(), L, B, T);
+  qkv_backward(cpu, dproj.data(), douts[0].data(), douts[1].data(), douts[2].data(), proj.data(), L, B, T);
+  auto gp = upload(ctx, proj), g0 = upload(ctx, douts[0]), g1 = upload(ctx, douts[1]), g2 = upload(ctx, douts[2]);
+  auto o0 = poisoned(ctx, nout[0]), o1 = poisoned(ctx, nout[1]), o2 = poisoned(ctx, nout[2]);
+  auto gdp = poisoned(ctx, nproj);
+  qkv_forward(ctx, o0.data(), o1.data(), o2.data(), gp.data(), L, B, T);
+  qkv_backward(ctx, gdp.data(), g0.data(), g1.data(), g2.data(), gp.data(), L, B, T);
+  auto at = [&](int s) {
+    return [&, s](size_t i) {
+      return fmt::format("(token {}, head {}, d {})", i / ((size_t)L.heads[s] * D), i / D % L.heads[s], i % D);
+    };
+  };
+  double worst = 0;
+  worst = std::max(worst, compare("q", download(o0), outs[0], 1e-2, 1e-2, at(0)));
+  worst = std::max(worst, compare("k", download(o1), outs[1], 1e-2, 1e-2, at(1)));
+  worst = std::max(worst, compare("v", download(o2), outs[2], 1e-2, 1e-2, at(2)));
+  // Gradient columns past the width are padding: the GPU zeroes them, the CPU leaves them.
+  Vec got = download(gdp), want = dproj;
+  for (size_t i = 0; i < nproj; i++)
+    if ((int)(i % L.pitch) >= L.width) {
+      if (got[i] != 0) worst = INFINITY;
+      got[i] = want[i] = 0;
+    }
+  worst = std::max(worst, compare("dproj", got, want, 1e-2, 1e-2, [&](size_t i) {
+    return fmt::format("(token {}, column {})", i / L.pitch, i % L.pitch);
+  }));
+  const double f = median_ms(ctx, reps, [&] { qkv_forward(ctx, o0.data(), o1.data(), o2.data(), gp.data(), L, B, T); });
+  const double bwd = median_ms(ctx, reps, [&] {
+    qkv_backward(ctx, gdp.data(), g0.data(), g1.data(), g2.data(), gp.data(), L, B, T);
+  });
+  const double out_bytes = 2.0 * (nout[0] + nout[1] + nout[2]), proj_bytes = 2.0 * nproj;
+  fmt::print("\n| qkv | ms | GB/s | worst error / bound |\n|---|---|---|---|\n");
+  fmt::print("| forward | {:.3f} | {:.0f} | {:.2f} |\n", f, (out_bytes + proj_bytes) / f / 1e6, worst);
+  fmt::print("| backward | {:.3f} | {:.0f} | |\n", bwd, (out_bytes + 2 * proj_bytes) / bwd / 1e6);
+  fmt::print("(bytes: each input read once, each output written once; error bound 1e-2·(rms + |ref|))\n");
+  return worst <= 1 ? 0 : 1;
+}
+
+int usage() {
+  fmt::print(stderr,
+             "usage: t6-kernel-bench attention [--B N --T N --H N --Hkv N --D N --reps N --check-batch N]\n"
+             "       t6-kernel-bench qkv [--config FILE.yaml --B N --T N --reps N]\n");
+  return 2;
+}
+
+}  // namespace
+}  // namespace t6
+
+int main(int argc, char** argv) {
+  using namespace t6;
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0) return usage();
+  Args args;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (std::strncmp(argv[i], "--", 2) != 0) return usage();
+    args.kv[argv[i] + 2] = argv[i + 1];
+  }
+  try {
+    if (cuda_device_count() == 0) {
+      fmt::print(stderr, "t6-kernel-bench: no CUDA device visible\n");
+      return 1;
+    }
+    const Context ctx = make_cuda_context(0);
+    const std::string op = argv[1];
+    if (op == "attention") return bench_attention(ctx, args);
+    if (op == "qkv") return bench_qkv(ctx, args);
+    return usage();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "t6-kernel-bench: error: {}\n", e.what());
+    return 1;
+  }
+}
