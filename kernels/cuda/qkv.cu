@@ -5,7 +5,8 @@
 // whole heads side by side. TPA's contraction keeps the lane's slice of the rotated B (R × 8
 // values) in registers. Backward stages the gradient row in shared memory and writes it out
 // whole (the row's padding becomes zeros): dA by dot products reduced across the lanes of a
-// head, dB summed over the heads in registers, then reduced across the warp and un-rotated.
+// head, dB summed over the heads in registers, then reduced across the warp and un-rotated;
+// each lane requests its gradient chunks of 4 heads at a time, so their latencies overlap.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -182,6 +183,29 @@ __device__ inline float unrotate(float y, float other, int f, const float* cs) {
   return f < half ? y * cs[j] - other * cs[half + j] : other * cs[half + j] + y * cs[j];
 }
 
+// This lane's 8 features of the gradient rows of kBatch heads (h0 + u·HG + its group, zeros past
+// H), all requested before the first is used: the loads' latencies overlap instead of adding up.
+constexpr int kBatch = 4;
+template <int D>
+__device__ inline void load_heads(float (&x)[kBatch][8], const bf* g, int h0, int H, int lane) {
+  constexpr int C8 = D / 8, HG = 32 / C8;
+  uint4 raw[kBatch];
+#pragma unroll
+  for (int u = 0; u < kBatch; u++) {
+    const int h = h0 + u * HG + lane / C8;
+    raw[u] = h < H ? *reinterpret_cast<const uint4*>(g + h * D + 8 * (lane % C8)) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int u = 0; u < kBatch; u++) {
+    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw[u]);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const float2 f = __bfloat1622float2(p[i]);
+      x[u][2 * i] = f.x, x[u][2 * i + 1] = f.y;
+    }
+  }
+}
+
 // TPA's gradients for one section (kR as in forward_factored).
 template <int D, int S, int kR>
 __device__ inline void backward_factored(float* drow, const bf* g, const float* row, const float* cs,
@@ -204,53 +228,63 @@ __device__ inline void backward_factored(float* drow, const bf* g, const float* 
       else
 #pragma unroll
         for (int i = 0; i < 8; i++) b[r][i] = 0.f;
-    for (int h0 = 0; h0 < H; h0 += HG) {  // the same count on every lane: all of them shuffle
-      const int h = h0 + hg;
-      float x[8] = {};
-      if (h < H) load8(x, g + h * D + 8 * c);
-      float v[kR];
+    for (int h1 = 0; h1 < H; h1 += kBatch * HG) {
+      float xs[kBatch][8];
+      load_heads<D>(xs, g, h1, H, lane);
 #pragma unroll
-      for (int r = 0; r < kR; r++) {
-        v[r] = 0.f;
+      for (int u = 0; u < kBatch; u++) {
+        const int h0 = h1 + u * HG, h = h0 + hg;
+        if (h0 >= H) break;  // the same on every lane: all of them take part in the shuffles
+        const float(&x)[8] = xs[u];
+        float v[kR];
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[r] += x[i] * b[r][i];
-      }
+        for (int r = 0; r < kR; r++) {
+          v[r] = 0.f;
 #pragma unroll
-      for (int o = C8 / 2; o >= (1 << kHalvings); o >>= 1)
-#pragma unroll
-        for (int r = 0; r < kR; r++) v[r] += __shfl_xor_sync(0xffffffffu, v[r], o);
-      int base = 0;  // the rank of v[0]
-#pragma unroll
-      for (int step = 0; step < kHalvings; step++) {
-        const int o = (1 << kHalvings) >> (step + 1), n = kR >> step;
-        const bool upper = c & o;
-#pragma unroll
-        for (int j = 0; j < n / 2; j++) {
-          const float send = upper ? v[j] : v[j + n / 2], keep = upper ? v[j + n / 2] : v[j];
-          v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+          for (int i = 0; i < 8; i++) v[r] += x[i] * b[r][i];
         }
-        base += upper ? n / 2 : 0;
-      }
-      // Lanes c and c + kR·… hold the same sums (butterfly steps): the first writes them.
-      if (h < H && c < (C8 < kR ? C8 : kR))
 #pragma unroll
-        for (int j = 0; j < kKeep; j++)
-          if (r0 + base + j < R) drow[L.a[S] + h * R + r0 + base + j] = v[j] * inv;
+        for (int o = C8 / 2; o >= (1 << kHalvings); o >>= 1)
+#pragma unroll
+          for (int r = 0; r < kR; r++) v[r] += __shfl_xor_sync(0xffffffffu, v[r], o);
+        int base = 0;  // the rank of v[0]
+#pragma unroll
+        for (int step = 0; step < kHalvings; step++) {
+          const int o = (1 << kHalvings) >> (step + 1), n = kR >> step;
+          const bool upper = c & o;
+#pragma unroll
+          for (int j = 0; j < n / 2; j++) {
+            const float send = upper ? v[j] : v[j + n / 2], keep = upper ? v[j + n / 2] : v[j];
+            v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+          }
+          base += upper ? n / 2 : 0;
+        }
+        // Lanes c and c + kR·… hold the same sums (butterfly steps): the first writes them.
+        if (h < H && c < (C8 < kR ? C8 : kR))
+#pragma unroll
+          for (int j = 0; j < kKeep; j++)
+            if (r0 + base + j < R) drow[L.a[S] + h * R + r0 + base + j] = v[j] * inv;
+      }
     }
   }
   // dB[r, :] = (1/R) Σ_h A[h, r]·g[h, :]: lane (hg, c) sums its heads for features 8c … 8c + 7
   // (g again, from cache), then the lane groups add up, and q's and k's are un-rotated.
   for (int r0 = 0; r0 < R; r0 += kR) {
     float db[kR][8] = {};
-    for (int h = hg; h < H; h += HG) {
-      float x[8];
-      load8(x, g + h * D + 8 * c);
-      const float* a = row + L.a[S] + h * R + r0;
+    for (int h1 = 0; h1 < H; h1 += kBatch * HG) {
+      float xs[kBatch][8];
+      load_heads<D>(xs, g, h1, H, lane);
 #pragma unroll
-      for (int r = 0; r < kR; r++) {
-        const float ar = r0 + r < R ? a[r] : 0.f;
+      for (int u = 0; u < kBatch; u++) {
+        const int h = h1 + u * HG + hg;
+        if (h >= H) break;  // the rest of this lane's batch is past the last head
+        const float* a = row + L.a[S] + h * R + r0;
 #pragma unroll
-        for (int i = 0; i < 8; i++) db[r][i] += ar * x[i];
+        for (int r = 0; r < kR; r++) {
+          const float ar = r0 + r < R ? a[r] : 0.f;
+#pragma unroll
+          for (int i = 0; i < 8; i++) db[r][i] += ar * xs[u][i];
+        }
       }
     }
 #pragma unroll
@@ -279,16 +313,21 @@ __device__ inline void backward_section(float* drow, const bf* g, const float* r
   const int c = lane % C8, hg = lane / C8, H = L.heads[S], R = L.rank[S];
   if (R == 0) {  // a slice; every lane walks the same number of heads, so all take part in the shuffles
     const bool aligned = L.dense[S] % 4 == 0;
-    for (int h0 = 0; h0 < H; h0 += HG) {
-      const int h = h0 + hg;
-      float x[8] = {}, y[8];
-      if (h < H) load8(x, g + h * D + 8 * c);
+    for (int h1 = 0; h1 < H; h1 += kBatch * HG) {
+      float xs[kBatch][8];
+      load_heads<D>(xs, g, h1, H, lane);
 #pragma unroll
-      for (int i = 0; i < 8; i++) {
-        const float other = __shfl_xor_sync(0xffffffffu, x[i], C8 / 2);
-        y[i] = unrotate<D, S>(x[i], other, 8 * c + i, cs);
+      for (int u = 0; u < kBatch; u++) {
+        const int h0 = h1 + u * HG, h = h0 + hg;
+        if (h0 >= H) break;  // the same on every lane: all of them take part in the shuffles
+        float y[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          const float other = __shfl_xor_sync(0xffffffffu, xs[u][i], C8 / 2);
+          y[i] = unrotate<D, S>(xs[u][i], other, 8 * c + i, cs);
+        }
+        if (h < H) st8(drow + L.dense[S] + h * D + 8 * c, y, aligned);
       }
-      if (h < H) st8(drow + L.dense[S] + h * D + 8 * c, y, aligned);
     }
     return;
   }
