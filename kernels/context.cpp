@@ -42,6 +42,12 @@ void Context::zero(void* ptr, size_t bytes) const {
   else std::memset(ptr, 0, bytes);
 }
 
+void Context::copy(void* dst, const void* src, size_t bytes) const {
+  if (!bytes) return;
+  if (device == Device::cuda) cuda::copy(*this, dst, src, bytes);
+  else std::memcpy(dst, src, bytes);
+}
+
 void Context::synchronize() const {
   if (device == Device::cuda) cuda::synchronize(*this);
 }

@@ -25,6 +25,7 @@ struct Context {
   void to_host(void* dst, const void* src, size_t bytes) const;
   void from_host(void* dst, const void* src, size_t bytes) const;
   void zero(void* ptr, size_t bytes) const;
+  void copy(void* dst, const void* src, size_t bytes) const;  // within this backend's memory
   void synchronize() const;  // waits for the device's queued work (nothing to do on the CPU)
 };
 

@@ -58,8 +58,10 @@ struct QkvLayout {
   int heads[3] = {}, rank[3] = {};  // rank 0: dense
   int a[3] = {}, b[3] = {}, dense[3] = {};
 };
-// q (B,T,H,D), k and v (B,T,Hkv,D) from proj (B·T, width). Backward writes every column of dproj.
-template <class A> void qkv_forward(const Context&, A* q, A* k, A* v, const A* proj, const QkvLayout&, int B, int T_);
+// q (B,T,H,D), k and v (B,T,Hkv,D) from proj (B·T, width), row t of each sequence at position
+// t0 + t (RoPE's angle). Backward writes every column of dproj.
+template <class A>
+void qkv_forward(const Context&, A* q, A* k, A* v, const A* proj, const QkvLayout&, int B, int T_, int t0 = 0);
 template <class A> void qkv_backward(const Context&, A* dproj, const A* dq, const A* dk, const A* dv, const A* proj,
                                      const QkvLayout&, int B, int T_);
 
@@ -71,6 +73,22 @@ template <class A, class P> void attention_forward(const Context&, A* out, P* ls
 template <class A, class P> void attention_backward(const Context&, A* dq, A* dk, A* dv, const A* dout, const A* q,
                                                     const A* k, const A* v, const A* out, const P* lse, int B, int T_,
                                                     int H, int Hkv, int D);
+
+// Generation's key/value cache, one layer: `context` positions per sequence, each position a
+// k record and a v record. A dense k or v (rank 0) is its Hkv·D slice (k rotated at its
+// position); a factored one is A (heads·R, as projected) then B (R·D; B_k rotated), from which
+// attention_decode contracts keys and values: TPA's cache holds (H + D)·R numbers per side
+// instead of H·D. kv_cache_store writes positions t0 … t0 + T − 1 of B sequences from the
+// stacked projection's rows (B·T rows of `proj`).
+int kv_record(const QkvLayout&, int side);  // side 1: k, 2: v; numbers per position
+template <class A>
+void kv_cache_store(const Context&, A* k_cache, A* v_cache, const A* proj, const QkvLayout&, int B, int T_, int t0,
+                    int context);
+// One new query per sequence (q: B, H, D, at position len − 1) against positions 0 … len − 1
+// of its cache; out (B, H, D). Query head h reads KV head h / (H/Hkv), as attention_forward.
+template <class A>
+void attention_decode(const Context&, A* out, const A* q, const A* k_cache, const A* v_cache, const QkvLayout&, int B,
+                      int len, int context);
 
 // out (N,F) = silu(a) ⊙ b where each row of fc (N,2F) is [a | b]; ld_fc and ld_out are the
 // row pitches of fc/dfc and out/dout (0: 2F and F).

@@ -200,6 +200,66 @@ TEST(Ops, AttentionIsCausalWithConsecutiveHeadsSharingKV) {
     }
 }
 
+// Generation: keys and values stored in the cache (factored or dense, written in pieces at
+// their positions) and one query decoded against them give the full causal attention's row.
+class AttentionDecode : public ::testing::TestWithParam<int> {};
+
+TEST_P(AttentionDecode, EqualsTheFullForwardRow) {
+  std::mt19937_64 rng(9);
+  const int D = 8, B = 2, T = 11, context = 16;
+  QkvLayout L;
+  L.D = D;
+  if (GetParam() == 0) {
+    L = mixed_layout(D);  // factored q and v, dense k
+  } else if (GetParam() == 1) {  // TPA: all factored, ranks 3 / 2 / 1, 4 heads
+    const int H = 4, R[3] = {3, 2, 1};
+    int col = 0;
+    for (int s = 0; s < 3; s++) L.heads[s] = H, L.rank[s] = R[s], L.a[s] = col, col += H * R[s];
+    for (int s = 0; s < 3; s++) L.b[s] = col, col += R[s] * D;
+    L.width = L.pitch = col;
+  } else {  // GQA: dense, 6 query heads over 2 KV heads
+    L.heads[0] = 6, L.heads[1] = L.heads[2] = 2;
+    L.dense[0] = 0, L.dense[1] = 6 * D, L.dense[2] = 8 * D;
+    L.width = L.pitch = 10 * D;
+  }
+  const int H = L.heads[0], Hkv = L.heads[1];
+  Vec proj = random_vec((size_t)B * T * L.pitch, rng, 2.0), q((size_t)B * T * H * D), k((size_t)B * T * Hkv * D),
+      v(k.size()), out(q.size()), lse((size_t)B * H * T);
+  qkv_forward(ctx, q.data(), k.data(), v.data(), proj.data(), L, B, T);
+  attention_forward(ctx, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+
+  Vec kc((size_t)B * context * kv_record(L, 1), 7.0), vc((size_t)B * context * kv_record(L, 2), 7.0);
+  for (int t = 0; t < T; t++) {  // one position at a time, as decoding appends them
+    Vec rows((size_t)B * L.pitch);
+    for (int b = 0; b < B; b++)
+      std::copy_n(proj.begin() + ((size_t)b * T + t) * L.pitch, L.pitch, rows.begin() + (size_t)b * L.pitch);
+    kv_cache_store(ctx, kc.data(), vc.data(), rows.data(), L, B, 1, t, context);
+    // The new position's q, made at its position, against the cache so far.
+    Vec qt((size_t)B * H * D), kt((size_t)B * Hkv * D), vt(kt.size()), got((size_t)B * H * D), want(got.size());
+    qkv_forward(ctx, qt.data(), kt.data(), vt.data(), rows.data(), L, B, 1, t);
+    attention_decode(ctx, got.data(), qt.data(), kc.data(), vc.data(), L, B, t + 1, context);
+    for (int b = 0; b < B; b++)
+      std::copy_n(out.begin() + ((size_t)b * T + t) * H * D, H * D, want.begin() + (size_t)b * H * D);
+    EXPECT_LT(test::rel_error(got, want), 1e-12) << "position " << t;
+  }
+  // Storing all positions at once writes the same cache.
+  Vec kc2(kc.size(), 7.0), vc2(vc.size(), 7.0);
+  kv_cache_store(ctx, kc2.data(), vc2.data(), proj.data(), L, B, T, 0, context);
+  EXPECT_EQ(kc2, kc);
+  EXPECT_EQ(vc2, vc);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, AttentionDecode, ::testing::Values(0, 1, 2),
+                         [](const auto& info) { return std::string(info.param == 0 ? "mixed" : info.param == 1 ? "tpa" : "gqa"); });
+
+TEST(Ops, KvRecordHoldsFactorsNotHeads) {
+  QkvLayout L;  // T6-small's TPA: 34 heads, D 64, R_k = R_v = 2
+  L.D = 64, L.heads[1] = L.heads[2] = 34, L.rank[1] = L.rank[2] = 2;
+  EXPECT_EQ(kv_record(L, 1) + kv_record(L, 2), (34 + 64) * 4);  // 392 numbers per token and layer
+  L.rank[1] = L.rank[2] = 0;
+  EXPECT_EQ(kv_record(L, 1) + kv_record(L, 2), 2 * 34 * 64);
+}
+
 TEST(OpsGradient, SwiGLU) {
   std::mt19937_64 rng(8);
   const int N = 3, F = 5;

@@ -116,10 +116,66 @@ void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, cons
   }
 }
 
+// The plain reference: each cached key and value is formed as qkv_forward forms it (a factored
+// one summed over the rank, then divided by it), and the row's softmax as attention_forward
+// does it, so decoding reproduces the full forward pass.
+template <class T>
+void attention_decode(const Context&, T* out, const T* q, const T* k_cache, const T* v_cache, const QkvLayout& L,
+                      int B, int len, int context) {
+  const int H = L.heads[0], Hkv = L.heads[1], D = L.D, group = H / Hkv;
+  const int kw = kv_record(L, 1), vw = kv_record(L, 2);
+  const T scale = T(1.0 / std::sqrt((double)D));
+  // Head kvh's key or value at a cached position: the slice, or the contraction of the factors.
+  auto head = [&](T* dst, const T* rec, int side, int kvh) {
+    const int R = L.rank[side], Hs = L.heads[side];
+    if (R == 0) {
+      for (int d = 0; d < D; d++) dst[d] = rec[(size_t)kvh * D + d];
+      return;
+    }
+    const T *a = rec + (size_t)kvh * R, *b = rec + (size_t)Hs * R;
+    for (int d = 0; d < D; d++) dst[d] = 0;
+    for (int r = 0; r < R; r++)
+      for (int d = 0; d < D; d++) dst[d] += a[r] * b[r * D + d];
+    for (int d = 0; d < D; d++) dst[d] /= T(R);
+  };
+#pragma omp parallel for collapse(2) if ((size_t)B * H * len * D >= kParallelWork)
+  for (int b = 0; b < B; b++) {
+    for (int h = 0; h < H; h++) {
+      std::vector<T> p(len), kv(D);
+      const T* qh = q + ((size_t)b * H + h) * D;
+      const T *kc = k_cache + (size_t)b * context * kw, *vc = v_cache + (size_t)b * context * vw;
+      for (int s = 0; s < len; s++) {
+        head(kv.data(), kc + (size_t)s * kw, 1, h / group);
+        T dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < D; d++) dot += qh[d] * kv[d];
+        p[s] = dot * scale;
+      }
+      T maxv = -INFINITY;
+      for (int s = 0; s < len; s++) maxv = p[s] > maxv ? p[s] : maxv;
+      double denom = 0;
+      for (int s = 0; s < len; s++) {
+        p[s] = std::exp(p[s] - maxv);
+        denom += p[s];
+      }
+      const T inv = T(1.0 / denom);
+      T* oh = out + ((size_t)b * H + h) * D;
+      for (int d = 0; d < D; d++) oh[d] = 0;
+      for (int s = 0; s < len; s++) {
+        head(kv.data(), vc + (size_t)s * vw, 2, h / group);
+        const T ps = p[s] * inv;
+#pragma omp simd
+        for (int d = 0; d < D; d++) oh[d] += ps * kv[d];
+      }
+    }
+  }
+}
+
 #define INSTANTIATE(T)                                                                               \
   template void attention_forward<T, T>(const Context&, T*, T*, const T*, const T*, const T*, int, int, int, int, int); \
   template void attention_backward<T, T>(const Context&, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, \
-                                         const T*, int, int, int, int, int);
+                                         const T*, int, int, int, int, int); \
+  template void attention_decode<T>(const Context&, T*, const T*, const T*, const T*, const QkvLayout&, int, int, int);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

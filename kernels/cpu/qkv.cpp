@@ -42,13 +42,13 @@ void rotate(T* x, int rows, int D, const std::vector<T>& cs, T sign) {
 }  // namespace
 
 template <class T>
-void qkv_forward(const Context&, T* q, T* k, T* v, const T* proj, const QkvLayout& L, int B, int T_) {
+void qkv_forward(const Context&, T* q, T* k, T* v, const T* proj, const QkvLayout& L, int B, int T_, int t0) {
   const int N = B * T_, D = L.D;
   T* outs[3] = {q, k, v};
 #pragma omp parallel for if ((size_t)N * L.width * D >= kParallelWork)
   for (int n = 0; n < N; n++) {
     thread_local std::vector<T> cs, brot;
-    rope_table(cs, n % T_, D);
+    rope_table(cs, t0 + n % T_, D);
     const T* row = proj + (size_t)n * L.pitch;
     for (int i = 0; i < 3; i++) {
       const int H = L.heads[i], R = L.rank[i];
@@ -113,8 +113,40 @@ void qkv_backward(const Context&, T* dproj, const T* dq, const T* dk, const T* d
   }
 }
 
+int kv_record(const QkvLayout& L, int side) {
+  const int H = L.heads[side], R = L.rank[side];
+  return R ? H * R + R * L.D : H * L.D;
+}
+
+template <class T>
+void kv_cache_store(const Context&, T* k_cache, T* v_cache, const T* proj, const QkvLayout& L, int B, int T_, int t0,
+                    int context) {
+  const int D = L.D;
+  T* caches[3] = {nullptr, k_cache, v_cache};
+  for (int n = 0; n < B * T_; n++) {
+    std::vector<T> cs;
+    const int pos = t0 + n % T_;
+    rope_table(cs, pos, D);
+    const T* row = proj + (size_t)n * L.pitch;
+    for (int i = 1; i < 3; i++) {
+      const int H = L.heads[i], R = L.rank[i];
+      T* rec = caches[i] + ((size_t)(n / T_) * context + pos) * kv_record(L, i);
+      if (R == 0) {  // the slice, k rotated: as qkv_forward makes it
+        for (int j = 0; j < H * D; j++) rec[j] = row[L.dense[i] + j];
+        if (i == 1) rotate(rec, H, D, cs, T(1));
+        continue;
+      }
+      for (int j = 0; j < H * R; j++) rec[j] = row[L.a[i] + j];
+      T* b = rec + H * R;
+      for (int j = 0; j < R * D; j++) b[j] = row[L.b[i] + j];
+      if (i == 1) rotate(b, R, D, cs, T(1));
+    }
+  }
+}
+
 #define INSTANTIATE(T)                                                                               \
-  template void qkv_forward<T>(const Context&, T*, T*, T*, const T*, const QkvLayout&, int, int);   \
+  template void qkv_forward<T>(const Context&, T*, T*, T*, const T*, const QkvLayout&, int, int, int); \
+  template void kv_cache_store<T>(const Context&, T*, T*, const T*, const QkvLayout&, int, int, int, int); \
   template void qkv_backward<T>(const Context&, T*, const T*, const T*, const T*, const T*, const QkvLayout&, int, int);
 INSTANTIATE(float)
 INSTANTIATE(double)

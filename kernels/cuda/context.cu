@@ -56,6 +56,10 @@ void from_host(const Context& ctx, void* dst, const void* src, size_t bytes) {
 
 void zero(const Context& ctx, void* ptr, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, ctx.cuda->stream)); }
 
+void copy(const Context& ctx, void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx.cuda->stream));
+}
+
 void synchronize(const Context& ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx.cuda->stream)); }
 
 void* scratch(const Context& ctx, size_t bytes) {

@@ -13,6 +13,7 @@ void release(const Context&, void* ptr);
 void to_host(const Context&, void* dst, const void* src, size_t bytes);
 void from_host(const Context&, void* dst, const void* src, size_t bytes);
 void zero(const Context&, void* ptr, size_t bytes);
+void copy(const Context&, void* dst, const void* src, size_t bytes);
 void synchronize(const Context&);
 
 void scale(const Context&, float* x, double s, size_t n);

@@ -28,6 +28,7 @@ void release(const Context&, void*) { no_cuda(); }
 void to_host(const Context&, void*, const void*, size_t) { no_cuda(); }
 void from_host(const Context&, void*, const void*, size_t) { no_cuda(); }
 void zero(const Context&, void*, size_t) { no_cuda(); }
+void copy(const Context&, void*, const void*, size_t) { no_cuda(); }
 void synchronize(const Context&) { no_cuda(); }
 void scale(const Context&, float*, double, size_t) { no_cuda(); }
 void add_from_pitch(const Context&, float*, const float*, int, int, int) { no_cuda(); }
