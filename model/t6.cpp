@@ -1,5 +1,7 @@
 #include "model/t6.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <stdexcept>
 #include <type_traits>
@@ -286,13 +288,79 @@ void T6<A, P>::weight_grad(P* dweight, const A* dout, const A* inp, int K, int N
 }
 
 template <class A, class P>
-std::vector<float> T6<A, P>::logits_at(int n) {
+std::vector<double> T6<A, P>::logits_at(int n) {
   const int V = cfg.vocab_size;
   matmul_forward(ctx, s_.logits, h_final_ + (size_t)n * cfg.n_embd, w_.wte, 1, cfg.n_embd, V);
   std::vector<A> row(V);
   ctx.to_host(row.data(), s_.logits, sizeof(A) * V);
-  std::vector<float> out(V);
-  for (int i = 0; i < V; i++) out[i] = (float)to_float(row[i]);
+  std::vector<double> out(V);
+  for (int i = 0; i < V; i++) out[i] = (double)to_float(row[i]);
+  return out;
+}
+
+template <class A, class P>
+void T6<A, P>::store_prompt(KvCache<A>& cache) {
+  if (B_ != 1 || T_ > cache.context)
+    throw std::invalid_argument(fmt::format("store_prompt: a prompt of {} positions (batch {}) into a cache of {} "
+                                            "positions per sequence", T_, B_, cache.context));
+  for (int l = 0; l < cfg.n_layer; l++) {
+    A *k = cache.k[l].data(), *v = cache.v[l].data();
+    kv_cache_store(ctx, k, v, acts_[l].proj, qkv_, 1, T_, 0, cache.context);
+    for (int b = 1; b < cache.batch; b++) {  // every sequence starts from the same prompt
+      ctx.copy(k + (size_t)b * cache.context * cache.k_record, k, sizeof(A) * T_ * cache.k_record);
+      ctx.copy(v + (size_t)b * cache.context * cache.v_record, v, sizeof(A) * T_ * cache.v_record);
+    }
+  }
+  cache.len = T_;
+}
+
+// forward() for one new row per sequence, reading every earlier position from the cache.
+template <class A, class P>
+std::vector<double> T6<A, P>::decode(const int32_t* tokens, KvCache<A>& cache) {
+  const int B = cache.batch, pos = cache.len, C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(),
+            D = cfg.head_dim, F = cfg.mlp_hidden(), V = cfg.vocab_size;
+  if (pos >= cache.context)
+    throw std::invalid_argument(fmt::format("decode: the cache's {} positions are full", cache.context));
+  if (decode_rows_ != B) {  // carve one arena for B rows, as plan_memory does for the batch
+    const size_t sizes[] = {(size_t)C, (size_t)C, (size_t)C, (size_t)qkv_.pitch, (size_t)H * D, (size_t)Hkv * D,
+                            (size_t)Hkv * D, (size_t)H * D, (size_t)C, (size_t)C, (size_t)fc_pitch_,
+                            (size_t)g_pitch_, (size_t)C, (size_t)V};
+    size_t total = 0;
+    for (size_t n : sizes) total += ((size_t)B * n + 63) / 64 * 64;
+    decode_arena_ = Buffer<A>(ctx, total);
+    decode_stats_ = Buffer<P>(ctx, (size_t)B);
+    decode_tokens_ = Buffer<int32_t>(ctx, (size_t)B);
+    A* next = decode_arena_.data();
+    A** slots[] = {&d_.x, &d_.x_next, &d_.h, &d_.proj, &d_.q, &d_.k, &d_.v, &d_.y, &d_.x_mid, &d_.h2, &d_.fc, &d_.g,
+                   &d_.branch, &d_.logits};
+    for (int i = 0; i < 14; i++) *slots[i] = next, next += ((size_t)B * sizes[i] + 63) / 64 * 64;
+    d_.rstd = decode_stats_.data();
+    decode_rows_ = B;
+  }
+  decode_tokens_.from_host(tokens, B);
+  embedding_forward(ctx, d_.x, decode_tokens_.data(), w_.wte, B, C);
+  rmsnorm_forward(ctx, d_.h, d_.rstd, d_.x, B, C, kRmsEps);
+  for (int l = 0; l < cfg.n_layer; l++) {
+    const Layer<const A>& w = w_.layers[l];
+    A *k = cache.k[l].data(), *v = cache.v[l].data();
+    matmul_forward(ctx, d_.proj, d_.h, w.attn_in, B, C, attn_rows_, C, qkv_.pitch);
+    qkv_forward(ctx, d_.q, d_.k, d_.v, d_.proj, qkv_, B, 1, pos);  // q at its position (k, v unused)
+    kv_cache_store(ctx, k, v, d_.proj, qkv_, B, 1, pos, cache.context);
+    attention_decode(ctx, d_.y, d_.q, k, v, qkv_, B, pos + 1, cache.context);
+    matmul_forward(ctx, d_.branch, d_.y, w.attn_proj, B, H * D, C);
+    residual_rmsnorm_forward(ctx, d_.x_mid, d_.h2, d_.rstd, d_.x, d_.branch, B, C, kRmsEps);
+    matmul_forward(ctx, d_.fc, d_.h2, w.fc, B, C, fc_rows_, C, fc_pitch_);
+    swiglu_forward(ctx, d_.g, d_.fc, B, F, fc_pitch_, g_pitch_);
+    matmul_forward(ctx, d_.branch, d_.g, w.mlp_proj, B, mlp_k(), C, g_pitch_, C);
+    residual_rmsnorm_forward(ctx, d_.x_next, d_.h, d_.rstd, d_.x_mid, d_.branch, B, C, kRmsEps);
+    std::swap(d_.x, d_.x_next);
+  }
+  matmul_forward(ctx, d_.logits, d_.h, w_.wte, B, C, V);
+  std::vector<A> host((size_t)B * V);
+  ctx.to_host(host.data(), d_.logits, sizeof(A) * host.size());
+  cache.len = pos + 1;
+  std::vector<double> out(host.size());
+  for (size_t i = 0; i < host.size(); i++) out[i] = (double)to_float(host[i]);
   return out;
 }
 

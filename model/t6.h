@@ -13,6 +13,7 @@
 #include "kernels/context.h"
 #include "kernels/ops.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "model/layout.h"
 
 namespace t6 {
@@ -42,7 +43,17 @@ class T6 {
   void backward(const std::function<void(size_t offset, size_t count)>& grads_ready = {});
   void zero_grads() { grads.zero(); }
 
-  std::vector<float> logits_at(int n);  // position n's logits, after forward()
+  std::vector<double> logits_at(int n);  // position n's logits, after forward()
+
+  // Generation. A cache for `batch` sequences of up to `context` positions (more than
+  // block_size is allowed: RoPE's angles extend). store_prompt, after forward(prompt, nullptr)
+  // on this model (batch 1, seq = the prompt's length), copies every layer's keys and values of
+  // the prompt into each sequence of the cache. decode runs the next token of each sequence at
+  // position cache.len through the layers, appends its keys and values, and returns the logits
+  // (batch × vocab_size, row-major).
+  KvCache<A> make_cache(int batch, int context) const { return KvCache<A>(ctx, qkv_, cfg.n_layer, batch, context); }
+  void store_prompt(KvCache<A>& cache);
+  std::vector<double> decode(const int32_t* tokens, KvCache<A>& cache);
   std::vector<float> params_to_host() const;
   void params_from_host(const std::vector<float>& host);
   std::vector<float> grads_to_host() const;
@@ -110,6 +121,16 @@ class T6 {
   Buffer<A> arena_;
   Buffer<P> stats_;
   Buffer<int32_t> tokens_, targets_;
+  // decode()'s activations, for one row per sequence (made for the first cache it sees).
+  struct DecodeActs {
+    A *x, *x_next, *h, *proj, *q, *k, *v, *y, *x_mid, *h2, *fc, *g, *branch, *logits;
+    P* rstd;
+  };
+  int decode_rows_ = 0;
+  DecodeActs d_{};
+  Buffer<A> decode_arena_;
+  Buffer<P> decode_stats_;
+  Buffer<int32_t> decode_tokens_;
 };
 
 extern template class T6<float>;

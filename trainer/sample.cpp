@@ -29,7 +29,7 @@ std::string sample_text(const Config& cfg, const std::vector<float>& params, con
     std::fill(window.begin(), window.end(), 0);
     std::copy(seq.end() - len, seq.end(), window.begin());
     model.forward(window.data(), nullptr);
-    std::vector<float> logits = model.logits_at(len - 1);
+    std::vector<double> logits = model.logits_at(len - 1);
 
     // Only ids the tokenizer knows: the model's vocabulary is padded (50304 for GPT-2's 50257).
     const int known = std::min<int>((int)logits.size(), tokenizer.vocab_size());
