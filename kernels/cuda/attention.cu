@@ -418,6 +418,10 @@ void backward(const Context& ctx, float* dq_acc, bf* dk, bf* dv, const bf* dout,
   CUDA_CHECK_LAUNCH();
 }
 
+// FlashAttention's count for the forward pass: two products over half of the T×T matrix (the
+// backward's five: 2.5 times this), so TFLOP/s compare with its published figures and cuDNN's.
+double causal_flops(int B, int T, int H, int D) { return 4.0 * B * H * (double)T * T * D / 2; }
+
 // Hopper's kernels where they run (versions 2 and 3 insist on them), else mma.sync.
 bool use_sm90(const Context& ctx, const void* const* tensors, int n, int D) {
   const int version = ctx.cuda->attention_version;
@@ -438,7 +442,7 @@ bool use_sm90(const Context& ctx, const void* const* tensors, int n, int D) {
 template <>
 void attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, const bf16* q, const bf16* k,
                                     const bf16* v, int B, int T, int H, int Hkv, int D) {
-  T6_TIMED(ctx, "attention forward");
+  cuda::OpTimer timer(ctx, "attention forward", causal_flops(B, T, H, D));
   const void* tensors[] = {out, q, k, v};
   if (use_sm90(ctx, tensors, 4, D))
     return attention_forward_sm90(ctx, out, lse, q, k, v, B, T, H, Hkv, D, ctx.cuda->attention_version != 3);
@@ -454,7 +458,7 @@ template <>
 void attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
                                      const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                                      int B, int T, int H, int Hkv, int D) {
-  T6_TIMED(ctx, "attention backward");
+  cuda::OpTimer timer(ctx, "attention backward", 2.5 * causal_flops(B, T, H, D));
   const void* tensors[] = {dq, dk, dv, dout, q, k, v, out};
   if (use_sm90(ctx, tensors, 8, D))
     return attention_backward_sm90(ctx, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, D,

@@ -84,7 +84,7 @@ OpTimer::~OpTimer() {
   if (!s_) return;
   cudaEvent_t stop = nullptr;
   if (cudaEventCreate(&stop) == cudaSuccess && cudaEventRecord(stop, s_->stream) == cudaSuccess)
-    s_->timings.push_back({op_, start_, stop});
+    s_->timings.push_back({op_, start_, stop, flops_});
 }
 
 }  // namespace cuda
@@ -103,24 +103,26 @@ std::string profile_report(const Context& ctx) {
   if (!ctx.cuda) return "";
   CudaState& s = *ctx.cuda;
   CUDA_CHECK(cudaStreamSynchronize(s.stream));
-  std::map<std::string, std::pair<int, double>> by_op;
+  struct Row { int calls = 0; double ms = 0, flops = 0; };
+  std::map<std::string, Row> by_op;
   double total = 0;
   for (const CudaState::Timing& t : s.timings) {
     float ms = 0;
     CUDA_CHECK(cudaEventElapsedTime(&ms, t.start, t.stop));
-    by_op[t.op].first++;
-    by_op[t.op].second += ms;
+    Row& r = by_op[t.op];
+    r.calls++, r.ms += ms, r.flops += t.flops;
     total += ms;
     cudaEventDestroy(t.start);
     cudaEventDestroy(t.stop);
   }
   s.timings.clear();
-  std::vector<std::pair<std::string, std::pair<int, double>>> rows(by_op.begin(), by_op.end());
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.second > b.second.second; });
-  std::string out = "| op | calls | ms | share |\n|---|---|---|---|\n";
-  for (const auto& [op, v] : rows)
-    out += fmt::format("| {} | {} | {:.2f} | {:.1f}% |\n", op, v.first, v.second, 100 * v.second / total);
-  return out + fmt::format("| all ops | | {:.2f} | |\n", total);
+  std::vector<std::pair<std::string, Row>> rows(by_op.begin(), by_op.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  std::string out = "| op | calls | ms | share | TFLOP/s |\n|---|---|---|---|---|\n";
+  for (const auto& [op, r] : rows)
+    out += fmt::format("| {} | {} | {:.2f} | {:.1f}% | {} |\n", op, r.calls, r.ms, 100 * r.ms / total,
+                       r.flops > 0 && r.ms > 0 ? fmt::format("{:.0f}", r.flops / (r.ms * 1e9)) : "");
+  return out + fmt::format("| all ops | | {:.2f} | | |\n", total);
 }
 
 CudaState::~CudaState() {

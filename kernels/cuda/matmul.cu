@@ -125,7 +125,7 @@ template <>
 void matmul_forward<bf16>(const Context& ctx, bf16* out, const bf16* inp, const bf16* weight, int M, int K, int N,
                           int ld_in, int ld_out) {
   ld_in = ld_in ? ld_in : K, ld_out = ld_out ? ld_out : N;
-  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul forward {}×{}×{}", M, K, N); });
+  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul forward {}×{}×{}", M, K, N); }, 2.0 * M * K * N);
   gemm(ctx, true, false, N, M, K, dev(weight), K, dev(inp), ld_in, dev(out), false, ld_out, 0.f);
 }
 
@@ -133,7 +133,8 @@ void matmul_forward<bf16>(const Context& ctx, bf16* out, const bf16* inp, const 
 template <>
 void matmul_backward_input<bf16>(const Context& ctx, bf16* dinp, const bf16* dout, const bf16* weight, int M, int K,
                                  int N, int ld_in, int ld_out, bool accumulate) {
-  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (input) {}×{}×{}", M, K, N); });
+  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (input) {}×{}×{}", M, K, N); },
+                      2.0 * M * K * N);
   gemm(ctx, false, false, K, M, N, dev(weight), K, dev(dout), ld_out ? ld_out : N, dev(dinp), false, ld_in ? ld_in : K,
        accumulate ? 1.f : 0.f);
 }
@@ -142,7 +143,8 @@ void matmul_backward_input<bf16>(const Context& ctx, bf16* dinp, const bf16* dou
 template <>
 void matmul_backward_weight<bf16, float>(const Context& ctx, float* dweight, const bf16* dout, const bf16* inp, int M,
                                          int K, int N, int ld_in, int ld_out) {
-  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (weight) {}×{}×{}", M, K, N); });
+  cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (weight) {}×{}×{}", M, K, N); },
+                      2.0 * M * K * N);
   gemm(ctx, false, true, K, N, M, dev(inp), ld_in ? ld_in : K, dev(dout), ld_out ? ld_out : N, dweight, true, K, 1.f);
 }
 

@@ -40,7 +40,7 @@ struct CudaState {
   std::map<std::tuple<int, int, int, int, int, int, int, int, int, int, int>, std::shared_ptr<void>> plans;
   // Per-op timing (t6-train --benchmark N --profile): events around every op, summed by name.
   bool profile = false;
-  struct Timing { std::string op; cudaEvent_t start, stop; };
+  struct Timing { std::string op; cudaEvent_t start, stop; double flops; };
   std::vector<Timing> timings;
   ~CudaState();
 };
@@ -49,13 +49,15 @@ namespace cuda {
 [[noreturn]] void fail(const char* what, const char* call, const char* file, int line);
 void* scratch(const Context& ctx, size_t bytes);  // the grow-once workspace, at least `bytes`
 
-// Times the enclosing op on the device when profiling is on (a no-op otherwise).
+// Times the enclosing op on the device when profiling is on (a no-op otherwise); flops, when
+// known, give the report an achieved-TFLOP/s column.
 class OpTimer {
  public:
-  OpTimer(const Context& ctx, const char* op) : OpTimer(ctx, [op] { return std::string(op); }) {}
+  OpTimer(const Context& ctx, const char* op, double flops = 0)
+      : OpTimer(ctx, [op] { return std::string(op); }, flops) {}
   // name() is called only when profiling: the name may be costly to format.
   template <class Name>
-  OpTimer(const Context& ctx, const Name& name) {
+  OpTimer(const Context& ctx, const Name& name, double flops = 0) : flops_(flops) {
     if (ctx.cuda && ctx.cuda->profile) start(ctx.cuda.get(), name());
   }
   ~OpTimer();
@@ -65,6 +67,7 @@ class OpTimer {
   CudaState* s_ = nullptr;
   std::string op_;
   cudaEvent_t start_ = nullptr;
+  double flops_ = 0;
 };
 }  // namespace cuda
 
