@@ -29,6 +29,12 @@ if [ "$nproc" -ne 1 ]; then
   echo "bench.sh: --compare times one process on one GPU; drop -n $nproc" >&2
   exit 2
 fi
+for a in "${args[@]}"; do
+  if [ "$a" = "--set" ]; then
+    echo "bench.sh: --compare times the config file as it is on both sides; put the --set changes into a copy of it" >&2
+    exit 2
+  fi
+done
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 "$root/launch/train.sh" "$config" --benchmark "$steps" "${args[@]}" | tee "$log"

@@ -33,11 +33,11 @@ provided() {
     libyaml-cpp-dev) header yaml-cpp/yaml.h ;;
     libfmt-dev) header fmt/format.h ;;
     libgtest-dev) header gtest/gtest.h ;;
-    libopenblas-openmp-dev) header openblas-openmp/cblas.h || header cblas.h ;;
+    libopenblas-openmp-dev) header openblas-openmp/cblas.h || pkg-config --exists openblas ;;  # what CMake accepts
     nlohmann-json3-dev) header nlohmann/json.hpp ;;
     zlib1g-dev) header zlib.h ;;
-    libopenmpi-dev) command -v mpicc ;;
-    openmpi-bin) command -v mpirun ;;
+    libopenmpi-dev) mpicc --showme:version ;;  # Open MPI's wrapper (the launch scripts use its flags)
+    openmpi-bin) mpirun --version | grep -q "Open MPI" ;;
     *) false ;;
   esac >/dev/null 2>&1
 }

@@ -73,9 +73,11 @@ class Gpu : public ::testing::Test {
 constexpr double kBf16 = 1e-2, kFp32 = 1e-5;
 
 TEST_F(Gpu, EmbeddingForwardBackward) {
-  const int N = 300, C = 96, V = 50;
+  // Several blocks of vocabulary rows (128 each) and a skewed distribution: a few ids repeat
+  // many times, most appear once or not at all.
+  const int N = 700, C = 96, V = 300;
   std::vector<int32_t> tokens(N);
-  for (int32_t& t : tokens) t = (int32_t)(rng() % V);
+  for (int32_t& t : tokens) t = rng() % 3 ? (int32_t)(rng() % 4) * 97 : (int32_t)(rng() % V);
   Vec wte = random((size_t)V * C), dout = random((size_t)N * C), out(N * C), dwte(V * C, 0.0);
   embedding_forward(cpu, out.data(), tokens.data(), wte.data(), N, C);
   embedding_backward(cpu, dwte.data(), dout.data(), tokens.data(), N, C, V);
@@ -161,7 +163,21 @@ std::vector<QkvLayout> qkv_layouts() {
   mixed.heads[2] = 5, mixed.rank[2] = 1, mixed.a[2] = 271, mixed.b[2] = 276;
   mixed.width = 308;
   mixed.pitch = 312;
-  return {tpa, mixed};
+  // Ranks above 8 (taken in blocks of 8) with D = 128.
+  QkvLayout big;
+  big.D = 128;
+  const int BH = 6, BR[3] = {10, 3, 9};
+  col = 0;
+  for (int s = 0; s < 3; s++) big.heads[s] = BH, big.rank[s] = BR[s], big.a[s] = col, col += BH * BR[s];
+  for (int s = 0; s < 3; s++) big.b[s] = col, col += BR[s] * 128;
+  big.width = col;
+  big.pitch = (col + 7) / 8 * 8;
+  // A wide dense row (T6-large MHA's 3 × 20 heads × 64 = 3840 columns): fewer tokens a block.
+  QkvLayout wide;
+  wide.D = 64;
+  for (int s = 0; s < 3; s++) wide.heads[s] = 20, wide.dense[s] = s * 20 * 64;
+  wide.width = wide.pitch = 3 * 20 * 64;
+  return {tpa, mixed, big, wide};
 }
 
 TEST_F(Gpu, QkvForwardBackward) {
@@ -179,6 +195,14 @@ TEST_F(Gpu, QkvForwardBackward) {
     EXPECT_LT(test::rel_error(download(o0), outs[0]), kBf16) << L.width;
     EXPECT_LT(test::rel_error(download(o1), outs[1]), kBf16) << L.width;
     EXPECT_LT(test::rel_error(download(o2), outs[2]), kBf16) << L.width;
+    // At a position offset (generation's decode step): RoPE's angles from t0 on.
+    Vec shifted[3];
+    for (int s = 0; s < 3; s++) shifted[s] = Vec(outs[s].size());
+    qkv_forward(cpu, shifted[0].data(), shifted[1].data(), shifted[2].data(), proj.data(), L, B, T, 500);
+    auto s0 = poisoned(outs[0].size()), s1 = poisoned(outs[1].size()), s2 = poisoned(outs[2].size());
+    qkv_forward(ctx, s0.data(), s1.data(), s2.data(), gp.data(), L, B, T, 500);
+    EXPECT_LT(test::rel_error(download(s0), shifted[0]), kBf16) << L.width;
+    EXPECT_LT(test::rel_error(download(s1), shifted[1]), kBf16) << L.width;
     // Every used column of every row (the pitch's padding is not the op's to write).
     const Vec got = download(gdp);
     Vec used_got, used_want;
@@ -235,8 +259,11 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
   auto at_lse = [=](size_t i) { return fmt::format("(b {}, h {}, t {})", i / ((size_t)H * T), i / T % H, i % T); };
   auto gq = upload(q), gk = upload(k), gv = upload(v), gdo = upload(dout);
   int versions = 0;
-  for (int version : {1, 2}) {
+  // mma.sync; Hopper's in the deterministic order and in arrival order; Hopper's without turns.
+  const std::pair<int, bool> runs[] = {{1, true}, {2, true}, {2, false}, {3, true}};
+  for (const auto& [version, deterministic] : runs) {
     ctx.cuda->attention_version = version;
+    ctx.cuda->deterministic = deterministic;
     auto gout = poisoned(nq), gdq = poisoned(nq), gdk = poisoned(nk), gdv = poisoned(nk);
     Buffer<float> glse(ctx, lse.size());
     try {
@@ -247,7 +274,9 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
     attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
                        gout.data(), glse.data(), B, T, H, Hkv, D);
     versions++;
-    SCOPED_TRACE(version == 1 ? "mma.sync kernels" : "Hopper kernels");
+    SCOPED_TRACE(version == 1 ? "mma.sync kernels"
+                 : version == 3 ? "Hopper kernels, no turns"
+                 : deterministic ? "Hopper kernels, deterministic" : "Hopper kernels, arrival order");
     EXPECT_TRUE(close_elementwise(download(gout), out, 2e-2, 2e-2, at(H))) << "out";
     EXPECT_TRUE(close_elementwise(download(glse), lse, 1e-3, 1e-3, at_lse)) << "lse";
     EXPECT_TRUE(close_elementwise(download(gdq), dq, 3e-2, 6e-2, at(H))) << "dq";
@@ -258,6 +287,7 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
     EXPECT_LT(test::rel_error(download(gdv), dv), kBf16);
   }
   ctx.cuda->attention_version = 0;
+  ctx.cuda->deterministic = true;
   EXPECT_GE(versions, 1);
 }
 

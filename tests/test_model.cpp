@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <memory>
 #include <random>
 
 #include <fmt/format.h>
@@ -202,29 +203,64 @@ TEST_P(CachedGeneration, EqualsTheFullForwardAtEveryPosition) {
   std::vector<int32_t> tokens(L);
   for (int32_t& t : tokens) t = (int32_t)(rng() % cfg.vocab_size);
 
-  T6<double> full(cfg, ctx, 1, L);
-  full.params.from_host(params.data(), params.size());
-  full.refresh_weights();
-  full.forward(tokens.data(), nullptr);
   for (int prompt : {1, L - 1}) {
+    // Three sequences: the prompt, then each its own tokens; each against a full forward pass
+    // over its own sequence.
+    std::vector<std::vector<int32_t>> seqs(3, tokens);
+    for (int b = 1; b < 3; b++)
+      for (int t = prompt; t < L; t++) seqs[b][t] = (int32_t)(rng() % cfg.vocab_size);
+    std::vector<std::unique_ptr<T6<double>>> full;
+    for (int b = 0; b < 3; b++) {
+      full.push_back(std::make_unique<T6<double>>(cfg, ctx, 1, L));
+      full[b]->params.from_host(params.data(), params.size());
+      full[b]->refresh_weights();
+      full[b]->forward(seqs[b].data(), nullptr);
+    }
     T6<double> model(cfg, ctx, 1, prompt);
     model.params.from_host(params.data(), params.size());
     model.refresh_weights();
     model.forward(tokens.data(), nullptr);
     KvCache<double> cache = model.make_cache(3, L);
     model.store_prompt(cache);
-    EXPECT_LT(test::rel_error(model.logits_at(prompt - 1), full.logits_at(prompt - 1)), 1e-9) << "prompt " << prompt;
+    EXPECT_LT(test::rel_error(model.logits_at(prompt - 1), full[0]->logits_at(prompt - 1)), 1e-9) << "prompt " << prompt;
     for (int t = prompt; t < L; t++) {
-      const int32_t next[3] = {tokens[t], tokens[t], tokens[t]};
-      const std::vector<double> got = model.decode(next, cache), want = full.logits_at(t);
+      const int32_t next[3] = {seqs[0][t], seqs[1][t], seqs[2][t]};
+      const std::vector<double> got = model.decode(next, cache);
       for (int b = 0; b < 3; b++) {
         const std::vector<double> row(got.begin() + b * cfg.vocab_size, got.begin() + (b + 1) * cfg.vocab_size);
-        EXPECT_LT(test::rel_error(row, want), 1e-9) << "prompt " << prompt << ", position " << t << ", sequence " << b;
+        EXPECT_LT(test::rel_error(row, full[b]->logits_at(t)), 1e-9)
+            << "prompt " << prompt << ", position " << t << ", sequence " << b;
       }
     }
     EXPECT_EQ(cache.len, L);
     EXPECT_THROW(model.decode(tokens.data(), cache), std::invalid_argument);  // full
   }
+}
+
+// A cache longer than block_size: RoPE's angles extend (no weight depends on the length), so a
+// model of block_size 6 decoding to position 19 matches a model of block_size 20 reading it all.
+TEST(CachedGeneration, PastBlockSizeMatchesALongerModel) {
+  const Context ctx;
+  ModelConfig shortc = tiny(Attention::tpa), longc = shortc;
+  shortc.block_size = 6, longc.block_size = 20;
+  std::mt19937_64 rng(8);
+  std::uniform_real_distribution<double> u(-0.5, 0.5);
+  std::vector<double> params(make_layout(shortc).total);
+  ASSERT_EQ(params.size(), make_layout(longc).total);
+  for (double& p : params) p = u(rng);
+  std::vector<int32_t> tokens(20);
+  for (int32_t& t : tokens) t = (int32_t)(rng() % shortc.vocab_size);
+  T6<double> full(longc, ctx, 1, 20), model(shortc, ctx, 1, 4);
+  for (T6<double>* m : {&full, &model}) {
+    m->params.from_host(params.data(), params.size());
+    m->refresh_weights();
+  }
+  full.forward(tokens.data(), nullptr);
+  model.forward(tokens.data(), nullptr);
+  KvCache<double> cache = model.make_cache(1, 20);
+  model.store_prompt(cache);
+  for (int t = 4; t < 20; t++)
+    EXPECT_LT(test::rel_error(model.decode(&tokens[t], cache), full.logits_at(t)), 1e-9) << "position " << t;
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CachedGeneration,

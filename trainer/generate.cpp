@@ -104,7 +104,6 @@ std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::ve
   std::vector<std::vector<int32_t>> seqs(o.batch, prompt), out(o.batch);
   std::vector<int32_t> next(o.batch);
   std::unique_ptr<T6<float>> window_model;  // for tokens past the context, made when needed
-  start = std::chrono::steady_clock::now();
   for (int i = 0; i < o.max_new_tokens; i++) {
     for (int b = 0; b < o.batch; b++) {
       next[b] = sample_token(all.data() + (size_t)b * V, known, o, rngs[b]);
@@ -114,9 +113,11 @@ std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::ve
     }
     st.new_tokens = i + 1;
     if (i + 1 == o.max_new_tokens) break;
+    start = std::chrono::steady_clock::now();
     if (cache->len < context) {  // the new tokens' logits from the cache
       all = model.decode(next.data(), *cache);
-      st.cached_tokens = i + 1;
+      st.decode_passes++;
+      st.decode_seconds += seconds_since(start);
       continue;
     }
     // Past the context: the last block_size tokens of each sequence, recomputed for each token
@@ -135,8 +136,9 @@ std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::ve
       logits = window_model->logits_at(len - 1);
       std::copy(logits.begin(), logits.end(), all.begin() + (size_t)b * V);
     }
+    st.window_passes++;
+    st.window_seconds += seconds_since(start);
   }
-  st.decode_seconds = seconds_since(start);
   if (stats) *stats = st;
   return out;
 }

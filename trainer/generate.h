@@ -27,8 +27,10 @@ struct GenerateOptions {
 
 struct GenerateStats {
   int prompt_tokens = 0, new_tokens = 0;  // per sequence
-  int cached_tokens = 0;                  // new tokens decoded from the cache (the rest slid)
-  double prefill_seconds = 0, decode_seconds = 0;
+  // The first new token comes from the prefill's logits; each later one from a decode pass over
+  // the cache, or, past the context, from the sliding window's recomputation.
+  int decode_passes = 0, window_passes = 0;
+  double prefill_seconds = 0, decode_seconds = 0, window_seconds = 0;
   size_t cache_bytes = 0;
   int cache_numbers_per_token = 0;  // keys and values, per position and layer
 };

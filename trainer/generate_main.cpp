@@ -145,13 +145,16 @@ int main(int argc, char** argv) {
     std::fputs("\n", stdout);
     std::fflush(stdout);
 
-    const double decoded = (double)st.new_tokens * o.batch;
-    fmt::print(stderr,
-               "\nt6-generate: prefill {} tokens in {:.1f} ms ({:.0f} tokens/s); decode {} tokens × {} sequence(s) in "
-               "{:.2f} s ({:.0f} tokens/s; {} from the cache){}; CPU\n",
-               st.prompt_tokens, st.prefill_seconds * 1e3, st.prompt_tokens / std::max(st.prefill_seconds, 1e-9),
-               st.new_tokens, o.batch, st.decode_seconds, decoded / std::max(st.decode_seconds, 1e-9),
-               st.cached_tokens, st.cached_tokens < st.new_tokens - 1 ? ", the rest past the context" : "");
+    fmt::print(stderr, "\nt6-generate: prefill {} tokens in {:.1f} ms ({:.0f} tokens/s)", st.prompt_tokens,
+               st.prefill_seconds * 1e3, st.prompt_tokens / std::max(st.prefill_seconds, 1e-9));
+    if (st.decode_passes > 0)
+      fmt::print(stderr, "; decode {} passes × {} sequence(s) in {:.3f} s ({:.0f} tokens/s)", st.decode_passes, o.batch,
+                 st.decode_seconds, (double)st.decode_passes * o.batch / st.decode_seconds);
+    if (st.window_passes > 0)
+      fmt::print(stderr, "; past the context, {} tokens × {} recomputed from the last {} in {:.3f} s ({:.0f} tokens/s)",
+                 st.window_passes, o.batch, m.block_size, st.window_seconds,
+                 (double)st.window_passes * o.batch / st.window_seconds);
+    fmt::print(stderr, "; CPU\n");
     fmt::print(stderr,
                "t6-generate: key/value cache {:.2f} MB: {} numbers per token and layer ({}; dense keys and values "
                "would take {}), {} positions × {} sequence(s) × {} layers\n",

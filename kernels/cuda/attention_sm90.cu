@@ -18,6 +18,7 @@
 // deterministic mode each (head, query tile) takes its key tiles' additions in a fixed order.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "kernels/cuda/attention_sm90.h"
@@ -331,7 +332,7 @@ struct BwdArgs {
   float* dq_acc;
   const float *lse2, *delta;
   int* order;  // per (b, h, query tile): key tiles added so far (deterministic mode), else null
-  int T, Tp, H, Hkv;
+  int B, T, Tp, H, Hkv;
   float scale, scale_log2;
 };
 
@@ -352,7 +353,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int ntiles_k = gridDim.x;
   const int n = ntiles_k - 1 - blockIdx.x;  // key tile: the later (shorter) ones first, see `order`
-  const int b = blockIdx.y / a.Hkv, kvh = blockIdx.y % a.Hkv, group = a.H / a.Hkv;
+  // (b, KV head) = blockIdx.z·65535 + blockIdx.y: grids stay within 65535 rows at any batch.
+  const int bh = blockIdx.z * 65535 + blockIdx.y;
+  if (bh >= a.B * a.Hkv) return;
+  const int b = bh / a.Hkv, kvh = bh % a.Hkv, group = a.H / a.Hkv;
   const int first = n * kBwdN / kBwdM, per_head = (a.T + kBwdM - 1) / kBwdM - first, steps = group * per_head;
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -628,11 +632,14 @@ void backward(const Context& ctx, bf* dq, bf* dk, bf* dv, const bf* dout, const 
   CUDA_CHECK_LAUNCH();
   const CUtensorMap tq = tile_map(q, B, T, H, D, kBwdM), tdo = tile_map(dout, B, T, H, D, kBwdM),
                     tk = tile_map(k, B, T, Hkv, D, kBwdN), tv = tile_map(v, B, T, Hkv, D, kBwdN);
-  BwdArgs a{dk, dv, acc, lse2, delta, deterministic ? order : nullptr, T, Tp, H, Hkv, 0.f, 0.f};
+  BwdArgs a{dk, dv, acc, lse2, delta, deterministic ? order : nullptr, B, T, Tp, H, Hkv, 0.f, 0.f};
   a.scale = 1.f / sqrtf((float)D);
   a.scale_log2 = a.scale * kLog2e;
   CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdSmem<D>::total));
-  const dim3 grid(Tp / kBwdN, B * Hkv);
+  // Key tiles fastest, the later (shorter) ones first: the deterministic mode's additions
+  // wait only on blocks dispatched before them (blocks start in linear order).
+  const int heads = B * Hkv;
+  const dim3 grid(Tp / kBwdN, std::min(heads, 65535), (heads + 65534) / 65535);
   backward_kernel<D><<<grid, kThreads, BwdSmem<D>::total, stream(ctx)>>>(tq, tk, tv, tdo, a);
   CUDA_CHECK_LAUNCH();
   dq_convert_kernel<<<blocks_for((size_t)B * T * H * D / 8, 256), 256, 0, stream(ctx)>>>(dq, acc, B, T, Tp, H, D);

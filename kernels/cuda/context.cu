@@ -128,7 +128,7 @@ std::string profile_report(const Context& ctx) {
 CudaState::~CudaState() {
   // Best effort: the process may be ending because of a CUDA error.
   plans.clear();
-  for (auto& [shape, table] : rope_tables) cudaFree(table);
+  for (auto& [D, table] : rope_tables) cudaFree(table.first);
   if (scratch) cudaFree(scratch);
   if (lt_workspace) cudaFree(lt_workspace);
   if (host_result) cudaFreeHost(host_result);
@@ -157,6 +157,9 @@ Context make_cuda_context(int index) {
   s.device = index;
   CUDA_CHECK(cudaDeviceGetAttribute(&s.compute_major, cudaDevAttrComputeCapabilityMajor, index));
   CUDA_CHECK(cudaDeviceGetAttribute(&s.compute_minor, cudaDevAttrComputeCapabilityMinor, index));
+  int smem = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, index));
+  s.max_shared_per_block = (size_t)smem;
   CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasLtCreate(&s.lt));
   s.lt_workspace_bytes = 64u << 20;  // cuBLASLt's recommendation for Hopper is 32 MiB or more

@@ -22,6 +22,8 @@ using namespace cuda;
 
 namespace {
 
+constexpr int kMaxWarps = 8;  // tokens per block, fewer when wide rows fill the shared memory
+
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
 // CPU backend (and the reference's fp32 table) forms it, then cos and sin in double. Made once
 // per (T, D) and kept with the context.
@@ -35,17 +37,31 @@ __global__ void rope_table_kernel(float* table, int T, int D) {
   table[t * D + D / 2 + i] = (float)sin((double)angle);
 }
 
+// The table for positions 0 … T − 1 (at least): one per D, grown when a longer T comes.
 const float* rope_table(const Context& ctx, int T, int D) {
-  void*& table = ctx.cuda->rope_tables[{T, D}];
-  if (!table) {
+  auto& [table, rows] = ctx.cuda->rope_tables[D];
+  if (rows < T) {
+    if (table) cuda::release(ctx, table);  // (waits for the kernels still reading it)
+    table = nullptr, rows = 0;
     table = cuda::alloc(ctx, sizeof(float) * T * D);
+    rows = T;
     rope_table_kernel<<<blocks_for((size_t)T * D / 2, 256), 256, 0, stream(ctx)>>>(static_cast<float*>(table), T, D);
     CUDA_CHECK_LAUNCH();
   }
   return static_cast<const float*>(table);
 }
 
-constexpr int kWarps = 8;  // tokens per block
+// Tokens (warps) per block: up to kMaxWarps, as many as the shared memory takes (wide rows,
+// such as T6-large MHA's 3840-column projection, fit fewer).
+int warps_per_block(const Context& ctx, size_t bytes_per_warp) {
+  const int warps = (int)std::min<size_t>(kMaxWarps, ctx.cuda->max_shared_per_block / bytes_per_warp);
+  if (warps < 1)
+    throw std::invalid_argument(fmt::format("qkv on the GPU: a projection row of {} bytes does not fit in the {} bytes "
+                                            "of shared memory a block may use", bytes_per_warp,
+                                            ctx.cuda->max_shared_per_block));
+  return warps;
+}
+
 
 // Stages a projection row (pitch bf16, 16-byte aligned) as floats in the warp's shared row.
 __device__ inline void stage_row(float* row, const bf* src, int pitch, int lane) {
@@ -156,11 +172,11 @@ __device__ inline void forward_section(bf* out, const float* row, const float* c
 }
 
 template <int D>
-__global__ void __launch_bounds__(32 * kWarps) qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj,
+__global__ void __launch_bounds__(32 * kMaxWarps) qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj,
                                                                   const float* table, QkvLayout L, int N, int T,
                                                                   int t0) {
   extern __shared__ float sh[];
-  const int lane = threadIdx.x % 32, n = blockIdx.x * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (n >= N) return;
   float* row = sh + (threadIdx.x / 32) * L.pitch;
   const float* cs = table + (t0 + n % T) * D;
@@ -339,11 +355,11 @@ __device__ inline void backward_section(float* drow, const bf* g, const float* r
 }
 
 template <int D>
-__global__ void __launch_bounds__(32 * kWarps) qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk,
+__global__ void __launch_bounds__(32 * kMaxWarps) qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk,
                                                                    const bf* dv, const bf* proj, const float* table,
                                                                    QkvLayout L, int N, int T) {
   extern __shared__ float sh[];
-  const int lane = threadIdx.x % 32, n = blockIdx.x * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (n >= N) return;
   float* row = sh + (threadIdx.x / 32) * 2 * L.pitch;
   float* drow = row + L.pitch;  // the gradient row, written out whole at the end
@@ -371,10 +387,11 @@ void forward(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, co
              int t0) {
   const float* table = rope_table(ctx, t0 + T, D);
   const int N = B * T;
-  const size_t shared = sizeof(float) * L.pitch * kWarps;
+  const int warps = warps_per_block(ctx, sizeof(float) * L.pitch);
+  const size_t shared = sizeof(float) * L.pitch * warps;
   auto kernel = qkv_forward_kernel<D>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-  kernel<<<(N + kWarps - 1) / kWarps, 32 * kWarps, shared, stream(ctx)>>>(dev(q), dev(k), dev(v), dev(proj), table,
+  kernel<<<(N + warps - 1) / warps, 32 * warps, shared, stream(ctx)>>>(dev(q), dev(k), dev(v), dev(proj), table,
                                                                           L, N, T, t0);
   CUDA_CHECK_LAUNCH();
 }
@@ -384,10 +401,11 @@ void backward(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, c
               const QkvLayout& L, int B, int T) {
   const float* table = rope_table(ctx, T, D);
   const int N = B * T;
-  const size_t shared = sizeof(float) * 2 * L.pitch * kWarps;
+  const int warps = warps_per_block(ctx, sizeof(float) * 2 * L.pitch);
+  const size_t shared = sizeof(float) * 2 * L.pitch * warps;
   auto kernel = qkv_backward_kernel<D>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-  kernel<<<(N + kWarps - 1) / kWarps, 32 * kWarps, shared, stream(ctx)>>>(dev(dproj), dev(dq), dev(dk), dev(dv),
+  kernel<<<(N + warps - 1) / warps, 32 * warps, shared, stream(ctx)>>>(dev(dproj), dev(dq), dev(dk), dev(dv),
                                                                           dev(proj), table, L, N, T);
   CUDA_CHECK_LAUNCH();
 }

@@ -213,8 +213,12 @@ def benchmark(config_path, steps):
     import yaml
 
     full = yaml.safe_load(open(config_path))
-    cfg, train, opt = full["model"], full.get("train", {}), full.get("optim", {})
-    B, T, accum = train.get("batch_size", 1), cfg["block_size"], train.get("gradient_accumulation_steps", 1)
+    # The trainer's defaults (model/config.h, trainer/config.h) for keys the file leaves out.
+    cfg = {"attention": "tpa", "n_layer": 12, "n_embd": 768, "n_head": 34, "head_dim": 64, "q_rank": 6, "rank": 2,
+           "vocab_size": 50304, "block_size": 1024, **full.get("model", {})}
+    train = {"batch_size": 8, "gradient_accumulation_steps": 1, **full.get("train", {})}
+    opt = full.get("optim", {})
+    B, T, accum = train["batch_size"], cfg["block_size"], train["gradient_accumulation_steps"]
     torch.manual_seed(0)
     model = T6(cfg).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.get("learning_rate", 6e-4),
