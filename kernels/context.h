@@ -29,7 +29,8 @@ struct Context {
   void synchronize() const;  // waits for the device's queued work (nothing to do on the CPU)
 };
 
-// GPUs this process can use: 0 when the build has no CUDA backend or the machine no device.
+// GPUs this process can use: 0 when the build has no CUDA backend, or the machine no device or
+// no NVIDIA driver; throws when the driver is there but CUDA cannot use it.
 int cuda_device_count();
 // A context on GPU `index` with its own stream; throws with the reason when there is none.
 Context make_cuda_context(int index);

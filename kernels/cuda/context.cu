@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 
@@ -136,13 +137,19 @@ CudaState::~CudaState() {
   if (stream) cudaStreamDestroy(stream);
 }
 
+// No device, or no NVIDIA driver at all, is "no GPU"; any other failure (a driver that does
+// not match, a GPU that fell off the bus) is an error, so a broken GPU machine does not quietly
+// train on its CPU.
 int cuda_device_count() {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // no driver or no device: clear the sticky error and report none
-    return 0;
-  }
-  return n;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaSuccess) return n;
+  cudaGetLastError();  // clear the sticky error
+  const bool driver_installed = std::filesystem::exists("/proc/driver/nvidia/version");
+  if (e == cudaErrorNoDevice || (e == cudaErrorInsufficientDriver && !driver_installed)) return 0;
+  throw std::runtime_error(fmt::format("CUDA cannot use this machine's GPUs: cudaGetDeviceCount failed with {} ({}); "
+                                       "check nvidia-smi, or set train.device: cpu",
+                                       cudaGetErrorName(e), cudaGetErrorString(e)));
 }
 
 Context make_cuda_context(int index) {
