@@ -80,15 +80,25 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Waitall((int)pending_.size(), pending_.data(), MPI_STATUSES_IGNORE));
     pending_.clear();
   }
+  // Shards of any size: MPI's counts and displacements are int, so Reduce_scatter and
+  // Allgatherv overflow past 2^31 elements (T6-xl's AdamW moments, gathered for a checkpoint,
+  // come close). Each shard is reduced to, or broadcast from, its rank in pieces instead.
   void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
-    std::vector<int> c(counts.begin(), counts.end());
-    MPI_CHECK(MPI_Reduce_scatter(in, out, c.data(), MPI_FLOAT, MPI_SUM, comm_));
+    size_t offset = 0;
+    for (int r = 0; r < size_; r++) {
+      for (size_t done = 0; done < counts[r]; done += kMaxCount)
+        MPI_CHECK(MPI_Reduce(in + offset + done, r == rank_ ? out + done : nullptr,
+                             (int)std::min(kMaxCount, counts[r] - done), MPI_FLOAT, MPI_SUM, r, comm_));
+      offset += counts[r];
+    }
   }
   void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
-    std::vector<int> c(counts.begin(), counts.end()), displs(counts.size(), 0);
-    for (size_t r = 1; r < counts.size(); r++) displs[r] = displs[r - 1] + c[r - 1];
-    const void* send = in == out + displs[rank_] ? MPI_IN_PLACE : in;  // the shard already sits in place
-    MPI_CHECK(MPI_Allgatherv(send, c[rank_], MPI_FLOAT, out, c.data(), displs.data(), MPI_FLOAT, comm_));
+    size_t offset = 0;
+    for (int r = 0; r < size_; r++) {
+      if (r == rank_ && in != out + offset) std::memmove(out + offset, in, counts[r] * sizeof(float));
+      broadcast(out + offset, counts[r] * sizeof(float), r);
+      offset += counts[r];
+    }
   }
   void broadcast(void* data, size_t bytes, int root) override {
     for (size_t done = 0; done < bytes; done += kMaxCount)
