@@ -109,7 +109,7 @@ template <class T> double sum(const Context&, const T* x, size_t n);
 template <class T> double sum_squares(const Context&, const T* x, size_t n);
 void convert(const Context&, bf16* out, const float* in, size_t n);     // CUDA only: compute weights
 
-// One AdamW step over flat buffers with PyTorch semantics (T6_SPEC.md), on the gradient
+// One AdamW step over flat buffers with PyTorch semantics (docs/model.md), on the gradient
 // g = grad_scale·grads (the 1/ranks average and the clipping factor, applied here instead of
 // in passes of their own): p −= lr·wd·p; m, v updated; p −= (lr / bias1) · m / (√v / √bias2 + eps).
 // weights, if not null (CUDA), receives the updated parameters in bf16 in the same pass.

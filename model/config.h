@@ -1,4 +1,4 @@
-// The model's hyperparameters (T6_SPEC.md) and the derived sizes every other part reads.
+// The model's hyperparameters (docs/model.md) and the derived sizes every other part reads.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -7,7 +7,7 @@
 
 namespace t6 {
 
-// The reference's initial distributions (T6_SPEC.md, "Initialization"), drawn from `seed`
+// The reference's initial distributions (docs/model.md, "Initialization"), drawn from `seed`
 // in layout order, into a host vector of layout.total elements.
 std::vector<float> init_params(const ModelConfig& cfg, const ParamLayout& layout, uint64_t seed);
 

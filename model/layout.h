@@ -1,4 +1,4 @@
-// The flat parameter buffer's map: every tensor's reference name (T6_SPEC.md), shape and
+// The flat parameter buffer's map: every tensor's reference name (docs/model.md), shape and
 // offset. Gradients and optimizer moments use the same layout.
 #pragma once
 #include <cstddef>
@@ -27,7 +27,7 @@ struct ParamLayout {
 
 ParamLayout make_layout(const ModelConfig& cfg);
 
-// Model FLOPs per token of training, the reference's formula (T6_SPEC.md): 6·N + 12·L·H·D·T.
+// Model FLOPs per token of training, the reference's formula (docs/model.md): 6·N + 12·L·H·D·T.
 double flops_per_token(const ModelConfig& cfg);
 
 // "transformer.h.{layer}.{suffix}".

@@ -2,7 +2,7 @@
 // activations in one arena planned at construction for a fixed micro-batch shape, and a
 // forward and backward that are sequences of backend ops (kernels/ops.h).
 //
-// A is the activations' type and P the parameters' (T6_SPEC.md's precision: on the GPU,
+// A is the activations' type and P the parameters' (docs/model.md's precision: on the GPU,
 // T6<bf16, float> computes in bf16 from a bf16 copy of the fp32 master weights, and
 // accumulates fp32 gradients; on the CPU, T6<float> and T6<double> use one type throughout).
 #pragma once
@@ -18,7 +18,7 @@
 
 namespace t6 {
 
-// rmsnorm's eps: float32 machine epsilon, what the reference's F.rms_norm uses (T6_SPEC.md).
+// rmsnorm's eps: float32 machine epsilon, what the reference's F.rms_norm uses (docs/model.md).
 constexpr double kRmsEps = 1.1920928955078125e-07;
 
 // Where q, k and v sit in a row of the stacked input projection (rows padded to a multiple of 8).

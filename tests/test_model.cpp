@@ -1,5 +1,5 @@
 // The whole model: gradients against finite differences in double for every attention
-// variant, parameter counts against T6_SPEC.md, and the initial distributions.
+// variant, parameter counts against docs/model.md, and the initial distributions.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -98,7 +98,7 @@ TEST(Model, ParameterCountsOfThePaperSizesEqualTheSpec) {
 }
 
 TEST(Model, EveryPaperConfigLoadsWithItsHeadCount) {
-  // T6_SPEC.md's table: heads for tpa / tpa_kvonly / mha / gqa / mqa.
+  // docs/model.md's table: heads for tpa / tpa_kvonly / mha / gqa / mqa.
   const std::pair<const char*, std::array<int, 5>> heads[] = {
       {"small", {34, 22, 12, 22, 23}}, {"medium", {47, 29, 16, 30, 31}},
       {"large", {61, 37, 20, 38, 39}}, {"xl", {78, 47, 25, 48, 49}}};

@@ -184,5 +184,13 @@ TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
   EXPECT_FALSE(std::filesystem::exists(out));
 }
 
+TEST(Train, DurationsForTheLog) {
+  EXPECT_EQ(format_duration(0), "0s");
+  EXPECT_EQ(format_duration(44.6), "45s");
+  EXPECT_EQ(format_duration(725), "12m05s");
+  EXPECT_EQ(format_duration(3 * 3600 + 7 * 60 + 20), "3h07m");
+  EXPECT_EQ(format_duration(2 * 86400 + 4 * 3600 + 59), "2d04h");
+}
+
 }  // namespace
 }  // namespace t6

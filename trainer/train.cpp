@@ -198,7 +198,17 @@ double median_after_warmup(const std::vector<StepRecord>& steps, double StepReco
   return v[v.size() / 2];
 }
 
-// Model FLOPs utilization of one rank (T6_SPEC.md's formula over kPeakFlops).
+// The time the remaining steps take at the median pace of the last (up to) 50 steps; steps
+// alone (evaluations and checkpoints add to it).
+std::string eta(const std::vector<StepRecord>& steps, int64_t remaining) {
+  if (steps.size() < 3 || remaining <= 0) return "";
+  std::vector<double> ms;
+  for (size_t i = steps.size() > 50 ? steps.size() - 50 : 1; i < steps.size(); i++) ms.push_back(steps[i].ms);
+  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+  return " | ETA " + format_duration(ms[ms.size() / 2] / 1e3 * remaining);
+}
+
+// Model FLOPs utilization of one rank (docs/model.md's formula over kPeakFlops).
 double mfu(const ModelConfig& mc, double tokens_per_sec_per_rank) {
   return flops_per_token(mc) * tokens_per_sec_per_rank / kPeakFlops;
 }
@@ -446,9 +456,10 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
               {"tokens_per_sec", r.tokens_per_sec}, {"ms", r.ms}});
     if (root && (step % tc.log_interval == 0 || step + 1 == max_iters) && !skip_reason)
-      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms{}\n", step,
+      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms{}{}\n", step,
                  max_iters, loss, lr, grad_norm, r.tokens_per_sec, r.ms,
-                 ctx.device == Device::cuda ? fmt::format(" | MFU {:.1f}%", 100 * mfu(mc, r.tokens_per_sec / W)) : "");
+                 ctx.device == Device::cuda ? fmt::format(" | MFU {:.1f}%", 100 * mfu(mc, r.tokens_per_sec / W)) : "",
+                 benchmark > 0 ? "" : eta(result.steps, max_iters - step - 1));
     if (benchmark > 0) continue;
     if (train_data->epoch() != epoch) {
       epoch = train_data->epoch();
@@ -510,6 +521,14 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
 }
 
 }  // namespace
+
+std::string format_duration(double seconds) {
+  const int64_t s = (int64_t)std::llround(std::max(0.0, seconds));
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  if (s < 86400) return fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60);
+  return fmt::format("{}d{:02}h", s / 86400, s % 86400 / 3600);
+}
 
 TrainResult train(const Config& cfg, const std::string& resume, Communicator* comm, const Benchmark& benchmark) {
   std::unique_ptr<Communicator> local;

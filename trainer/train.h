@@ -40,7 +40,10 @@ struct Benchmark {
 TrainResult train(const Config& cfg, const std::string& resume = "", Communicator* comm = nullptr,
                   const Benchmark& benchmark = {});
 
-// Dense bf16 peak of an H100 SXM, the denominator of MFU (T6_SPEC.md).
+// A duration for people: "45s", "12m05s", "3h07m", "2d04h".
+std::string format_duration(double seconds);
+
+// Dense bf16 peak of an H100 SXM, the denominator of MFU (docs/model.md).
 constexpr double kPeakFlops = 989e12;
 
 }  // namespace t6

@@ -1,4 +1,4 @@
-"""An independent PyTorch implementation of T6 (../shared/docs/T6_SPEC.md), used to check that
+"""An independent PyTorch implementation of T6 (docs/model.md), used to check that
 weights exported by t6-export load in PyTorch and give the loss t6-eval reports, and that weights
 written from PyTorch load back into t6.
 
