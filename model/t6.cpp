@@ -299,6 +299,13 @@ std::vector<double> T6<A, P>::logits_at(int n) {
 }
 
 template <class A, class P>
+std::vector<double> T6<A, P>::position_losses() const {
+  std::vector<P> host(N_);
+  ctx.to_host(host.data(), losses_, sizeof(P) * N_);
+  return std::vector<double>(host.begin(), host.end());
+}
+
+template <class A, class P>
 void T6<A, P>::store_prompt(KvCache<A>& cache) {
   if (B_ != 1 || T_ > cache.context)
     throw std::invalid_argument(fmt::format("store_prompt: a prompt of {} positions (batch {}) into a cache of {} "

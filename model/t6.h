@@ -44,6 +44,8 @@ class T6 {
   void zero_grads() { grads.zero(); }
 
   std::vector<double> logits_at(int n);  // position n's logits, after forward()
+  // Each position's loss after forward() with targets (0 where the target is −1).
+  std::vector<double> position_losses() const;
 
   // Generation. A cache for `batch` sequences of up to `context` positions (more than
   // block_size is allowed: RoPE's angles extend). store_prompt, after forward(prompt, nullptr)
