@@ -11,7 +11,9 @@
 #include "model/safetensors.h"
 #include "model/t6.h"
 #include "test_util.h"
+#include "data/mc_eval.h"
 #include "trainer/config.h"
+#include "trainer/mc_eval.h"
 #include "trainer/train.h"
 
 namespace t6 {
@@ -190,6 +192,35 @@ TEST(Train, DurationsForTheLog) {
   EXPECT_EQ(format_duration(725), "12m05s");
   EXPECT_EQ(format_duration(3 * 3600 + 7 * 60 + 20), "3h07m");
   EXPECT_EQ(format_duration(2 * 86400 + 4 * 3600 + 59), "2d04h");
+}
+
+// train.eval_mc: the multiple-choice score after each evaluation (metrics.jsonl: mc_acc,
+// mc_acc_norm) equals scoring the run's final weights on their own, with another batch shape.
+TEST(Train, MultipleChoiceDuringTrainingEqualsScoringTheSavedWeights) {
+  const std::string out = test::temp_dir("train_mc");
+  const auto tok = make_tokenizer("byte");
+  const std::vector<McExample> ex = hellaswag_examples(test::source_path("data/sample/mc_example.jsonl"), *tok);
+  write_mc_file(out + "/mc.jsonl", ex, "byte");
+  const Config cfg = tiny_run(out, {"train.eval_mc=" + out + "/mc.jsonl"});
+  const TrainResult r = train(cfg);
+  ASSERT_GE(r.mc_acc, 0.0);
+  std::ifstream metrics(out + "/metrics.jsonl");
+  std::string line;
+  int scored = 0;
+  double last_acc = -1, last_norm = -1;
+  while (std::getline(metrics, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("mc_acc")) scored++, last_acc = j["mc_acc"], last_norm = j["mc_acc_norm"];
+  }
+  EXPECT_EQ(scored, 2);  // eval_interval 30 of 60 steps: steps 29 and 59
+  EXPECT_EQ(last_acc, r.mc_acc);
+  EXPECT_EQ(last_norm, r.mc_acc_norm);
+  const Context ctx;
+  T6<float> model(cfg.model, ctx, 3, cfg.model.block_size);
+  model.params_from_host(load_weights(out + "/model.safetensors", make_layout(cfg.model)));  // layout order
+  const McScore s = score_multiple_choice(model, ex);
+  EXPECT_EQ(s.acc, r.mc_acc);
+  EXPECT_EQ(s.acc_norm, r.mc_acc_norm);
 }
 
 }  // namespace

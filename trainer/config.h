@@ -37,6 +37,9 @@ struct TrainConfig {
   int64_t max_iters = 1000;
   int64_t eval_interval = 100;  // 0: only at the end
   int eval_iters = 20;
+  // A multiple-choice file (t6-prepare --eval) scored at each evaluation: mc_acc, mc_acc_norm
+  // in metrics.jsonl (trainer/mc_eval.h); empty: none.
+  std::string eval_mc;
   int64_t log_interval = 10;
   std::string out_dir;          // default: out/<config file name without .yaml>
   int64_t consistency_interval = 100;  // compare a parameter checksum across ranks this often; 0 = never

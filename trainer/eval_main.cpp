@@ -7,18 +7,23 @@
 #include <string>
 #include <vector>
 
+#include "model/t6.h"
+#include "trainer/mc_eval.h"
 #include "trainer/tools.h"
 
 static const char* kUsage =
-    "usage: t6-eval --weights CKPT_DIR|FILE.safetensors --data GLOB [--data GLOB ...] [--batch B] [--config FILE.yaml]\n"
+    "usage: t6-eval --weights CKPT_DIR|FILE.safetensors (--data GLOB [--data GLOB ...] | --mc FILE)\n"
+    "               [--batch B] [--config FILE.yaml]\n"
     "  --weights  a checkpoint directory or a safetensors file written by t6-train / t6-export\n"
     "  --data     token shards (data/README.md); every window of block_size tokens is read once\n"
+    "  --mc       a multiple-choice file (t6-prepare --eval): accuracy by summed and by mean\n"
+    "             completion loss (a trend signal; lm-eval's figures differ)\n"
     "  --batch    sequences per forward pass (default 8)\n"
     "  --config   the model's config, for a weights file that does not carry one\n";
 
 int main(int argc, char** argv) {
   try {
-    std::string weights, config;
+    std::string weights, config, mc;
     std::vector<std::string> data;
     int batch = 8;
     for (int i = 1; i < argc; i++) {
@@ -31,6 +36,7 @@ int main(int argc, char** argv) {
       else if (a == "--weights") weights = value();
       else if (a == "--data") data.push_back(value());
       else if (a == "--config") config = value();
+      else if (a == "--mc") mc = value();
       else if (a == "--batch") {
         const std::string v = value();
         char* end = nullptr;
@@ -41,8 +47,18 @@ int main(int argc, char** argv) {
       }
       else throw std::invalid_argument("unknown argument " + a);
     }
-    if (weights.empty() || data.empty()) throw std::invalid_argument("--weights and --data are required");
+    if (weights.empty() || (data.empty() && mc.empty()))
+      throw std::invalid_argument("--weights and --data (or --mc) are required");
     const t6::WeightsAndConfig w = t6::load_weights_and_config(weights, config);
+    if (!mc.empty()) {
+      const std::vector<t6::McExample> ex = t6::read_mc_file(mc, w.config.model.vocab_size);
+      const t6::Context ctx;
+      t6::T6<float> model(w.config.model, ctx, batch, w.config.model.block_size);
+      model.params_from_host(w.params);
+      const t6::McScore s = t6::score_multiple_choice(model, ex);
+      fmt::print("multiple choice: acc {:.4f} | acc_norm {:.4f} | {} examples\n", s.acc, s.acc_norm, s.examples);
+      if (data.empty()) return 0;
+    }
     const t6::EvalResult r = t6::evaluate_data(w, data, batch);
     fmt::print("loss {:.6f} | perplexity {:.4f} | {} windows of {}×{} = {} tokens\n", r.loss, std::exp(r.loss),
                r.windows, batch, w.config.model.block_size, r.tokens);

@@ -5,13 +5,19 @@
 #include <cerrno>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <string>
 
+#include "data/mc_eval.h"
 #include "data/prepare.h"
+#include "data/tokenizer.h"
 
 static const char* kUsage =
     "usage: t6-prepare --out DIR [--tokenizer gpt2|byte] [--shard-tokens N] [--val-tokens N]\n"
     "                  [--jsonl-field NAME] [--from-bin] [--compress] [--vocab-dir DIR] INPUT...\n"
+    "       t6-prepare --eval hellaswag FILE.jsonl --out DIR [--tokenizer gpt2|byte]\n"
+    "  --eval hellaswag   a multiple-choice set in HellaSwag's JSON Lines (ctx, endings, label)\n"
+    "                 → DIR/<name>.mc.jsonl, for train.eval_mc and t6-eval --mc\n"
     "  INPUT          text files (one document each), .jsonl files (one document per line),\n"
     "                 directories (recursive) or glob patterns; with --from-bin, token files\n"
     "  --out DIR      where train_000000.h5, ... and val_000000.h5, ... are written\n"
@@ -65,6 +71,7 @@ static void show_progress(const t6::PrepareProgress& p) {
 int main(int argc, char** argv) {
   try {
     t6::PrepareOptions opt;
+    std::string eval_kind;
     for (int i = 1; i < argc; i++) {
       std::string a = argv[i];
       auto value = [&]() -> const char* {
@@ -80,10 +87,29 @@ int main(int argc, char** argv) {
       else if (a == "--jsonl-field") opt.jsonl_field = value();
       else if (a == "--from-bin") opt.from_bin = true;
       else if (a == "--compress") opt.compress = true;
+      else if (a == "--eval") eval_kind = value();
       else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
       else opt.inputs.push_back(a);
     }
     if (opt.out_dir.empty()) throw std::invalid_argument("--out DIR is required");
+    if (!eval_kind.empty()) {
+      if (eval_kind != "hellaswag")
+        throw std::invalid_argument(fmt::format("--eval {}: the multiple-choice formats read are: hellaswag", eval_kind));
+      if (opt.inputs.size() != 1) throw std::invalid_argument("--eval hellaswag takes one FILE.jsonl");
+      const auto tokenizer = opt.vocab_dir.empty() ? t6::make_tokenizer(opt.tokenizer)
+                                                   : t6::make_tokenizer(opt.tokenizer, opt.vocab_dir);
+      const std::vector<t6::McExample> ex = t6::hellaswag_examples(opt.inputs[0], *tokenizer);
+      std::filesystem::create_directories(opt.out_dir);
+      const std::string out =
+          (std::filesystem::path(opt.out_dir) / (std::filesystem::path(opt.inputs[0]).stem().string() + ".mc.jsonl"))
+              .string();
+      t6::write_mc_file(out, ex, opt.tokenizer);
+      size_t candidates = 0;
+      for (const auto& e : ex) candidates += e.candidates.size();
+      fmt::print("t6-prepare: {} examples ({} candidates, tokenizer {}) → {}\n", ex.size(), candidates, opt.tokenizer,
+                 out);
+      return 0;
+    }
     const t6::PrepareSummary s = t6::prepare(opt, show_progress);
     if (isatty(STDERR_FILENO)) fmt::print(stderr, "\n");
     fmt::print("t6-prepare: {} documents{}, {} of text, {} tokens ({:.2f} bytes/token) → {} train shard(s) "

@@ -24,6 +24,7 @@
 #include "model/t6.h"
 #include "optim/adamw.h"
 #include "trainer/checkpoint.h"
+#include "trainer/mc_eval.h"
 #include "trainer/sample.h"
 #include "trainer/tools.h"
 #include "kernels/ops.h"
@@ -253,6 +254,8 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
   if (!cfg.data.val.empty() && benchmark == 0)
     val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
                                             "data.val");
+  const std::vector<McExample> mc_examples =
+      tc.eval_mc.empty() || benchmark > 0 ? std::vector<McExample>{} : read_mc_file(tc.eval_mc, mc.vocab_size);
   RandomTokens random_tokens{std::mt19937_64(1234 + rank), mc.vocab_size};
   Model model(mc, ctx, B, T, tc.recompute);
   const size_t total = model.layout.total;
@@ -476,11 +479,20 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
             "step {}: the ranks' parameters diverged (checksums differ); this is a bug or a hardware fault", step));
     }
     const bool last = step + 1 == tc.max_iters;
-    if (val_data && ((tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0) || last)) {
+    const bool evaluation = (tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0) || last;
+    if (val_data && evaluation) {
       const double val = evaluate(model, *val_data, tc.eval_iters);  // every rank the same: no communication
       result.final_val_loss = val;
       record({{"step", step}, {"val_loss", val}});
       if (root) fmt::print("step {:>6}/{} | val loss {:.4f}\n", step, tc.max_iters, val);
+    }
+    if (!mc_examples.empty() && evaluation) {  // each rank a share of the examples, summed
+      const McScore mc = score_multiple_choice(model, mc_examples, comm);
+      result.mc_acc = mc.acc, result.mc_acc_norm = mc.acc_norm;
+      record({{"step", step}, {"mc_acc", mc.acc}, {"mc_acc_norm", mc.acc_norm}});
+      if (root)
+        fmt::print("step {:>6}/{} | multiple choice: acc {:.4f}, acc_norm {:.4f} ({} examples)\n", step,
+                   tc.max_iters, mc.acc, mc.acc_norm, mc.examples);
     }
     // A signal reaches one rank or all; the max makes it everyone's decision.
     double stop = stop_signal;

@@ -18,6 +18,7 @@ struct StepRecord {
 struct TrainResult {
   std::vector<StepRecord> steps;   // the steps this process ran
   double final_val_loss = -1;      // −1 when there is no validation data
+  double mc_acc = -1, mc_acc_norm = -1;  // the last multiple-choice evaluation's (train.eval_mc); −1: none
   bool interrupted = false;        // stopped by SIGINT/SIGTERM after saving a checkpoint
   bool gave_up = false;            // stopped after train.max_consecutive_skips skipped steps
   int64_t skipped = 0;             // updates skipped (non-finite or outlier loss / gradient norm)
