@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plots training runs from their metrics.jsonl: training loss (raw and smoothed), validation
-loss, learning rate, gradient norm and tokens/s, one panel each, runs overlaid.
+loss, multiple-choice accuracy (when train.eval_mc is set: acc solid, acc_norm dashed), learning
+rate, gradient norm and tokens/s, one panel each, runs overlaid.
 
 usage: launch/plot.py RUN_DIR [RUN_DIR ...] [--out FILE.png] [--summary]
   RUN_DIR    a run's out_dir (or its metrics.jsonl)
@@ -14,8 +15,9 @@ import json
 import os
 import sys
 
-PANELS = [("loss", "training loss"), ("val_loss", "validation loss"), ("lr", "learning rate"),
-          ("grad_norm", "gradient norm"), ("tokens_per_sec", "tokens/s")]
+PANELS = [("loss", "training loss"), ("val_loss", "validation loss"), ("mc_acc", "multiple-choice accuracy"),
+          ("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_sec", "tokens/s")]
+EXTRA = {"mc_acc": "mc_acc_norm"}  # drawn dashed in the same panel
 
 
 def read_run(path):
@@ -23,6 +25,7 @@ def read_run(path):
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
     series = {key: {} for key, _ in PANELS}
+    series.update({key: {} for key in EXTRA.values()})
     with open(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -75,7 +78,7 @@ def main(argv):
         out = os.path.join(runs[0], "metrics.png") if len(runs) == 1 and os.path.isdir(runs[0]) else "runs.png"
     if summary:
         for name, series in data:
-            counts = ", ".join(f"{key} {len(points)}" for key, points in series.items())
+            counts = ", ".join(f"{key} {len(points)}" for key, points in series.items() if points)
             last = max((p[-1][0] for p in series.values() if p), default=None)
             print(f"{name}: {counts}; last step {last}")
     try:
@@ -84,8 +87,10 @@ def main(argv):
         import matplotlib.pyplot as plt
     except ImportError:
         sys.exit("plot.py: matplotlib is not installed (Debian: apt-get install python3-matplotlib)")
-    fig, axes = plt.subplots(len(PANELS), 1, figsize=(9, 2.4 * len(PANELS)), sharex=True)
-    for ax, (key, title) in zip(axes, PANELS):
+    panels = [(key, title) for key, title in PANELS if any(series[key] for _, series in data)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.4 * len(panels)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    for ax, (key, title) in zip(axes, panels):
         for name, series in data:
             points = series[key]
             if not points:
@@ -96,7 +101,11 @@ def main(argv):
                 line, = ax.plot(steps, values, alpha=0.3, linewidth=0.8)
                 ax.plot(steps, smooth(values), color=line.get_color(), label=label)
             else:
-                ax.plot(steps, values, marker="o" if key == "val_loss" else None, markersize=3, label=label)
+                line, = ax.plot(steps, values, marker="o" if key in ("val_loss", "mc_acc") else None, markersize=3,
+                                label=label)
+                if key in EXTRA and series[EXTRA[key]]:
+                    s2, v2 = zip(*series[EXTRA[key]])
+                    ax.plot(s2, v2, linestyle="--", marker="o", markersize=3, color=line.get_color())
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         if key == "lr":
