@@ -7,12 +7,17 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 
+#include "data/mc_eval.h"
+#include "model/layout.h"
 #include "model/safetensors.h"
+#include "model/t6.h"
 #include "mpi_util.h"
 #include "test_util.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/mc_eval.h"
 #include "trainer/runtime.h"
 #include "trainer/train.h"
 
@@ -148,6 +153,27 @@ TEST(Stability, NanOnOneRankSkipsTheStepOnEveryRank) {
   unsetenv("T6_TEST_NAN_STEP");
   unsetenv("T6_TEST_FAULT_RANK");
   world->barrier();
+}
+
+// Multiple choice across ranks: each rank scores a share of the examples and the counts are
+// summed; the result equals one process scoring them all (same weights on every rank).
+TEST(DataParallel, MultipleChoiceAcrossRanksEqualsOneProcess) {
+  ModelConfig c;
+  c.n_layer = 1, c.n_embd = 32, c.n_head = 2, c.head_dim = 16, c.vocab_size = 256, c.block_size = 48;
+  std::vector<float> params(make_layout(c).total);
+  std::mt19937_64 rng(12);  // the same on every rank
+  std::uniform_real_distribution<float> u(-0.3f, 0.3f);
+  for (float& p : params) p = u(rng);
+  const auto tok = make_tokenizer("byte");
+  const std::vector<McExample> ex = hellaswag_examples(test::source_path("data/sample/mc_example.jsonl"), *tok);
+  const Context ctx;
+  T6<float> model(c, ctx, 4, c.block_size);
+  model.params_from_host(params);
+  auto world = communicator(MPI_COMM_WORLD);
+  const McScore together = score_multiple_choice(model, ex, world.get()), alone = score_multiple_choice(model, ex);
+  EXPECT_EQ(together.examples, 10);
+  EXPECT_EQ(together.acc, alone.acc);
+  EXPECT_EQ(together.acc_norm, alone.acc_norm);
 }
 
 }  // namespace
