@@ -12,15 +12,45 @@ namespace {
 
 int round8(int n) { return (n + 7) / 8 * 8; }
 
+// The q/k/v projections of layer `layer` (names as in the layout), the sections of the stacked
+// product: for each of q, k, v either A and B (factored) or one dense matrix.
+std::vector<std::string> qkv_names(const ModelConfig& cfg, int layer) {
+  const char* dense[3] = {cfg.attention == Attention::tpa_kvonly ? "attn.c_qkv.c_q.weight" : "attn.c_q.weight",
+                          "attn.c_k.weight", "attn.c_v.weight"};
+  const char* fa[3] = {"attn.c_qkv.W_A_q.weight", "attn.c_qkv.W_A_k.weight", "attn.c_qkv.W_A_v.weight"};
+  const char* fb[3] = {"attn.c_qkv.W_B_q.weight", "attn.c_qkv.W_B_k.weight", "attn.c_qkv.W_B_v.weight"};
+  const bool factored[3] = {cfg.factored_q(), cfg.factored_kv(), cfg.factored_kv()};
+  std::vector<std::string> names;
+  for (int s = 0; s < 3; s++) {
+    if (factored[s]) names.push_back(layer_param(layer, fa[s])), names.push_back(layer_param(layer, fb[s]));
+    else names.push_back(layer_param(layer, dense[s]));
+  }
+  return names;
+}
+
+// Where `names` sit together in the flat buffer: the first offset and the total size; throws
+// unless they fill that range exactly (one matrix a product can read), in any order.
+std::pair<size_t, size_t> contiguous_range(const ParamLayout& layout, const std::vector<std::string>& names) {
+  size_t first = SIZE_MAX, end = 0, size = 0;
+  for (const std::string& n : names) {
+    const ParamInfo& p = layout.at(n);
+    first = std::min(first, p.offset), end = std::max(end, p.offset + p.size), size += p.size;
+  }
+  if (end - first != size)
+    throw std::logic_error(fmt::format("parameter layout: {} … must lie next to each other (the model multiplies by "
+                                       "them as one matrix)", names.front()));
+  return {first, size};
+}
+
 }  // namespace
 
 // Each layer's parameters in layout order are: the q/k/v projections, attn.c_proj, c_fc1,
 // c_fc2, mlp.c_proj. Stacked, the projections are one matrix (one matmul); so are c_fc1 and
-// c_fc2. This records the q/k/v sections' columns in the stacked product.
+// c_fc2. This records the q/k/v sections' columns in the stacked product, by name.
 QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
-  auto offset = [&](const char* suffix) { return layout.at(layer_param(0, suffix)).offset; };
-  const size_t first = layout.params[1].offset, C = cfg.n_embd;
-  auto col = [&](const char* suffix) { return (int)((offset(suffix) - first) / C); };
+  const size_t C = cfg.n_embd;
+  const auto [first, size] = contiguous_range(layout, qkv_names(cfg, 0));
+  auto col = [&](const char* suffix) { return (int)((layout.at(layer_param(0, suffix)).offset - first) / C); };
   const char* dense[3] = {cfg.attention == Attention::tpa_kvonly ? "attn.c_qkv.c_q.weight" : "attn.c_q.weight",
                           "attn.c_k.weight", "attn.c_v.weight"};
   const char* fa[3] = {"attn.c_qkv.W_A_q.weight", "attn.c_qkv.W_A_k.weight", "attn.c_qkv.W_A_v.weight"};
@@ -29,7 +59,7 @@ QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
                         cfg.factored_kv() ? cfg.rank_v() : 0};
   QkvLayout q;
   q.D = cfg.head_dim;
-  q.width = col("attn.c_proj.weight");
+  q.width = (int)(size / C);
   for (int s = 0; s < 3; s++) {
     q.heads[s] = s == 0 ? cfg.n_head : cfg.kv_heads();
     q.rank[s] = ranks[s];
@@ -68,9 +98,21 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
   pad_mlp_proj_ = g_pitch_ != cfg.mlp_hidden();
   // The rounded-up products read past a weight into the tensor after it (attn.c_proj after
   // the stacked projection, mlp.c_proj after c_fc): only where that tensor is large enough.
+  // Each layer's stacked matrices are checked by name: the q/k/v projections and c_fc1 then
+  // c_fc2 lie together, and what follows them (for the reads past their end) is named.
   const int F = cfg.mlp_hidden();
-  attn_rows_ = qkv_.pitch - qkv_.width <= cfg.n_head * cfg.head_dim ? qkv_.pitch : qkv_.width;
-  fc_rows_ = fc_pitch_ - 2 * F <= F ? fc_pitch_ : 2 * F;
+  bool qkv_then_proj = true, fc_then_proj = true;
+  for (int l = 0; l < cfg.n_layer; l++) {
+    const auto [qkv_first, qkv_size] = contiguous_range(layout, qkv_names(cfg, l));
+    const auto [fc_first, fc_size] =
+        contiguous_range(layout, {layer_param(l, "mlp.c_fc1.weight"), layer_param(l, "mlp.c_fc2.weight")});
+    if (fc_first != layout.at(layer_param(l, "mlp.c_fc1.weight")).offset)
+      throw std::logic_error("parameter layout: mlp.c_fc1 must come before c_fc2 (they are one stacked matrix)");
+    qkv_then_proj = qkv_then_proj && layout.at(layer_param(l, "attn.c_proj.weight")).offset == qkv_first + qkv_size;
+    fc_then_proj = fc_then_proj && layout.at(layer_param(l, "mlp.c_proj.weight")).offset == fc_first + fc_size;
+  }
+  attn_rows_ = qkv_then_proj && qkv_.pitch - qkv_.width <= cfg.n_head * cfg.head_dim ? qkv_.pitch : qkv_.width;
+  fc_rows_ = fc_then_proj && fc_pitch_ - 2 * F <= F ? fc_pitch_ : 2 * F;
   params = Buffer<P>(ctx, layout.total);
   grads = Buffer<P>(ctx, layout.total);
   if constexpr (std::is_same_v<A, P>) {
@@ -102,7 +144,8 @@ typename T6<A, P>::template Weights<X> T6<A, P>::views(X* base) const {
   w.wte = base + layout.at("transformer.wte.weight").offset;
   for (int i = 0; i < cfg.n_layer; i++) {
     auto at = [&](const char* suffix) { return base + layout.at(layer_param(i, suffix)).offset; };
-    w.layers.push_back({base + layer_ranges_[i].first, at("attn.c_proj.weight"), at("mlp.c_fc1.weight"),
+    w.layers.push_back({base + contiguous_range(layout, qkv_names(cfg, i)).first, at("attn.c_proj.weight"),
+                        at("mlp.c_fc1.weight"),
                         at("mlp.c_proj.weight")});
   }
   return w;

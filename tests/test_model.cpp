@@ -268,5 +268,36 @@ INSTANTIATE_TEST_SUITE_P(Variants, CachedGeneration,
                                            Attention::mqa),
                          [](const auto& info) { return std::string(attention_name(info.param)); });
 
+// The model finds its stacked matrices by name and checks that they lie together: a tensor
+// moved between the q/k/v projections is an error, not silently different products.
+TEST(Model, StackedProjectionsAreFoundByNameAndMustBeContiguous) {
+  const ModelConfig cfg = tiny(Attention::tpa);
+  ParamLayout layout = make_layout(cfg);
+  const QkvLayout L = qkv_layout(cfg, layout);
+  const int H = cfg.n_head, D = cfg.head_dim;
+  EXPECT_EQ(L.width, H * (3 + 2 + 1) + D * (3 + 2 + 1));  // A_q, A_k, A_v, B_q, B_k, B_v rows
+  EXPECT_EQ(L.a[0], 0);
+  EXPECT_EQ(L.b[0], H * (3 + 2 + 1));
+  // Swap layer 0's W_B_v with its attn.c_proj (offsets and all): W_B_v is no longer beside the rest.
+  ParamInfo* bv = nullptr;
+  ParamInfo* proj = nullptr;
+  for (ParamInfo& p : layout.params) {
+    if (p.name == layer_param(0, "attn.c_qkv.W_B_v.weight")) bv = &p;
+    if (p.name == layer_param(0, "attn.c_proj.weight")) proj = &p;
+  }
+  ASSERT_TRUE(bv && proj);
+  proj->offset = bv->offset;
+  bv->offset = proj->offset + proj->size;
+  EXPECT_NE(test::error_of([&] { qkv_layout(cfg, layout); }).find("must lie next to each other"), std::string::npos);
+  // And a layout with a zero pitch cannot reach the ops.
+  QkvLayout bad = L;
+  bad.pitch = 0;
+  std::vector<double> x(1000);
+  EXPECT_NE(test::error_of([&] {
+              qkv_forward(Context{}, x.data(), x.data(), x.data(), x.data(), bad, 1, 1);
+            }).find("row pitch 0 is below the width"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace t6

@@ -1,7 +1,10 @@
 // q, k and v from the attention's input projection: TPA's factor contraction or a dense slice,
 // with RoPE. Rotary embeddings use the reference's convention: halves (x1, x2) of each
 // D-vector become (x1·cos + x2·sin, −x1·sin + x2·cos), θ(t, i) = t·10000^(−2i/D).
+#include <fmt/format.h>
+
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/cpu/parallel.h"
@@ -39,10 +42,17 @@ void rotate(T* x, int rows, int D, const std::vector<T>& cs, T sign) {
   }
 }
 
+// A row pitch below the width would make rows overlap (a default-made QkvLayout has pitch 0).
+void check_pitch(const QkvLayout& L) {
+  if (L.pitch < L.width)
+    throw std::invalid_argument(fmt::format("QkvLayout: row pitch {} is below the width {}", L.pitch, L.width));
+}
+
 }  // namespace
 
 template <class T>
 void qkv_forward(const Context&, T* q, T* k, T* v, const T* proj, const QkvLayout& L, int B, int T_, int t0) {
+  check_pitch(L);
   const int N = B * T_, D = L.D;
   T* outs[3] = {q, k, v};
 #pragma omp parallel for if ((size_t)N * L.width * D >= kParallelWork)
@@ -75,6 +85,7 @@ void qkv_forward(const Context&, T* q, T* k, T* v, const T* proj, const QkvLayou
 template <class T>
 void qkv_backward(const Context&, T* dproj, const T* dq, const T* dk, const T* dv, const T* proj, const QkvLayout& L,
                   int B, int T_) {
+  check_pitch(L);
   const int N = B * T_, D = L.D;
   const T* douts[3] = {dq, dk, dv};
 #pragma omp parallel for if ((size_t)N * L.width * D >= kParallelWork)
@@ -121,6 +132,7 @@ int kv_record(const QkvLayout& L, int side) {
 template <class T>
 void kv_cache_store(const Context&, T* k_cache, T* v_cache, const T* proj, const QkvLayout& L, int B, int T_, int t0,
                     int context) {
+  check_pitch(L);
   const int D = L.D;
   T* caches[3] = {nullptr, k_cache, v_cache};
   for (int n = 0; n < B * T_; n++) {
