@@ -157,11 +157,19 @@ struct FaultInjection {
   }
 };
 
-// Mean and standard deviation over the last `window` accepted values: is x an outlier?
+// The outlier test's memory (docs: configs/README.md, skip_zscore_*): the mean and standard
+// deviation of the last kOutlierWindow accepted values, once there are kOutlierWarmup.
+constexpr size_t kOutlierWindow = 100, kOutlierWarmup = 20;
+// Training batches are read this many ahead, on a thread of their own.
+constexpr int kPrefetch = 4;
+// --benchmark's random tokens: a seed per rank, so ranks see different batches.
+constexpr uint64_t kBenchmarkSeed = 1234;
+
+// Is x an outlier among the recent accepted values?
 struct Outliers {
   std::deque<double> recent;
   bool above(double x, double zscore) const {
-    if (zscore <= 0 || recent.size() < 20) return false;
+    if (zscore <= 0 || recent.size() < kOutlierWarmup) return false;
     double mean = 0, var = 0;
     for (double v : recent) mean += v / recent.size();
     for (double v : recent) var += (v - mean) * (v - mean) / recent.size();
@@ -169,7 +177,7 @@ struct Outliers {
   }
   void add(double x) {
     recent.push_back(x);
-    if (recent.size() > 100) recent.pop_front();
+    if (recent.size() > kOutlierWindow) recent.pop_front();
   }
 };
 
@@ -250,13 +258,13 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
   std::unique_ptr<DataLoader> train_data, val_data;
   if (benchmark == 0)
     train_data = std::make_unique<DataLoader>(expand_shards(cfg.data.train, "data.train"), B, T, cfg.data.shuffle,
-                                              cfg.data.seed, mc.vocab_size, "data.train", rank, W, /*prefetch=*/4);
+                                              cfg.data.seed, mc.vocab_size, "data.train", rank, W, kPrefetch);
   if (!cfg.data.val.empty() && benchmark == 0)
     val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
                                             "data.val");
   const std::vector<McExample> mc_examples =
       tc.eval_mc.empty() || benchmark > 0 ? std::vector<McExample>{} : read_mc_file(tc.eval_mc, mc.vocab_size);
-  RandomTokens random_tokens{std::mt19937_64(1234 + rank), mc.vocab_size};
+  RandomTokens random_tokens{std::mt19937_64(kBenchmarkSeed + rank), mc.vocab_size};
   Model model(mc, ctx, B, T, tc.recompute);
   const size_t total = model.layout.total;
 
