@@ -14,6 +14,7 @@
 #include "data/mc_eval.h"
 #include "trainer/config.h"
 #include "trainer/mc_eval.h"
+#include "trainer/tensorboard.h"
 #include "trainer/train.h"
 
 namespace t6 {
@@ -221,6 +222,11 @@ TEST(Train, MultipleChoiceDuringTrainingEqualsScoringTheSavedWeights) {
   const McScore s = score_multiple_choice(model, ex);
   EXPECT_EQ(s.acc, r.mc_acc);
   EXPECT_EQ(s.acc_norm, r.mc_acc_norm);
+}
+
+TEST(Train, TensorBoardChecksumIsCrc32c) {
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);  // CRC-32C's published check value
+  EXPECT_EQ(crc32c("", 0), 0u);
 }
 
 }  // namespace

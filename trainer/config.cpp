@@ -199,6 +199,7 @@ const std::vector<Key>& schema() {
       integer("train", "eval_interval", FIELD(train.eval_interval)),
       integer("train", "eval_iters", FIELD(train.eval_iters)),
       text("train", "eval_mc", FIELD(train.eval_mc), true),
+      text("train", "tensorboard", FIELD(train.tensorboard), true),
       integer("train", "log_interval", FIELD(train.log_interval)),
       text("train", "out_dir", FIELD(train.out_dir), true),
       integer("train", "consistency_interval", FIELD(train.consistency_interval)),

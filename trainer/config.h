@@ -40,6 +40,7 @@ struct TrainConfig {
   // A multiple-choice file (t6-prepare --eval) scored at each evaluation: mc_acc, mc_acc_norm
   // in metrics.jsonl (trainer/mc_eval.h); empty: none.
   std::string eval_mc;
+  std::string tensorboard;  // a directory for TensorBoard event files (trainer/tensorboard.h); empty: none
   int64_t log_interval = 10;
   std::string out_dir;          // default: out/<config file name without .yaml>
   int64_t consistency_interval = 100;  // compare a parameter checksum across ranks this often; 0 = never

@@ -25,6 +25,7 @@
 #include "optim/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/mc_eval.h"
+#include "trainer/tensorboard.h"
 #include "trainer/sample.h"
 #include "trainer/tools.h"
 #include "kernels/ops.h"
@@ -340,8 +341,18 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     metrics.open(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
     if (!metrics) throw std::runtime_error(fmt::format("{}: cannot write", metrics_path.string()));
   }
+  // Every record goes to metrics.jsonl and, with train.tensorboard, each of its numbers to an
+  // event file as a scalar ("train/loss", "eval/val_loss", …).
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  if (root && benchmark == 0 && !tc.tensorboard.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard);
   auto record = [&](const nlohmann::json& j) {
-    if (root && benchmark == 0) metrics << j.dump() << "\n" << std::flush;
+    if (!root || benchmark > 0) return;
+    metrics << j.dump() << "\n" << std::flush;
+    if (!tensorboard) return;
+    const bool eval = j.contains("val_loss") || j.contains("mc_acc");
+    for (const auto& [name, value] : j.items())
+      if (name != "step" && value.is_number()) tensorboard->scalar((eval ? "eval/" : "train/") + name, j["step"], value);
+    tensorboard->flush();
   };
 
   TrainResult result;
