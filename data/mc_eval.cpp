@@ -52,7 +52,20 @@ std::vector<McExample> hellaswag_examples(const std::string& path, const Tokeniz
         throw std::invalid_argument(fmt::format("{}:{}: no field '{}' (HellaSwag's lines have ctx, endings, label)",
                                                 path, n, key));
     const auto endings = j.at("endings").get<std::vector<std::string>>();
-    const int label = j.at("label").is_string() ? std::stoi(j.at("label").get<std::string>()) : j.at("label").get<int>();
+    int label = -1;
+    if (j.at("label").is_string()) {  // HellaSwag's files spell it as a string
+      const std::string s = j.at("label").get<std::string>();
+      size_t used = 0;
+      try {
+        label = std::stoi(s, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (s.empty() || used != s.size())
+        throw std::invalid_argument(fmt::format("{}:{}: label '{}' is not an integer", path, n, s));
+    } else {
+      label = j.at("label").get<int>();
+    }
     if (endings.size() < 2)
       throw std::invalid_argument(fmt::format("{}:{}: {} ending(s); a choice needs at least 2", path, n, endings.size()));
     if (label < 0 || label >= (int)endings.size())
@@ -91,7 +104,7 @@ void write_mc_file(const std::string& path, const std::vector<McExample>& exampl
   std::filesystem::rename(tmp, path);
 }
 
-std::vector<McExample> read_mc_file(const std::string& path, int vocab_size) {
+std::vector<McExample> read_mc_file(const std::string& path, int vocab_size, const std::string& tokenizer) {
   std::vector<McExample> out;
   bool header = false;
   for_each_json_line(path, [&](const json& j, int n) {
@@ -99,6 +112,11 @@ std::vector<McExample> read_mc_file(const std::string& path, int vocab_size) {
       if (j.value("format", "") != "t6-multiple-choice")
         throw std::invalid_argument(fmt::format(
             "{}:{}: not a multiple-choice file (make one with t6-prepare --eval hellaswag FILE.jsonl)", path, n));
+      const std::string made_with = j.value("tokenizer", "");
+      if (!tokenizer.empty() && made_with != tokenizer)
+        throw std::invalid_argument(fmt::format("{}: made with the {} tokenizer, but the model reads {} tokens: make it "
+                                                "again with t6-prepare --eval … --tokenizer {}",
+                                                path, made_with, tokenizer, tokenizer));
       header = true;
       return;
     }

@@ -25,7 +25,9 @@ std::vector<McExample> hellaswag_examples(const std::string& jsonl_path, const T
 
 // The tokenized file: written whole, atomically; read back with every field checked against
 // vocab_size (0: no check). Errors name the file and line.
+// With tokenizer non-empty, the file must have been made with that tokenizer (its ids would
+// mean other text otherwise).
 void write_mc_file(const std::string& path, const std::vector<McExample>& examples, const std::string& tokenizer);
-std::vector<McExample> read_mc_file(const std::string& path, int vocab_size = 0);
+std::vector<McExample> read_mc_file(const std::string& path, int vocab_size = 0, const std::string& tokenizer = "");
 
 }  // namespace t6

@@ -8,10 +8,12 @@ usage: launch/plot.py RUN_DIR [RUN_DIR ...] [--out FILE.png] [--summary]
   --out      the image to write (default: RUN_DIR/metrics.png for one run, runs.png for several)
   --summary  also print, per run, how many points each panel got and the last step
 
-A resumed run repeats the steps after its checkpoint: each step keeps its last record.
+A resumed run repeats the steps after its checkpoint: each step keeps its last record. Skipped
+updates (a non-finite or outlier loss) are left out.
 Needs matplotlib (Debian: python3-matplotlib).
 """
 import json
+import math
 import os
 import sys
 
@@ -35,11 +37,12 @@ def read_run(path):
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 sys.exit(f"plot.py: {path}:{n}: not JSON ({e})")
-            if "step" not in record:
+            if "step" not in record or "skipped" in record:  # a skipped update changed nothing
                 continue
             for key in series:
-                if key in record:
-                    series[key][record["step"]] = record[key]
+                value = record.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):  # (a non-finite loss is logged as null)
+                    series[key][record["step"]] = value
     return {key: sorted(points.items()) for key, points in series.items()}
 
 

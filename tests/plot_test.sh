@@ -18,11 +18,13 @@ dir="$(mktemp -d)"; trap 'rm -rf "$dir"' EXIT
 mkdir "$dir/resumed"
 for s in 0 1 2 3 4 5; do echo "{\"step\": $s, \"loss\": 9, \"lr\": 0.1, \"grad_norm\": 1, \"tokens_per_sec\": 5, \"ms\": 1}"; done > "$dir/resumed/metrics.jsonl"
 for s in 4 5 6 7; do echo "{\"step\": $s, \"loss\": 2, \"lr\": 0.1, \"grad_norm\": 1, \"tokens_per_sec\": 5, \"ms\": 1}"; done >> "$dir/resumed/metrics.jsonl"
+echo '{"step": 8, "loss": null, "lr": 0.1, "grad_norm": null, "skipped": "non-finite loss"}' >> "$dir/resumed/metrics.jsonl"
 echo '{"step": 7, "val_loss": 3.5}' >> "$dir/resumed/metrics.jsonl"
 echo '{"step": 7, "mc_acc": 0.5, "mc_acc_norm": 0.25}' >> "$dir/resumed/metrics.jsonl"
 out=$("$py" "$src/launch/plot.py" "$dir/run" "$dir/resumed" --out "$dir/both.png" --summary)
 echo "$out"
-# 30 training steps and 3 evaluations (steps 9, 19, 29); the resumed run: 8 steps, 1 evaluation
+# 30 training steps and 3 evaluations (steps 9, 19, 29); the resumed run: 8 steps (a ninth,
+# skipped with a non-finite loss, is left out), 1 evaluation
 # with a multiple-choice score (its panel appears because one run has one).
 echo "$out" | grep -q "run: loss 30, val_loss 3, lr 30, grad_norm 30, tokens_per_sec 30; last step 29"
 echo "$out" | grep -q "resumed: loss 8, val_loss 1, mc_acc 1, lr 8, grad_norm 8, tokens_per_sec 8, mc_acc_norm 1; last step 7"

@@ -74,17 +74,19 @@ def main():
             assert f == 1
             v = {f2: x for f2, _, x in fields(value)}
             scalars[(v[1].decode(), step)] = struct.unpack("<f", v[2])[0]
-    checked = 0
+    checked, expected = 0, set()
     for line in open(sys.argv[2]):
         record = json.loads(line)
         prefix = "eval/" if "val_loss" in record or "mc_acc" in record else "train/"
         for name, value in record.items():
-            if name == "step":
+            if name == "step" or not isinstance(value, (int, float)):  # null (non-finite), a skip's reason
                 continue
+            expected.add((prefix + name, record["step"]))
             got = scalars[(prefix + name, record["step"])]
             assert abs(got - value) <= 1e-6 * abs(value) + 1e-30 or struct.pack("<f", value) == struct.pack("<f", got), \
                 (name, record["step"], got, value)
             checked += 1
+    assert set(scalars) == expected, sorted(set(scalars) ^ expected)[:5]  # and nothing else
     print(f"tensorboard_read: {len(events)} events, {len(scalars)} scalars; {checked} values match metrics.jsonl")
 
 

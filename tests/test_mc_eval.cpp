@@ -56,6 +56,8 @@ TEST(McEval, BadFilesAreClearErrors) {
   EXPECT_NE(hs("{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": 2}\n").find("label 2 is not the index"),
             std::string::npos);
   EXPECT_NE(hs("not json\n").find("b.jsonl:1: not JSON"), std::string::npos);
+  EXPECT_NE(hs("{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": \"1x\"}\n").find("b.jsonl:1: label '1x' is not an integer"),
+            std::string::npos);
   auto mc = [&](const std::string& text, int vocab = 256) {
     return test::error_of([&] { read_mc_file(write_text(dir, "m.jsonl", text), vocab); });
   };
@@ -69,6 +71,12 @@ TEST(McEval, BadFilesAreClearErrors) {
                 .find("token 300 is outside the model's vocabulary of 256"),
             std::string::npos);
   EXPECT_NE(mc(header).find("no examples"), std::string::npos);
+  // Made with one tokenizer, read for a model of another: the ids would mean other text.
+  write_mc_file(dir + "/byte.jsonl", {McExample{{{1, 2}, {1, 3}}, {1, 1}, 0}}, "byte");
+  EXPECT_NE(test::error_of([&] { read_mc_file(dir + "/byte.jsonl", 50304, "gpt2"); })
+                .find("made with the byte tokenizer, but the model reads gpt2 tokens"),
+            std::string::npos);
+  EXPECT_EQ(read_mc_file(dir + "/byte.jsonl", 256, "byte").size(), 1u);
 }
 
 // Each completion's summed loss, computed alone: one sequence per forward pass, log-softmax of
@@ -134,7 +142,8 @@ TEST(McEval, ScoresMatchAnIndependentComputation) {
   EXPECT_LT(right_norm, 12);  // the two measures disagree somewhere, so the test tells them apart
 }
 
-// A candidate longer than the window keeps its last seq + 1 tokens.
+// A candidate longer than the window keeps its last seq + 1 tokens: labels from the losses of
+// those tails score 1, the opposite labels 0 (over 8 examples: luck passes 1 in 256).
 TEST(McEval, LongCandidatesKeepTheirEnd) {
   ModelConfig c;
   c.n_layer = 1, c.n_embd = 16, c.n_head = 2, c.head_dim = 8, c.vocab_size = 20, c.block_size = 6;
@@ -142,24 +151,25 @@ TEST(McEval, LongCandidatesKeepTheirEnd) {
   std::uniform_real_distribution<double> u(-0.6, 0.6);
   std::vector<double> params(make_layout(c).total);
   for (double& p : params) p = u(rng);
-  McExample ex;
-  for (int k = 0; k < 2; k++) {
-    std::vector<int32_t> cand(10);
-    for (int32_t& t : cand) t = (int32_t)(rng() % c.vocab_size);
-    ex.candidates.push_back(cand);
-    ex.completion_start.push_back(7);  // 3 completion tokens; the window is the last 7 tokens
+  std::vector<McExample> examples(8);
+  for (McExample& ex : examples) {
+    double loss[2];
+    for (int k = 0; k < 2; k++) {
+      std::vector<int32_t> cand(10);
+      for (int32_t& t : cand) t = (int32_t)(rng() % c.vocab_size);
+      ex.candidates.push_back(cand);
+      ex.completion_start.push_back(7);  // 3 completion tokens; the window is the last 7 tokens
+      loss[k] = completion_loss(c, params, std::vector<int32_t>(cand.end() - 7, cand.end()), 4).first;
+    }
+    ex.label = loss[0] < loss[1] ? 0 : 1;
   }
-  const std::vector<int32_t> tail0(ex.candidates[0].end() - 7, ex.candidates[0].end()),
-      tail1(ex.candidates[1].end() - 7, ex.candidates[1].end());
-  const double l0 = completion_loss(c, params, tail0, 4).first, l1 = completion_loss(c, params, tail1, 4).first;
-  ex.label = l0 < l1 ? 0 : 1;
   const Context ctx;
   T6<double> model(c, ctx, 2, c.block_size);
   model.params.from_host(params.data(), params.size());
   model.refresh_weights();
-  EXPECT_DOUBLE_EQ(score_multiple_choice(model, {ex}).acc, 1.0);
-  ex.label = 1 - ex.label;
-  EXPECT_DOUBLE_EQ(score_multiple_choice(model, {ex}).acc, 0.0);
+  EXPECT_DOUBLE_EQ(score_multiple_choice(model, examples).acc, 1.0);
+  for (McExample& ex : examples) ex.label = 1 - ex.label;
+  EXPECT_DOUBLE_EQ(score_multiple_choice(model, examples).acc, 0.0);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // t6-eval: the loss and perplexity of weights on a token set, every window once, in order.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -51,9 +52,18 @@ int main(int argc, char** argv) {
       throw std::invalid_argument("--weights and --data (or --mc) are required");
     const t6::WeightsAndConfig w = t6::load_weights_and_config(weights, config);
     if (!mc.empty()) {
-      const std::vector<t6::McExample> ex = t6::read_mc_file(mc, w.config.model.vocab_size);
+      std::string tokenizer;  // the model's, when it can be told
+      try {
+        tokenizer = t6::tokenizer_for(w.config);
+      } catch (const std::exception&) {
+      }
+      const std::vector<t6::McExample> ex = t6::read_mc_file(mc, w.config.model.vocab_size, tokenizer);
+      // Windows as long as the longest candidate needs (at most block_size): less padding.
+      int longest = 2;
+      for (const auto& e : ex)
+        for (const auto& c : e.candidates) longest = std::max(longest, (int)c.size());
       const t6::Context ctx;
-      t6::T6<float> model(w.config.model, ctx, batch, w.config.model.block_size);
+      t6::T6<float> model(w.config.model, ctx, batch, std::min(w.config.model.block_size, longest - 1));
       model.params_from_host(w.params);
       const t6::McScore s = t6::score_multiple_choice(model, ex);
       fmt::print("multiple choice: acc {:.4f} | acc_norm {:.4f} | {} examples\n", s.acc, s.acc_norm, s.examples);

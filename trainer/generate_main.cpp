@@ -10,8 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "data/shard.h"
-#include "data/loader.h"
 #include "data/tokenizer.h"
 #include "kernels/context.h"
 #include "trainer/generate.h"
@@ -49,22 +47,6 @@ double real(const std::string& flag, const std::string& v) {
   const double x = std::strtod(v.c_str(), &end);
   if (v.empty() || *end) throw std::invalid_argument(fmt::format("{} {}: expected a number", flag, v));
   return x;
-}
-
-// The training data's tokenizer when its shards are at hand, else the one the vocabulary size
-// points to (256 bytes; GPT-2's 50257, padded).
-std::string tokenizer_for(const t6::Config& cfg) {
-  try {
-    const auto shards = t6::expand_shards(cfg.data.train, "data.train");
-    if (!shards.empty()) return t6::ShardReader(shards.front()).meta().tokenizer;
-  } catch (const std::exception&) {
-  }
-  if (cfg.model.vocab_size <= 256) return "byte";
-  if (cfg.model.vocab_size >= 50257) return "gpt2";
-  throw std::invalid_argument(fmt::format(
-      "cannot tell the tokenizer of a model with a vocabulary of {} (its training data is not at hand): pass "
-      "--tokenizer byte or --tokenizer gpt2",
-      cfg.model.vocab_size));
 }
 
 }  // namespace
@@ -113,7 +95,7 @@ int main(int argc, char** argv) {
 
     const t6::WeightsAndConfig w = t6::load_weights_and_config(weights, config);
     const t6::ModelConfig& m = w.config.model;
-    const auto tokenizer = t6::make_tokenizer(tokenizer_name.empty() ? tokenizer_for(w.config) : tokenizer_name);
+    const auto tokenizer = t6::make_tokenizer(tokenizer_name.empty() ? t6::tokenizer_for(w.config) : tokenizer_name);
     std::vector<uint32_t> ids;
     tokenizer->encode(prompt_text, ids);
     const std::vector<int32_t> prompt(ids.begin(), ids.end());

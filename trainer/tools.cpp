@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "data/loader.h"
+#include "data/shard.h"
 #include "model/safetensors.h"
 #include "model/t6.h"
 #include "trainer/checkpoint.h"
@@ -37,6 +38,22 @@ WeightsAndConfig load_weights_and_config(const std::string& source, const std::s
   }
   w.params = load_weights(source, make_layout(w.config.model));
   return w;
+}
+
+// The training data's tokenizer when its shards are at hand, else the one the vocabulary size
+// points to (256 bytes; GPT-2's 50257, padded).
+std::string tokenizer_for(const Config& cfg) {
+  try {
+    const auto shards = expand_shards(cfg.data.train, "data.train");
+    if (!shards.empty()) return ShardReader(shards.front()).meta().tokenizer;
+  } catch (const std::exception&) {
+  }
+  if (cfg.model.vocab_size <= 256) return "byte";
+  if (cfg.model.vocab_size >= 50257) return "gpt2";
+  throw std::invalid_argument(fmt::format(
+      "cannot tell the tokenizer of a model with a vocabulary of {} (its training data is not at hand): pass "
+      "--tokenizer byte or --tokenizer gpt2",
+      cfg.model.vocab_size));
 }
 
 void export_weights(const WeightsAndConfig& w, const std::string& out_dir) {

@@ -20,6 +20,10 @@ WeightsAndConfig load_weights_and_config(const std::string& source, const std::s
 // Writes DIR/model.safetensors and DIR/config.json (the reference GPTConfig's fields).
 void export_weights(const WeightsAndConfig& w, const std::string& out_dir);
 
+// The tokenizer of the model's training data when its shards are at hand, else the one its
+// vocabulary size points to (256: byte; GPT-2's 50257, padded: gpt2); throws when neither tells.
+std::string tokenizer_for(const Config& cfg);
+
 class DataLoader;
 
 // Mean of the per-batch mean losses over the loader's next `windows` micro-batches (Model is

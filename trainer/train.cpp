@@ -264,7 +264,9 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
                                             "data.val");
   const std::vector<McExample> mc_examples =
-      tc.eval_mc.empty() || benchmark > 0 ? std::vector<McExample>{} : read_mc_file(tc.eval_mc, mc.vocab_size);
+      tc.eval_mc.empty() || benchmark > 0
+          ? std::vector<McExample>{}
+          : read_mc_file(tc.eval_mc, mc.vocab_size, train_data ? train_data->meta().tokenizer : "");
   RandomTokens random_tokens{std::mt19937_64(kBenchmarkSeed + rank), mc.vocab_size};
   Model model(mc, ctx, B, T, tc.recompute);
   const size_t total = model.layout.total;
@@ -351,7 +353,8 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     if (!tensorboard) return;
     const bool eval = j.contains("val_loss") || j.contains("mc_acc");
     for (const auto& [name, value] : j.items())
-      if (name != "step" && value.is_number()) tensorboard->scalar((eval ? "eval/" : "train/") + name, j["step"], value);
+      if (name != "step" && value.is_number() && std::isfinite(value.template get<double>()))  // as the JSON's nulls
+        tensorboard->scalar((eval ? "eval/" : "train/") + name, j["step"], value);
     tensorboard->flush();
   };
 
@@ -567,7 +570,8 @@ TrainResult train(const Config& cfg, const std::string& resume, Communicator* co
     local = make_local_communicator();
     comm = local.get();
   }
-  const int gpus = cuda_device_count(), D = cfg.model.head_dim;
+  // (train.device: cpu asks nothing of CUDA, so even a broken driver cannot stop a CPU run.)
+  const int gpus = cfg.train.device == DeviceChoice::cpu ? 0 : cuda_device_count(), D = cfg.model.head_dim;
   const bool gpu_attention = D == 32 || D == 64 || D == 128;
   if (cfg.train.device == DeviceChoice::cuda && !gpu_attention)
     throw std::invalid_argument(fmt::format("{}: model.head_dim: the CUDA backend supports 32, 64 and 128, got {}; "

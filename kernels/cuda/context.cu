@@ -145,7 +145,10 @@ int cuda_device_count() {
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e == cudaSuccess) return n;
   cudaGetLastError();  // clear the sticky error
-  const bool driver_installed = std::filesystem::exists("/proc/driver/nvidia/version");
+  // A driver this process could use: loaded (procfs) and reachable (a container without GPU
+  // access on a GPU host sees the former, not the latter).
+  const bool driver_installed =
+      std::filesystem::exists("/proc/driver/nvidia/version") && std::filesystem::exists("/dev/nvidiactl");
   if (e == cudaErrorNoDevice || (e == cudaErrorInsufficientDriver && !driver_installed)) return 0;
   throw std::runtime_error(fmt::format("CUDA cannot use this machine's GPUs: cudaGetDeviceCount failed with {} ({}); "
                                        "check nvidia-smi, or set train.device: cpu",
