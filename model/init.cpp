@@ -1,4 +1,5 @@
 #include "model/init.h"
+#include "model/random.h"
 
 #include <cmath>
 #include <random>
@@ -37,8 +38,7 @@ std::vector<float> init_params(const ModelConfig& cfg, const ParamLayout& layout
   for (const ParamInfo& p : layout.params) {
     const double bound = init_bound(cfg, p.name);
     if (bound == 0.0) continue;
-    std::uniform_real_distribution<double> dist(-bound, bound);
-    for (size_t i = 0; i < p.size; i++) params[p.offset + i] = (float)dist(rng);
+    for (size_t i = 0; i < p.size; i++) params[p.offset + i] = (float)uniform(rng, -bound, bound);
   }
   return params;
 }

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "model/init.h"
+#include "model/random.h"
 #include "model/t6.h"
 #include "test_util.h"
 #include "trainer/config.h"
@@ -155,6 +156,45 @@ TEST(Model, InitFollowsTheSpecDistributions) {
   check_uniform("transformer.h.1.mlp.c_fc2.weight", 1 / std::sqrt(C));
   EXPECT_EQ(init_params(c, l, 7), p);   // a pure function of the seed
   EXPECT_NE(init_params(c, l, 8), p);
+}
+
+// A seed must give the same model with any standard library: the engine's output is fixed by the
+// standard (its 10,000th value below is the one the standard names), the mapping to numbers is ours.
+TEST(Random, DrawsAreFixedByTheSeedAlone) {
+  std::mt19937_64 rng;  // default seed 5489
+  rng.discard(9999);
+  std::mt19937_64 copy = rng;
+  EXPECT_EQ(copy(), 9981545732273789042ull);
+  // 9981545732273789042 / 2^64 and that mapped to [-0.3, 0.3), computed by hand (Python floats)
+  std::mt19937_64 a = rng, b = rng;
+  EXPECT_EQ(uniform01(a), 0.5411006783847329);
+  EXPECT_EQ(uniform(b, -0.3, 0.3), 0.024660407030839715);
+#ifdef __GLIBCXX__
+  // With libstdc++ the draws equal std::uniform_real_distribution's, so older seeds keep their models.
+  std::mt19937_64 ours(42), std_lib(42);
+  std::uniform_real_distribution<double> d(-0.25, 0.25);
+  for (int i = 0; i < 1000; i++) ASSERT_EQ(uniform(ours, -0.25, 0.25), d(std_lib)) << "draw " << i;
+#endif
+}
+
+TEST(Random, UniformBelowIsInRangeAndUnbiased) {
+  std::mt19937_64 rng(3);
+  const int n = 7, draws = 70000;
+  std::array<int, n> count{};
+  for (int i = 0; i < draws; i++) {
+    const uint64_t r = uniform_below(rng, n);
+    ASSERT_LT(r, (uint64_t)n);
+    count[r]++;
+  }
+  double chi2 = 0;
+  for (int c : count) chi2 += (c - draws / n) * (c - draws / n) / (double)(draws / n);
+  EXPECT_LT(chi2, 22.5) << "chi-square with 6 degrees of freedom, p = 0.001";
+  EXPECT_EQ(uniform_below(rng, 1), 0u);
+  // Past half the range, plain modulo would give the low half twice the weight; rejection does not.
+  const uint64_t big = (1ull << 63) + (1ull << 62);
+  int low = 0;
+  for (int i = 0; i < 20000; i++) low += uniform_below(rng, big) < big / 2;
+  EXPECT_NEAR(low / 20000.0, 0.5, 0.02);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <new>
 #include <stdexcept>
 
+#include "model/random.h"
 #include "model/t6.h"
 
 namespace t6 {
@@ -61,7 +62,7 @@ int32_t sample_token(const double* logits, int n, const GenerateOptions& o, std:
     cand.resize(std::max<size_t>(keep, 1));
     total = kept > 0 ? kept : cand[0].first;
   }
-  double r = std::uniform_real_distribution<double>(0.0, 1.0)(rng) * total;
+  double r = uniform01(rng) * total;
   for (auto& c : cand)
     if ((r -= c.first) <= 0) return c.second;
   return cand.back().second;

@@ -21,6 +21,7 @@
 #include "kernels/cuda/state.h"
 #include "kernels/ops.h"
 #include "model/layout.h"
+#include "model/random.h"
 #include "model/t6.h"
 #include "trainer/config.h"
 
@@ -45,9 +46,8 @@ struct Args {
 struct Rng {
   std::mt19937_64 gen{1234};
   Vec bf16_values(size_t n, double scale) {  // uniform, rounded to bf16 (both sides see these)
-    std::uniform_real_distribution<double> u(-scale, scale);
     Vec v(n);
-    for (double& x : v) x = to_float(to_bf16((float)u(gen)));
+    for (double& x : v) x = to_float(to_bf16((float)uniform(gen, -scale, scale)));
     return v;
   }
 };

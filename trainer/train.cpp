@@ -20,6 +20,7 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "model/init.h"
+#include "model/random.h"
 #include "model/safetensors.h"
 #include "model/t6.h"
 #include "optim/adamw.h"
@@ -194,8 +195,8 @@ struct RandomTokens {
   std::mt19937_64 rng;
   int vocab;
   void next(int32_t* inputs, int32_t* targets, size_t n) {
-    std::uniform_int_distribution<int32_t> u(0, vocab - 1);
-    for (size_t i = 0; i < n; i++) inputs[i] = u(rng), targets[i] = u(rng);
+    for (size_t i = 0; i < n; i++)
+      inputs[i] = (int32_t)uniform_below(rng, vocab), targets[i] = (int32_t)uniform_below(rng, vocab);
   }
 };
 
