@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "test_util.h"
+#include "trainer/args.h"
 #include "trainer/config.h"
 
 namespace t6 {
@@ -132,6 +133,73 @@ TEST(ConfigErrors, InvalidValuesNameTheKeyAndTheRule) {
   EXPECT_NE(e.find("data.train: required"), std::string::npos) << e;
   EXPECT_NE(error_of("model: [1, 2]\n").find("model: expected a mapping"), std::string::npos);
   EXPECT_NE(error_of("model:\n  n_layer: [\n").find("not valid YAML"), std::string::npos);
+}
+
+// The tools' shared argument loop: both option forms, positional arguments, numbers checked,
+// and every error naming the flag.
+struct Argv {
+  std::vector<std::string> words;
+  std::vector<char*> ptrs;
+  explicit Argv(std::vector<std::string> w) : words(std::move(w)) {
+    words.insert(words.begin(), "tool");
+    for (std::string& s : words) ptrs.push_back(s.data());
+  }
+  Args args() { return Args((int)ptrs.size(), ptrs.data()); }
+};
+
+std::string args_error(std::vector<std::string> words, bool with_value = true) {
+  Argv v(std::move(words));
+  Args a = v.args();
+  try {
+    while (a.next()) {
+      if (a.is("--n")) a.integer(1, 10);
+      else if (a.is("--x")) a.real(0, 1);
+      else if (a.is("--s")) {
+        if (with_value) a.value();
+      }
+      else if (a.is("--flag")) {}
+      else if (!a.positional()) a.unknown();
+    }
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Args, ReadsBothOptionFormsFlagsAndPositionals) {
+  Argv v({"--n", "7", "--x=0.25", "in.txt", "--s=a=b", "--flag", "-", "--s", "--not-a-flag"});
+  Args a = v.args();
+  long long n = 0;
+  double x = 0;
+  std::vector<std::string> positional, strings;
+  bool flag = false;
+  while (a.next()) {
+    if (a.is("--n")) n = a.integer(1, 10);
+    else if (a.is("--x")) x = a.real(0, 1);
+    else if (a.is("--s")) strings.push_back(a.value());
+    else if (a.is("--flag")) flag = true;
+    else if (a.positional()) positional.push_back(a.arg());
+    else a.unknown();
+  }
+  EXPECT_EQ(n, 7);
+  EXPECT_EQ(x, 0.25);
+  EXPECT_TRUE(flag);
+  EXPECT_EQ(positional, (std::vector<std::string>{"in.txt", "-"}));
+  EXPECT_EQ(strings, (std::vector<std::string>{"a=b", "--not-a-flag"}));  // a value may look like an option
+}
+
+TEST(Args, ErrorsNameTheFlagAndWhatItExpected) {
+  EXPECT_EQ(args_error({"--n", "11"}), "--n 11: expected an integer from 1 to 10");
+  EXPECT_EQ(args_error({"--n=3x"}), "--n 3x: expected an integer from 1 to 10");
+  EXPECT_EQ(args_error({"--n", ""}), "--n : expected an integer from 1 to 10");
+  EXPECT_EQ(args_error({"--n", "99999999999999999999"}), "--n 99999999999999999999: expected an integer from 1 to 10");
+  EXPECT_EQ(args_error({"--x", "nan"}), "--x nan: expected a number from 0 to 1");
+  EXPECT_EQ(args_error({"--x", "1.5"}), "--x 1.5: expected a number from 0 to 1");
+  EXPECT_EQ(args_error({"--flag", "--s"}), "--s needs a value");
+  EXPECT_EQ(args_error({"--flag=1"}), "--flag takes no value");
+  EXPECT_EQ(args_error({"--s=v"}, false), "--s takes no value");  // a tool that reads no value for it
+  EXPECT_EQ(args_error({"--bogus", "1"}), "unknown option '--bogus'");
+  EXPECT_EQ(args_error({"--n", "10", "--x", "1", "--s", "v", "--flag", "file"}), "");
 }
 
 }  // namespace

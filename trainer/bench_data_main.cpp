@@ -15,6 +15,7 @@
 
 #include "data/loader.h"
 #include "data/prepare.h"
+#include "trainer/args.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -34,19 +35,15 @@ int main(int argc, char** argv) {
   double seconds = 3;
   std::string dir;
   try {
-    for (int i = 1; i < argc; i++) {
-      const std::string a = argv[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "--tokens") tokens = std::stoull(value());
-      else if (a == "--batch") B = std::stoi(value());
-      else if (a == "--seq") T = std::stoi(value());
-      else if (a == "--seconds") seconds = std::stod(value());
-      else if (a == "--dir") dir = value();
-      else if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
-      else throw std::invalid_argument("unknown argument " + a);
+    t6::Args args(argc, argv);
+    while (args.next()) {
+      if (args.help()) { fmt::print("{}", kUsage); return 0; }
+      else if (args.is("--tokens")) tokens = args.integer(1, 1LL << 40);
+      else if (args.is("--batch")) B = (int)args.integer(1, 1 << 16);
+      else if (args.is("--seq")) T = (int)args.integer(1, 1 << 24);
+      else if (args.is("--seconds")) seconds = args.real(0.01, 3600);
+      else if (args.is("--dir")) dir = args.value();
+      else args.unknown();
     }
     const bool own_dir = dir.empty();
     if (own_dir) dir = fmt::format("/tmp/t6-bench-data-{}", getpid());

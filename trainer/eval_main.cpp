@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/t6.h"
+#include "trainer/args.h"
 #include "trainer/mc_eval.h"
 #include "trainer/tools.h"
 
@@ -27,26 +28,15 @@ int main(int argc, char** argv) {
     std::string weights, config, mc;
     std::vector<std::string> data;
     int batch = 8;
-    for (int i = 1; i < argc; i++) {
-      const std::string a = argv[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
-      else if (a == "--weights") weights = value();
-      else if (a == "--data") data.push_back(value());
-      else if (a == "--config") config = value();
-      else if (a == "--mc") mc = value();
-      else if (a == "--batch") {
-        const std::string v = value();
-        char* end = nullptr;
-        const long b = std::strtol(v.c_str(), &end, 10);
-        if (v.empty() || *end || b <= 0 || b > 1 << 20)
-          throw std::invalid_argument(fmt::format("--batch {}: expected a positive integer", v));
-        batch = (int)b;
-      }
-      else throw std::invalid_argument("unknown argument " + a);
+    t6::Args args(argc, argv);
+    while (args.next()) {
+      if (args.help()) { fmt::print("{}", kUsage); return 0; }
+      else if (args.is("--weights")) weights = args.value();
+      else if (args.is("--data")) data.push_back(args.value());
+      else if (args.is("--config")) config = args.value();
+      else if (args.is("--mc")) mc = args.value();
+      else if (args.is("--batch")) batch = (int)args.integer(1, 1 << 20);
+      else args.unknown();
     }
     if (weights.empty() || (data.empty() && mc.empty()))
       throw std::invalid_argument("--weights and --data (or --mc) are required");

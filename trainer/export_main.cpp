@@ -5,6 +5,7 @@
 #include <exception>
 #include <string>
 
+#include "trainer/args.h"
 #include "trainer/tools.h"
 
 static const char* kUsage =
@@ -16,18 +17,14 @@ static const char* kUsage =
 int main(int argc, char** argv) {
   try {
     std::string source, out, config;
-    for (int i = 1; i < argc; i++) {
-      const std::string a = argv[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
-      else if (a == "--out") out = value();
-      else if (a == "--config") config = value();
-      else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
-      else if (source.empty()) source = a;
-      else throw std::invalid_argument("more than one source given: " + a);
+    t6::Args args(argc, argv);
+    while (args.next()) {
+      if (args.help()) { fmt::print("{}", kUsage); return 0; }
+      else if (args.is("--out")) out = args.value();
+      else if (args.is("--config")) config = args.value();
+      else if (args.positional() && source.empty()) source = args.arg();
+      else if (args.positional()) throw std::invalid_argument("more than one source given: " + args.arg());
+      else args.unknown();
     }
     if (source.empty() || out.empty()) throw std::invalid_argument("a source and --out DIR are required");
     const t6::WeightsAndConfig w = t6::load_weights_and_config(source, config);

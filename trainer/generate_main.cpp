@@ -12,6 +12,7 @@
 
 #include "data/tokenizer.h"
 #include "kernels/context.h"
+#include "trainer/args.h"
 #include "trainer/generate.h"
 #include "trainer/tools.h"
 
@@ -34,21 +35,6 @@ static const char* kUsage =
 
 namespace {
 
-long integer(const std::string& flag, const std::string& v, long lo, long hi) {
-  char* end = nullptr;
-  const long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end || x < lo || x > hi)
-    throw std::invalid_argument(fmt::format("{} {}: expected an integer from {} to {}", flag, v, lo, hi));
-  return x;
-}
-
-double real(const std::string& flag, const std::string& v) {
-  char* end = nullptr;
-  const double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end) throw std::invalid_argument(fmt::format("{} {}: expected a number", flag, v));
-  return x;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,34 +43,30 @@ int main(int argc, char** argv) {
     bool have_prompt = false;
     long max_context = 0;
     t6::GenerateOptions o;
-    for (int i = 1; i < argc; i++) {
-      const std::string a = argv[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
-      else if (a == "--weights") weights = value();
-      else if (a == "--config") config = value();
-      else if (a == "--prompt") prompt_text = value(), have_prompt = true;
-      else if (a == "--prompt-file") {
-        const std::string path = value();
+    t6::Args args(argc, argv);
+    while (args.next()) {
+      if (args.help()) { fmt::print("{}", kUsage); return 0; }
+      else if (args.is("--weights")) weights = args.value();
+      else if (args.is("--config")) config = args.value();
+      else if (args.is("--prompt")) prompt_text = args.value(), have_prompt = true;
+      else if (args.is("--prompt-file")) {
+        const std::string path = args.value();
         std::ifstream f(path, std::ios::binary);
         if (!f) throw std::invalid_argument(fmt::format("--prompt-file {}: cannot read it", path));
         std::stringstream ss;
         ss << f.rdbuf();
         prompt_text = ss.str(), have_prompt = true;
       }
-      else if (a == "--max-new-tokens") o.max_new_tokens = (int)integer(a, value(), 0, 1 << 24);
-      else if (a == "--temperature") o.temperature = real(a, value());
-      else if (a == "--top-k") o.top_k = (int)integer(a, value(), 0, 1 << 24);
-      else if (a == "--top-p") o.top_p = real(a, value());
-      else if (a == "--seed") o.seed = (uint64_t)integer(a, value(), 0, 1L << 62);
-      else if (a == "--batch") o.batch = (int)integer(a, value(), 1, 1 << 16);
-      else if (a == "--max-context") max_context = integer(a, value(), 1, 1 << 24);
-      else if (a == "--tokenizer") tokenizer_name = value();
-      else if (a == "--device") device = value();
-      else throw std::invalid_argument("unknown argument " + a);
+      else if (args.is("--max-new-tokens")) o.max_new_tokens = (int)args.integer(0, 1 << 24);
+      else if (args.is("--temperature")) o.temperature = args.real();
+      else if (args.is("--top-k")) o.top_k = (int)args.integer(0, 1 << 24);
+      else if (args.is("--top-p")) o.top_p = args.real();
+      else if (args.is("--seed")) o.seed = (uint64_t)args.integer(0, 1LL << 62);
+      else if (args.is("--batch")) o.batch = (int)args.integer(1, 1 << 16);
+      else if (args.is("--max-context")) max_context = args.integer(1, 1 << 24);
+      else if (args.is("--tokenizer")) tokenizer_name = args.value();
+      else if (args.is("--device")) device = args.value();
+      else args.unknown();
     }
     if (weights.empty() || !have_prompt) throw std::invalid_argument("--weights and --prompt (or --prompt-file) are required");
     if (device != "auto" && device != "cpu" && device != "cuda")

@@ -2,7 +2,6 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
@@ -11,6 +10,7 @@
 #include "data/mc_eval.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "trainer/args.h"
 
 static const char* kUsage =
     "usage: t6-prepare --out DIR [--tokenizer gpt2|byte] [--shard-tokens N] [--val-tokens N]\n"
@@ -31,15 +31,6 @@ static const char* kUsage =
     "                     20240520, or headerless uint16), already tokenized with --tokenizer\n"
     "  --compress         deflate-compressed shards: smaller, slower to read (for shipped samples)\n"
     "  --vocab-dir DIR    encoder.json and vocab.bpe for gpt2 (default: the shipped data/gpt2)\n";
-
-static uint64_t parse_count(const std::string& flag, const char* value) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(value, &end, 10);
-  if (errno || !end || *end || value[0] == '-' || value[0] == '\0')
-    throw std::invalid_argument(fmt::format("{} {}: expected a non-negative integer", flag, value));
-  return v;
-}
 
 static std::string human_bytes(double b) {
   const char* units[] = {"B", "KB", "MB", "GB", "TB"};
@@ -72,24 +63,20 @@ int main(int argc, char** argv) {
   try {
     t6::PrepareOptions opt;
     std::string eval_kind;
-    for (int i = 1; i < argc; i++) {
-      std::string a = argv[i];
-      auto value = [&]() -> const char* {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
-      else if (a == "--out") opt.out_dir = value();
-      else if (a == "--tokenizer") opt.tokenizer = value();
-      else if (a == "--vocab-dir") opt.vocab_dir = value();
-      else if (a == "--shard-tokens") opt.shard_tokens = parse_count(a, value());
-      else if (a == "--val-tokens") opt.val_tokens = parse_count(a, value());
-      else if (a == "--jsonl-field") opt.jsonl_field = value();
-      else if (a == "--from-bin") opt.from_bin = true;
-      else if (a == "--compress") opt.compress = true;
-      else if (a == "--eval") eval_kind = value();
-      else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + a);
-      else opt.inputs.push_back(a);
+    t6::Args args(argc, argv);
+    while (args.next()) {
+      if (args.help()) { fmt::print("{}", kUsage); return 0; }
+      else if (args.is("--out")) opt.out_dir = args.value();
+      else if (args.is("--tokenizer")) opt.tokenizer = args.value();
+      else if (args.is("--vocab-dir")) opt.vocab_dir = args.value();
+      else if (args.is("--shard-tokens")) opt.shard_tokens = args.integer(0, INT64_MAX);
+      else if (args.is("--val-tokens")) opt.val_tokens = args.integer(0, INT64_MAX);
+      else if (args.is("--jsonl-field")) opt.jsonl_field = args.value();
+      else if (args.is("--from-bin")) opt.from_bin = true;
+      else if (args.is("--compress")) opt.compress = true;
+      else if (args.is("--eval")) eval_kind = args.value();
+      else if (args.positional()) opt.inputs.push_back(args.arg());
+      else args.unknown();
     }
     if (opt.out_dir.empty()) throw std::invalid_argument("--out DIR is required");
     if (!eval_kind.empty()) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/args.h"
 #include "trainer/config.h"
 #include "trainer/runtime.h"
 #include "trainer/train.h"
@@ -29,26 +30,15 @@ int main(int argc, char** argv) {
   std::string resume;
   t6::Benchmark benchmark;
   try {
-    for (int i = 1; i < argc; i++) {
-      const std::string a = argv[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "-h" || a == "--help") { fmt::print("{}", kUsage); return 0; }
-      else if (a == "--config") config = value();
-      else if (a == "--set") overrides.push_back(value());
-      else if (a == "--resume") resume = value();
-      else if (a == "--profile") benchmark.profile = true;
-      else if (a == "--benchmark") {
-        const std::string v = value();
-        char* end = nullptr;
-        benchmark.steps = std::strtoll(v.c_str(), &end, 10);
-        if (*end || benchmark.steps < 3) throw std::invalid_argument("--benchmark needs a number of steps of at least 3, got '" + v + "'");
-      }
-      else if (a.rfind("--set=", 0) == 0) overrides.push_back(a.substr(6));
-      else if (a.rfind("--config=", 0) == 0) config = a.substr(9);
-      else throw std::invalid_argument("unknown argument '" + a + "'");
+    t6::Args args(argc, argv);
+    while (args.next()) {
+      if (args.help()) { fmt::print("{}", kUsage); return 0; }
+      else if (args.is("--config")) config = args.value();
+      else if (args.is("--set")) overrides.push_back(args.value());
+      else if (args.is("--resume")) resume = args.value();
+      else if (args.is("--profile")) benchmark.profile = true;
+      else if (args.is("--benchmark")) benchmark.steps = args.integer(3, 1LL << 40);
+      else args.unknown();
     }
     if (config.empty()) throw std::invalid_argument("--config FILE.yaml is required");
     if (benchmark.profile && benchmark.steps == 0) throw std::invalid_argument("--profile needs --benchmark N");
