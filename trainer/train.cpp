@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <omp.h>
 #include <random>
@@ -242,79 +243,142 @@ void print_benchmark(const Config& cfg, const Context& ctx, size_t activation_by
              100 * mfu(cfg.model, tok_s / W), memory);
 }
 
-// One run on this rank. comm carries host values (losses, norms, checkpoint gathers, signals);
-// dcomm the backend's gradient and parameter buffers (NCCL on GPUs, comm itself on the CPU).
+// The split of the flat buffers into W contiguous ranges, one per rank (ZeRO-1's optimizer shards).
+std::vector<size_t> shard_counts(size_t total, int W) {
+  std::vector<size_t> counts(W);
+  for (int r = 0; r < W; r++) counts[r] = total / W + ((size_t)r < total % W);
+  return counts;
+}
+
+// One run on this rank, read top to bottom in run(): set up (the constructor: data, model and
+// optimizer; then the starting state and the logs), then per step train_step → log_step →
+// after_step (epoch, consistency check, evaluation, checkpoint, stop signal), then finish.
+// comm carries host values (losses, norms, checkpoint gathers, signals); dcomm the backend's
+// gradient and parameter buffers (NCCL on GPUs, comm itself on the CPU).
 template <class Model>
-TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& bench, Communicator* comm,
-                Communicator* dcomm, const Context& ctx) {
-  const int W = comm->size(), rank = comm->rank();
-  const bool root = rank == 0;
-  const ModelConfig& mc = cfg.model;
-  const TrainConfig& tc = cfg.train;
-  const int B = tc.batch_size, T = mc.block_size, accum = tc.gradient_accumulation_steps;
-  const size_t tokens_per_step = (size_t)B * T * accum * W;
-  const int64_t benchmark = bench.steps, max_iters = benchmark > 0 ? benchmark : tc.max_iters;
+struct Trainer {
+  const Config& cfg;
+  const ModelConfig& mc;
+  const TrainConfig& tc;
+  const Benchmark& bench;
+  Communicator* comm;
+  Communicator* dcomm;
+  const Context& ctx;
+  const int W, rank;
+  const bool root;
+  const int B, T, accum;
+  const size_t tokens_per_step;
+  const int64_t benchmark, max_iters;
 
   // Data and weights are checked before anything is written, so a bad run leaves no outputs.
   // A benchmark reads no data: its tokens are random.
   std::unique_ptr<DataLoader> train_data, val_data;
-  if (benchmark == 0)
-    train_data = std::make_unique<DataLoader>(expand_shards(cfg.data.train, "data.train"), B, T, cfg.data.shuffle,
-                                              cfg.data.seed, mc.vocab_size, "data.train", rank, W, kPrefetch);
-  if (!cfg.data.val.empty() && benchmark == 0)
-    val_data = std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0, mc.vocab_size,
-                                            "data.val");
-  const std::vector<McExample> mc_examples =
-      tc.eval_mc.empty() || benchmark > 0
-          ? std::vector<McExample>{}
-          : read_mc_file(tc.eval_mc, mc.vocab_size, train_data ? train_data->meta().tokenizer : "");
-  RandomTokens random_tokens{std::mt19937_64(kBenchmarkSeed + rank), mc.vocab_size};
-  Model model(mc, ctx, B, T, tc.recompute);
-  const size_t total = model.layout.total;
+  std::vector<McExample> mc_examples;
+  RandomTokens random_tokens;
+  Model model;
+  const size_t total;
 
   // ZeRO-1: rank r owns the optimizer state of one contiguous range of the flat buffers.
-  const bool zero = cfg.optim.zero == 1 && W > 1;
-  std::vector<size_t> counts(W), offsets(W);
-  for (int r = 0; r < W; r++) {
-    counts[r] = total / W + ((size_t)r < total % W);
-    offsets[r] = r ? offsets[r - 1] + counts[r - 1] : 0;
-  }
-  const size_t shard_begin = zero ? offsets[rank] : 0, shard_size = zero ? counts[rank] : total;
-  AdamW<float> optimizer(ctx, shard_size, cfg.optim.adamw);
+  const bool zero;
+  const std::vector<size_t> counts;
+  const size_t shard_begin, shard_size;
+  AdamW<float> optimizer;
   Buffer<float> grad_shard;
-  if (zero) grad_shard = Buffer<float>(ctx, shard_size);
+  // With train.overlap_grad_reduce, in the last micro-batch each layer's gradients are final as
+  // soon as its backward is done: their all-reduce starts then and overlaps the layers below.
+  const bool overlapped;
 
-  // Rank 0 chooses the checkpoint; every rank loads that one and takes its part.
-  int64_t start = 0;
-  TrainingState resumed;
+  int64_t start = 0;  // the first step: 0, or the resumed checkpoint's
   std::string resumed_from;
-  if (benchmark == 0 && resume.empty() && root && !list_checkpoints(tc.out_dir).empty())
-    throw std::invalid_argument(fmt::format(
-        "{} already holds checkpoints of an earlier run (newest: {}); continue it with --resume auto, or start a "
-        "new run in another train.out_dir (or delete the old one)", tc.out_dir, list_checkpoints(tc.out_dir).front()));
-  if (!resume.empty()) {
-    if (root) find_resume_state(cfg, resume, model.layout, resumed, resumed_from);
-    comm->broadcast_string(resumed_from, 0);
-    if (!root && !resumed_from.empty()) resumed = load_checkpoint(resumed_from, model.layout);
-  }
-  if (!resumed_from.empty()) {
-    model.params_from_host(resumed.params);
-    optimizer.m.from_host(resumed.adam_m.data() + shard_begin, shard_size);
-    optimizer.v.from_host(resumed.adam_v.data() + shard_begin, shard_size);
-    optimizer.steps = resumed.adam_steps;
-    train_data->restore(resumed.loader);
-    start = resumed.iter;
-  } else if (!mc.init_from.empty()) {
-    model.params_from_host(load_weights(mc.init_from, model.layout));
-  } else {
-    model.params_from_host(init_params(mc, model.layout, mc.seed));
+  std::ofstream metrics;
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  TrainResult result;
+  StopSignals signals;
+  const FaultInjection faults;
+  Outliers loss_history, norm_history;
+  int consecutive_skips = 0;
+  std::vector<int32_t> inputs, targets;
+  int64_t epoch = 0;
+
+  Trainer(const Config& cfg, const Benchmark& bench, Communicator* comm, Communicator* dcomm, const Context& ctx)
+      : cfg(cfg), mc(cfg.model), tc(cfg.train), bench(bench), comm(comm), dcomm(dcomm), ctx(ctx), W(comm->size()),
+        rank(comm->rank()), root(rank == 0), B(tc.batch_size), T(mc.block_size), accum(tc.gradient_accumulation_steps),
+        tokens_per_step((size_t)B * T * accum * W), benchmark(bench.steps),
+        max_iters(benchmark > 0 ? benchmark : tc.max_iters),
+        train_data(benchmark > 0 ? nullptr
+                                 : std::make_unique<DataLoader>(expand_shards(cfg.data.train, "data.train"), B, T,
+                                                                cfg.data.shuffle, cfg.data.seed, mc.vocab_size,
+                                                                "data.train", rank, W, kPrefetch)),
+        val_data(benchmark > 0 || cfg.data.val.empty()
+                     ? nullptr
+                     : std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0,
+                                                    mc.vocab_size, "data.val")),
+        mc_examples(tc.eval_mc.empty() || benchmark > 0
+                        ? std::vector<McExample>{}
+                        : read_mc_file(tc.eval_mc, mc.vocab_size, train_data->meta().tokenizer)),
+        random_tokens{std::mt19937_64(kBenchmarkSeed + rank), mc.vocab_size},
+        model(mc, ctx, B, T, tc.recompute),
+        total(model.layout.total),
+        zero(cfg.optim.zero == 1 && W > 1),
+        counts(shard_counts(total, W)),
+        shard_begin(zero ? std::accumulate(counts.begin(), counts.begin() + rank, size_t{0}) : 0),
+        shard_size(zero ? counts[rank] : total),
+        optimizer(ctx, shard_size, cfg.optim.adamw),
+        overlapped(W > 1 && !zero && tc.overlap_grad_reduce),
+        inputs((size_t)B * T),
+        targets((size_t)B * T) {
+    if (zero) grad_shard = Buffer<float>(ctx, shard_size);
   }
 
-  const fs::path metrics_path = fs::path(tc.out_dir) / "metrics.jsonl";
-  std::ofstream metrics;
-  if (root && benchmark > 0) {
-    fmt::print("benchmark: {} steps of {} on random tokens; {}\n", benchmark, cfg.path, device_summary(ctx));
-  } else if (root) {
+  TrainResult run(const std::string& resume) {
+    restore_or_init(resume);
+    if (root) open_logs();
+    epoch = train_data ? train_data->epoch() : 0;
+    for (int64_t step = start; step < max_iters; step++) {
+      if (benchmark > 0 && bench.profile && step == 2) set_profiling(ctx, true);
+      if (!train_step(step)) return result;  // too many skipped steps in a row
+      if (benchmark == 0 && !after_step(step)) return result;  // stopped by a signal
+    }
+    finish();
+    return result;
+  }
+
+  // Rank 0 chooses the checkpoint; every rank loads that one and takes its part. Without one:
+  // model.init_from's weights, or the seed's.
+  void restore_or_init(const std::string& resume) {
+    if (benchmark == 0 && resume.empty() && root && !list_checkpoints(tc.out_dir).empty())
+      throw std::invalid_argument(fmt::format(
+          "{} already holds checkpoints of an earlier run (newest: {}); continue it with --resume auto, or start a "
+          "new run in another train.out_dir (or delete the old one)",
+          tc.out_dir, list_checkpoints(tc.out_dir).front()));
+    TrainingState resumed;
+    if (!resume.empty()) {
+      if (root) find_resume_state(cfg, resume, model.layout, resumed, resumed_from);
+      comm->broadcast_string(resumed_from, 0);
+      if (!root && !resumed_from.empty()) resumed = load_checkpoint(resumed_from, model.layout);
+    }
+    if (!resumed_from.empty()) {
+      model.params_from_host(resumed.params);
+      optimizer.m.from_host(resumed.adam_m.data() + shard_begin, shard_size);
+      optimizer.v.from_host(resumed.adam_v.data() + shard_begin, shard_size);
+      optimizer.steps = resumed.adam_steps;
+      train_data->restore(resumed.loader);
+      start = resumed.iter;
+    } else if (!mc.init_from.empty()) {
+      model.params_from_host(load_weights(mc.init_from, model.layout));
+    } else {
+      model.params_from_host(init_params(mc, model.layout, mc.seed));
+    }
+  }
+
+  // Rank 0: what the run is (config, model, data, batch, device, memory), then out_dir's
+  // config.yaml, metrics.jsonl (a resumed run keeps the steps before its checkpoint) and
+  // the TensorBoard events. A benchmark writes nothing.
+  void open_logs() {
+    if (benchmark > 0) {
+      fmt::print("benchmark: {} steps of {} on random tokens; {}\n", benchmark, cfg.path, device_summary(ctx));
+      return;
+    }
     fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
     fs::create_directories(tc.out_dir);
     write_file_atomically((fs::path(tc.out_dir) / "config.yaml").string(), cfg.to_yaml());
@@ -340,15 +404,16 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     if (W > 1)
       fmt::print("optimizer state: {:.1f} MB per rank{}\n", 2.0 * shard_size * sizeof(float) / 1e6,
                  zero ? fmt::format(" (ZeRO-1: 1/{} of {:.1f} MB)", W, 2.0 * total * sizeof(float) / 1e6) : "");
+    const fs::path metrics_path = fs::path(tc.out_dir) / "metrics.jsonl";
     if (start > 0) trim_metrics(metrics_path, start);
     metrics.open(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
     if (!metrics) throw std::runtime_error(fmt::format("{}: cannot write", metrics_path.string()));
+    // Every record goes to metrics.jsonl and, with train.tensorboard, each of its numbers to an
+    // event file as a scalar ("train/loss", "eval/val_loss", …).
+    if (!tc.tensorboard.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard);
   }
-  // Every record goes to metrics.jsonl and, with train.tensorboard, each of its numbers to an
-  // event file as a scalar ("train/loss", "eval/val_loss", …).
-  std::unique_ptr<TensorBoardWriter> tensorboard;
-  if (root && benchmark == 0 && !tc.tensorboard.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard);
-  auto record = [&](const nlohmann::json& j) {
+
+  void record(const nlohmann::json& j) {
     if (!root || benchmark > 0) return;
     metrics << j.dump() << "\n" << std::flush;
     if (!tensorboard) return;
@@ -357,11 +422,10 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       if (name != "step" && value.is_number() && std::isfinite(value.template get<double>()))  // as the JSON's nulls
         tensorboard->scalar((eval ? "eval/" : "train/") + name, j["step"], value);
     tensorboard->flush();
-  };
+  }
 
-  TrainResult result;
   // Every rank takes part (ZeRO gathers the moments); rank 0 writes.
-  auto checkpoint = [&](int64_t iter) {
+  void checkpoint(int64_t iter) {
     TrainingState s;
     s.iter = iter;
     s.params = model.params_to_host();
@@ -382,20 +446,48 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
       fmt::print("saved checkpoint {}\n", result.last_checkpoint);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
-  };
+  }
 
-  StopSignals signals;
-  const FaultInjection faults;
-  Outliers loss_history, norm_history;
-  int consecutive_skips = 0;
-  std::vector<int32_t> inputs((size_t)B * T), targets((size_t)B * T);
-  int64_t epoch = benchmark > 0 ? 0 : train_data->epoch();
-  // With train.overlap_grad_reduce, in the last micro-batch each layer's gradients are final as
-  // soon as its backward is done: their all-reduce starts then and overlaps the layers below.
-  const bool overlapped = W > 1 && !zero && tc.overlap_grad_reduce;
-  for (int64_t step = start; step < max_iters; step++) {
-    if (benchmark > 0 && bench.profile && step == 2) set_profiling(ctx, true);
+  // One optimizer step: the micro-batches' gradients summed over ranks, then the update, or a
+  // skip when the loss or gradient norm is non-finite or an outlier. False: too many skips in a
+  // row (a checkpoint of the last good state is saved, except in a benchmark).
+  bool train_step(int64_t step) {
     const auto step_start = std::chrono::steady_clock::now();
+    const double local_loss = accumulate_gradients(step);
+    float* grads = reduce_gradients();
+    // The gradients are summed over ranks; the 1/W of the average is applied by the optimizer.
+    double sums[2] = {local_loss, sum_squares(ctx, grads, shard_size)};
+    comm->all_reduce_sum(&sums[0], 1);
+    if (zero) comm->all_reduce_sum(&sums[1], 1);
+    const double loss = sums[0] / W, grad_norm = std::sqrt(sums[1]) / W;
+
+    // Every rank sees the same global loss and norm, so every rank makes the same decision.
+    const char* skip_reason = !std::isfinite(loss) || !std::isfinite(grad_norm) ? "non-finite loss or gradient norm"
+                              : loss_history.above(loss, tc.skip_zscore_loss)   ? "loss outlier"
+                              : norm_history.above(grad_norm, tc.skip_zscore_grad) ? "gradient-norm outlier"
+                                                                                    : nullptr;
+    const double lr = cfg.optim.schedule.at(step);
+    if (skip_reason) {
+      if (!skip(step, skip_reason, loss, lr, grad_norm)) return false;
+    } else {
+      consecutive_skips = 0;
+      loss_history.add(loss);
+      norm_history.add(grad_norm);
+      optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(),
+                     clip_factor(grad_norm, cfg.optim.grad_clip) / W);
+      if (zero) dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
+      model.refresh_weights(/*flat_copy_current=*/!zero);
+    }
+    ctx.synchronize();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    const StepRecord r{step, loss, lr, grad_norm, tokens_per_step / seconds, seconds * 1e3};
+    result.steps.push_back(r);
+    if (!skip_reason) log_step(r);
+    return true;
+  }
+
+  // Forward and backward over the micro-batches; this rank's mean loss.
+  double accumulate_gradients(int64_t step) {
     model.zero_grads();
     double loss = 0;
     const bool poison = rank == faults.rank && step == faults.nan_step;
@@ -419,129 +511,116 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
     if (rank == faults.rank && step == faults.throw_step)
       throw std::runtime_error(fmt::format("injected failure at step {} (T6_TEST_THROW_STEP)", step));
     if (poison && !overlapped) poison_at(total / 2);
+    return loss / accum;
+  }
 
-    // Sum over ranks: the gradients (or this rank's shard of them), the loss.
-    float* grads = model.grads.data();
+  // Sums the gradients over ranks (ZeRO: this rank's shard of them); where they now are.
+  float* reduce_gradients() {
     if (zero) {
       dcomm->reduce_scatter_sum(model.grads.data(), grad_shard.data(), counts);
-      grads = grad_shard.data();
-    } else if (overlapped) {
-      dcomm->wait_all();
-    } else if (W > 1) {
-      dcomm->all_reduce_sum(model.grads.data(), total);
+      return grad_shard.data();
     }
-    // The gradients are summed over ranks; the 1/W of the average is applied by the optimizer.
-    double sums[2] = {loss / accum, sum_squares(ctx, grads, shard_size)};
-    comm->all_reduce_sum(&sums[0], 1);
-    if (zero) comm->all_reduce_sum(&sums[1], 1);
-    loss = sums[0] / W;
-    const double grad_norm = std::sqrt(sums[1]) / W;
+    if (overlapped) dcomm->wait_all();
+    else if (W > 1) dcomm->all_reduce_sum(model.grads.data(), total);
+    return model.grads.data();
+  }
 
-    // Every rank sees the same global loss and norm, so every rank makes the same decision.
-    const char* skip_reason = !std::isfinite(loss) || !std::isfinite(grad_norm) ? "non-finite loss or gradient norm"
-                              : loss_history.above(loss, tc.skip_zscore_loss)   ? "loss outlier"
-                              : norm_history.above(grad_norm, tc.skip_zscore_grad) ? "gradient-norm outlier"
-                                                                                    : nullptr;
-    const double lr = cfg.optim.schedule.at(step);
-    if (skip_reason) {
-      result.skipped++;
-      consecutive_skips++;
-      if (root)
-        fmt::print("step {:>6}/{} | skipped: {} (loss {}, grad norm {}); {} skipped so far\n", step, tc.max_iters,
-                   skip_reason, loss, grad_norm, result.skipped);
-      record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"skipped", skip_reason}});
-      if (consecutive_skips >= tc.max_consecutive_skips) {
-        if (benchmark > 0) {  // a benchmark writes nothing
-          if (root) fmt::print("benchmark: stopping after {} consecutive skipped steps\n", consecutive_skips);
-          result.gave_up = true;
-          return result;
-        }
-        checkpoint(step);  // the parameters are still those of the last good step
-        if (root)
-          fmt::print("stopping: {} consecutive steps skipped (the last: {}). The last good state is in {}. Lower "
-                     "optim.learning_rate or raise optim.warmup_iters, then continue with --resume auto.\n",
-                     consecutive_skips, skip_reason, result.last_checkpoint);
-        result.gave_up = true;
-        return result;
-      }
-    } else {
-      consecutive_skips = 0;
-      loss_history.add(loss);
-      norm_history.add(grad_norm);
-      optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(),
-                     clip_factor(grad_norm, cfg.optim.grad_clip) / W);
-      if (zero) dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
-      model.refresh_weights(/*flat_copy_current=*/!zero);
+  // A skipped update: logged and recorded. False when it is one too many in a row.
+  bool skip(int64_t step, const char* reason, double loss, double lr, double grad_norm) {
+    result.skipped++;
+    consecutive_skips++;
+    if (root)
+      fmt::print("step {:>6}/{} | skipped: {} (loss {}, grad norm {}); {} skipped so far\n", step, tc.max_iters,
+                 reason, loss, grad_norm, result.skipped);
+    record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"skipped", reason}});
+    if (consecutive_skips < tc.max_consecutive_skips) return true;
+    result.gave_up = true;
+    if (benchmark > 0) {  // a benchmark writes nothing
+      if (root) fmt::print("benchmark: stopping after {} consecutive skipped steps\n", consecutive_skips);
+      return false;
     }
-    ctx.synchronize();
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    checkpoint(step);  // the parameters are still those of the last good step
+    if (root)
+      fmt::print("stopping: {} consecutive steps skipped (the last: {}). The last good state is in {}. Lower "
+                 "optim.learning_rate or raise optim.warmup_iters, then continue with --resume auto.\n",
+                 consecutive_skips, reason, result.last_checkpoint);
+    return false;
+  }
 
-    StepRecord r{step, loss, lr, grad_norm, tokens_per_step / seconds, seconds * 1e3};
-    result.steps.push_back(r);
-    if (!skip_reason)
-      record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-              {"tokens_per_sec", r.tokens_per_sec}, {"ms", r.ms}});
-    if (root && (step % tc.log_interval == 0 || step + 1 == max_iters) && !skip_reason)
-      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms{}{}\n", step,
-                 max_iters, loss, lr, grad_norm, r.tokens_per_sec, r.ms,
+  void log_step(const StepRecord& r) {
+    record({{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+            {"tokens_per_sec", r.tokens_per_sec}, {"ms", r.ms}});
+    if (root && (r.step % tc.log_interval == 0 || r.step + 1 == max_iters))
+      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms{}{}\n", r.step,
+                 max_iters, r.loss, r.lr, r.grad_norm, r.tokens_per_sec, r.ms,
                  ctx.device == Device::cuda ? fmt::format(" | MFU {:.1f}%", 100 * mfu(mc, r.tokens_per_sec / W)) : "",
-                 benchmark > 0 ? "" : eta(result.steps, max_iters - step - 1));
-    if (benchmark > 0) continue;
+                 benchmark > 0 ? "" : eta(result.steps, max_iters - r.step - 1));
+  }
+
+  // What follows a training step: the epoch notice, the ranks' consistency check, the
+  // evaluations, a checkpoint when due or asked for by a signal. False: stopped by a signal.
+  bool after_step(int64_t step) {
     if (train_data->epoch() != epoch) {
       epoch = train_data->epoch();
       if (root) fmt::print("data: epoch {} begins (the training data wrapped around)\n", epoch);
     }
-    if (W > 1 && tc.consistency_interval > 0 && (step + 1) % tc.consistency_interval == 0) {
-      // Identical parameters on every rank: the max and min of a checksum agree.
-      const std::vector<float> p = model.params_to_host();
-      const double crc = crc32_of(p, 0, p.size());
-      double span[2] = {crc, -crc};
-      comm->all_reduce_max(span, 2);
-      if (span[0] != -span[1])
-        throw std::runtime_error(fmt::format(
-            "step {}: the ranks' parameters diverged (checksums differ); this is a bug or a hardware fault", step));
-    }
+    if (W > 1 && tc.consistency_interval > 0 && (step + 1) % tc.consistency_interval == 0) check_ranks_agree(step);
     const bool last = step + 1 == tc.max_iters;
-    const bool evaluation = (tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0) || last;
-    if (val_data && evaluation) {
-      const double val = evaluate(model, *val_data, tc.eval_iters);  // every rank the same: no communication
-      result.final_val_loss = val;
-      record({{"step", step}, {"val_loss", val}});
-      if (root) fmt::print("step {:>6}/{} | val loss {:.4f}\n", step, tc.max_iters, val);
-    }
-    if (!mc_examples.empty() && evaluation) {  // each rank a share of the examples, summed
-      const McScore mc = score_multiple_choice(model, mc_examples, comm);
-      result.mc_acc = mc.acc, result.mc_acc_norm = mc.acc_norm;
-      record({{"step", step}, {"mc_acc", mc.acc}, {"mc_acc_norm", mc.acc_norm}});
-      if (root)
-        fmt::print("step {:>6}/{} | multiple choice: acc {:.4f}, acc_norm {:.4f} ({} examples)\n", step,
-                   tc.max_iters, mc.acc, mc.acc_norm, mc.examples);
-    }
+    if ((tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0) || last) evaluate_now(step);
     // A signal reaches one rank or all; the max makes it everyone's decision.
     double stop = stop_signal;
     comm->all_reduce_max(&stop, 1);
     const bool stopping = stop != 0;
     if (last || stopping || (cfg.checkpoint.interval > 0 && (step + 1) % cfg.checkpoint.interval == 0))
       checkpoint(step + 1);
-    if (stopping && !last) {
+    if (!stopping || last) return true;
+    if (root)
+      fmt::print("stopped by {} after step {}, with checkpoint {} saved; to continue, run the same command "
+                 "with --resume auto\n", (int)stop == SIGINT ? "SIGINT" : "SIGTERM", step, result.last_checkpoint);
+    result.interrupted = true;
+    return false;
+  }
+
+  // Identical parameters on every rank: the max and min of a checksum agree.
+  void check_ranks_agree(int64_t step) {
+    const std::vector<float> p = model.params_to_host();
+    const double crc = crc32_of(p, 0, p.size());
+    double span[2] = {crc, -crc};
+    comm->all_reduce_max(span, 2);
+    if (span[0] != -span[1])
+      throw std::runtime_error(fmt::format(
+          "step {}: the ranks' parameters diverged (checksums differ); this is a bug or a hardware fault", step));
+  }
+
+  void evaluate_now(int64_t step) {
+    if (val_data) {
+      const double val = evaluate(model, *val_data, tc.eval_iters);  // every rank the same: no communication
+      result.final_val_loss = val;
+      record({{"step", step}, {"val_loss", val}});
+      if (root) fmt::print("step {:>6}/{} | val loss {:.4f}\n", step, tc.max_iters, val);
+    }
+    if (!mc_examples.empty()) {  // each rank a share of the examples, summed
+      const McScore s = score_multiple_choice(model, mc_examples, comm);
+      result.mc_acc = s.acc, result.mc_acc_norm = s.acc_norm;
+      record({{"step", step}, {"mc_acc", s.acc}, {"mc_acc_norm", s.acc_norm}});
       if (root)
-        fmt::print("stopped by {} after step {}, with checkpoint {} saved; to continue, run the same command "
-                   "with --resume auto\n", (int)stop == SIGINT ? "SIGINT" : "SIGTERM", step, result.last_checkpoint);
-      result.interrupted = true;
-      return result;
+        fmt::print("step {:>6}/{} | multiple choice: acc {:.4f}, acc_norm {:.4f} ({} examples)\n", step,
+                   tc.max_iters, s.acc, s.acc_norm, s.examples);
     }
   }
-  if (benchmark > 0) {
-    if (root) print_benchmark(cfg, ctx, model.activation_bytes(), result.steps, tokens_per_step, W);
-    if (root && bench.profile)
-      fmt::print("\ndevice time by op over steps 2 to {} ({} micro-batches):\n{}", max_iters - 1,
-                 (max_iters - 2) * accum, profile_report(ctx));
-    return result;
-  }
-  if (root && start >= tc.max_iters)
-    fmt::print("nothing to do: the checkpoint is at step {} of max_iters {}\n", start, tc.max_iters);
 
-  if (root) {
+  // A benchmark's table (and profile); a run's final weights and sample.
+  void finish() {
+    if (!root) return;
+    if (benchmark > 0) {
+      print_benchmark(cfg, ctx, model.activation_bytes(), result.steps, tokens_per_step, W);
+      if (bench.profile)
+        fmt::print("\ndevice time by op over steps 2 to {} ({} micro-batches):\n{}", max_iters - 1,
+                   (max_iters - 2) * accum, profile_report(ctx));
+      return;
+    }
+    if (start >= tc.max_iters)
+      fmt::print("nothing to do: the checkpoint is at step {} of max_iters {}\n", start, tc.max_iters);
     const std::vector<float> final_params = model.params_to_host();
     const fs::path weights = fs::path(tc.out_dir) / "model.safetensors";
     save_weights(weights.string(), model.layout, final_params, {{"format", "pt"}, {"t6_config", cfg.to_yaml()}});
@@ -552,7 +631,12 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
                  cfg.sample.prompt, sample_text(cfg, final_params, *tokenizer));
     }
   }
-  return result;
+};
+
+template <class Model>
+TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& bench, Communicator* comm,
+                Communicator* dcomm, const Context& ctx) {
+  return Trainer<Model>(cfg, bench, comm, dcomm, ctx).run(resume);
 }
 
 }  // namespace
