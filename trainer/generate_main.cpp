@@ -1,6 +1,8 @@
 // t6-generate: continue a prompt with a trained model, streaming the text as it is produced.
 #include <fmt/format.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -12,12 +14,17 @@
 
 #include "data/tokenizer.h"
 #include "kernels/context.h"
+#include "model/init.h"
+#include "model/layout.h"
+#include "model/random.h"
 #include "trainer/args.h"
+#include "trainer/config.h"
 #include "trainer/generate.h"
 #include "trainer/tools.h"
 
 static const char* kUsage =
     "usage: t6-generate --weights CKPT_DIR|FILE.safetensors (--prompt TEXT | --prompt-file FILE) [options]\n"
+    "       t6-generate (--weights W | --config FILE.yaml) --benchmark P [options]\n"
     "  --weights         a checkpoint directory or a safetensors file written by t6-train / t6-export\n"
     "  --config FILE     the model's config, for a weights file that does not carry one\n"
     "  --prompt TEXT     the text to continue; --prompt-file FILE reads it from a file\n"
@@ -31,99 +38,166 @@ static const char* kUsage =
     "                    model.block_size; more extends RoPE past the trained length); past it the\n"
     "                    last block_size tokens are recomputed for every token\n"
     "  --tokenizer NAME  byte or gpt2 (default: the training data's, else by vocabulary size)\n"
-    "  --device D        auto, cpu or cuda (generation runs on the CPU so far: auto picks it)\n";
+    "  --device D        auto, cpu or cuda (generation runs on the CPU so far: auto picks it)\n"
+    "  --benchmark P     time a random prompt of P tokens and max-new-tokens decode steps instead (the\n"
+    "                    cache holds P + max-new-tokens positions unless --max-context says less);\n"
+    "                    without --weights the config's model is initialised from model.seed. Prints\n"
+    "                    a table row: prefill and decode tokens/s, the cache beside dense keys/values\n";
 
 namespace {
+
+struct Request {
+  std::string weights, config, prompt_text, tokenizer_name, device = "auto";
+  bool have_prompt = false;
+  long max_context = 0;
+  int benchmark_prompt = 0;  // > 0: --benchmark
+  t6::GenerateOptions o;
+};
+
+Request parse(int argc, char** argv) {
+  Request r;
+  t6::Args args(argc, argv);
+  while (args.next()) {
+    if (args.help()) { fmt::print("{}", kUsage); std::exit(0); }
+    else if (args.is("--weights")) r.weights = args.value();
+    else if (args.is("--config")) r.config = args.value();
+    else if (args.is("--prompt")) r.prompt_text = args.value(), r.have_prompt = true;
+    else if (args.is("--prompt-file")) {
+      const std::string path = args.value();
+      std::ifstream f(path, std::ios::binary);
+      if (!f) throw std::invalid_argument(fmt::format("--prompt-file {}: cannot read it", path));
+      std::stringstream ss;
+      ss << f.rdbuf();
+      r.prompt_text = ss.str(), r.have_prompt = true;
+    }
+    else if (args.is("--max-new-tokens")) r.o.max_new_tokens = (int)args.integer(0, 1 << 24);
+    else if (args.is("--temperature")) r.o.temperature = args.real();
+    else if (args.is("--top-k")) r.o.top_k = (int)args.integer(0, 1 << 24);
+    else if (args.is("--top-p")) r.o.top_p = args.real();
+    else if (args.is("--seed")) r.o.seed = (uint64_t)args.integer(0, 1LL << 62);
+    else if (args.is("--batch")) r.o.batch = (int)args.integer(1, 1 << 16);
+    else if (args.is("--max-context")) r.max_context = args.integer(1, 1 << 24);
+    else if (args.is("--tokenizer")) r.tokenizer_name = args.value();
+    else if (args.is("--device")) r.device = args.value();
+    else if (args.is("--benchmark")) r.benchmark_prompt = (int)args.integer(1, 1 << 24);
+    else args.unknown();
+  }
+  if (r.benchmark_prompt > 0) {
+    if (r.weights.empty() && r.config.empty()) throw std::invalid_argument("--benchmark needs --weights or --config");
+    if (r.have_prompt) throw std::invalid_argument("--benchmark makes its own random prompt; leave out --prompt");
+  } else if (r.weights.empty() || !r.have_prompt) {
+    throw std::invalid_argument("--weights and --prompt (or --prompt-file) are required");
+  }
+  if (r.device != "auto" && r.device != "cpu" && r.device != "cuda")
+    throw std::invalid_argument(fmt::format("--device '{}' is not one of auto, cpu, cuda", r.device));
+  if (r.device == "cuda")
+    throw std::invalid_argument("--device cuda: generation runs on the CPU so far (the GPU's key/value cache and "
+                                "decode kernels are not built yet); use --device cpu");
+  return r;
+}
+
+// The cache holds prompt + new tokens (at most block_size) unless --max-context says otherwise.
+int context_for(const Request& r, const t6::ModelConfig& m, size_t prompt_tokens) {
+  if (r.max_context > 0) return (int)r.max_context;
+  return (int)std::min<size_t>(m.block_size, prompt_tokens + std::max(r.o.max_new_tokens, 1));
+}
+
+double per_second(double count, double seconds) { return count / std::max(seconds, 1e-9); }
+
+// Continue the prompt: batch 1 streams, the prompt first (once generation has accepted it); a
+// batch prints each sequence when all are done. Timings and the cache go to stderr.
+void generate_text(const Request& r) {
+  const t6::WeightsAndConfig w = t6::load_weights_and_config(r.weights, r.config);
+  const t6::ModelConfig& m = w.config.model;
+  const auto tokenizer = t6::make_tokenizer(r.tokenizer_name.empty() ? t6::tokenizer_for(w.config) : r.tokenizer_name);
+  std::vector<uint32_t> ids;
+  tokenizer->encode(r.prompt_text, ids);
+  const std::vector<int32_t> prompt(ids.begin(), ids.end());
+  if (prompt.empty()) throw std::invalid_argument("the prompt is empty: give some text to continue");
+  t6::GenerateOptions o = r.o;
+  o.known_vocab = tokenizer->vocab_size();
+  o.context = context_for(r, m, prompt.size());
+
+  bool started = false;
+  auto echo = [&](const std::string& s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+  };
+  auto stream = [&](int, int32_t token) {
+    if (o.batch > 1) return;
+    if (!started) echo(r.prompt_text), started = true;
+    echo(tokenizer->decode({(uint32_t)token}));
+  };
+  t6::GenerateStats st;
+  const auto out = t6::generate(m, w.params, prompt, o, stream, &st);
+  if (o.batch == 1 && !started) echo(r.prompt_text);
+  if (o.batch > 1)
+    for (int b = 0; b < o.batch; b++) {
+      const std::string s = tokenizer->decode(std::vector<uint32_t>(out[b].begin(), out[b].end()));
+      fmt::print("{}\n--- sequence {} (seed {}) ---\n{}{}", b == 0 ? "" : "\n", b, o.seed + b, r.prompt_text, s);
+    }
+  std::fputs("\n", stdout);
+  std::fflush(stdout);
+
+  fmt::print(stderr, "\nt6-generate: prefill {} tokens in {:.1f} ms ({:.0f} tokens/s)", st.prompt_tokens,
+             st.prefill_seconds * 1e3, per_second(st.prompt_tokens, st.prefill_seconds));
+  if (st.decode_passes > 0)
+    fmt::print(stderr, "; decode {} passes × {} sequence(s) in {:.3f} s ({:.0f} tokens/s)", st.decode_passes, o.batch,
+               st.decode_seconds, per_second((double)st.decode_passes * o.batch, st.decode_seconds));
+  if (st.window_passes > 0)
+    fmt::print(stderr, "; past the context, {} tokens × {} recomputed from the last {} in {:.3f} s ({:.0f} tokens/s)",
+               st.window_passes, o.batch, m.block_size, st.window_seconds,
+               per_second((double)st.window_passes * o.batch, st.window_seconds));
+  fmt::print(stderr, "; CPU\n");
+  fmt::print(stderr,
+             "t6-generate: key/value cache {:.2f} MB: {} numbers per token and layer ({}; dense keys and values "
+             "would take {}), {} positions × {} sequence(s) × {} layers\n",
+             st.cache_bytes / 1e6, st.cache_numbers_per_token, t6::attention_name(m.attention),
+             2 * m.n_head * m.head_dim, o.context, o.batch, m.n_layer);
+}
+
+// --benchmark: a random prompt (the seed's) through the same path as generate_text, timed; one
+// markdown table row under its header.
+void benchmark(const Request& r) {
+  t6::WeightsAndConfig w;
+  if (!r.weights.empty()) {
+    w = t6::load_weights_and_config(r.weights, r.config);
+  } else {
+    w.config = t6::load_config(r.config);
+    w.params = t6::init_params(w.config.model, t6::make_layout(w.config.model), w.config.model.seed);
+  }
+  const t6::ModelConfig& m = w.config.model;
+  std::mt19937_64 rng(r.o.seed);
+  std::vector<int32_t> prompt(r.benchmark_prompt);
+  for (int32_t& t : prompt) t = (int32_t)t6::uniform_below(rng, m.vocab_size);
+  t6::GenerateOptions o = r.o;
+  // Room for every new token, past block_size if need be (RoPE extends), so that every decode
+  // step is timed on the cache and none on the sliding window's recomputation.
+  o.context = r.max_context > 0 ? (int)r.max_context : r.benchmark_prompt + std::max(o.max_new_tokens, 1);
+  t6::GenerateStats st;
+  t6::generate(m, w.params, prompt, o, {}, &st);
+  if (st.window_passes > 0)
+    fmt::print(stderr, "t6-generate: note: {} of the decode steps went past --max-context {} and were recomputed "
+               "without the cache (not in the decode column)\n", st.window_passes, o.context);
+  const std::string decode = st.decode_passes > 0
+                                 ? fmt::format("{:.1f}", per_second((double)st.decode_passes * o.batch, st.decode_seconds))
+                                 : "–";
+  fmt::print("| model | attention | batch | prompt | new | context | prefill tokens/s | decode tokens/s | cache MB | "
+             "cache numbers per token·layer | dense 2·H·D | device |\n");
+  fmt::print("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  fmt::print("| {} | {} | {} | {} | {} | {} | {:.0f} | {} | {:.2f} | {} | {} | CPU, {} threads |\n",
+             r.weights.empty() ? r.config : r.weights, t6::attention_name(m.attention), o.batch, st.prompt_tokens,
+             st.new_tokens, o.context, per_second(st.prompt_tokens, st.prefill_seconds), decode,
+             st.cache_bytes / 1e6, st.cache_numbers_per_token, 2 * m.n_head * m.head_dim, omp_get_max_threads());
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    std::string weights, config, prompt_text, tokenizer_name, device = "auto";
-    bool have_prompt = false;
-    long max_context = 0;
-    t6::GenerateOptions o;
-    t6::Args args(argc, argv);
-    while (args.next()) {
-      if (args.help()) { fmt::print("{}", kUsage); return 0; }
-      else if (args.is("--weights")) weights = args.value();
-      else if (args.is("--config")) config = args.value();
-      else if (args.is("--prompt")) prompt_text = args.value(), have_prompt = true;
-      else if (args.is("--prompt-file")) {
-        const std::string path = args.value();
-        std::ifstream f(path, std::ios::binary);
-        if (!f) throw std::invalid_argument(fmt::format("--prompt-file {}: cannot read it", path));
-        std::stringstream ss;
-        ss << f.rdbuf();
-        prompt_text = ss.str(), have_prompt = true;
-      }
-      else if (args.is("--max-new-tokens")) o.max_new_tokens = (int)args.integer(0, 1 << 24);
-      else if (args.is("--temperature")) o.temperature = args.real();
-      else if (args.is("--top-k")) o.top_k = (int)args.integer(0, 1 << 24);
-      else if (args.is("--top-p")) o.top_p = args.real();
-      else if (args.is("--seed")) o.seed = (uint64_t)args.integer(0, 1LL << 62);
-      else if (args.is("--batch")) o.batch = (int)args.integer(1, 1 << 16);
-      else if (args.is("--max-context")) max_context = args.integer(1, 1 << 24);
-      else if (args.is("--tokenizer")) tokenizer_name = args.value();
-      else if (args.is("--device")) device = args.value();
-      else args.unknown();
-    }
-    if (weights.empty() || !have_prompt) throw std::invalid_argument("--weights and --prompt (or --prompt-file) are required");
-    if (device != "auto" && device != "cpu" && device != "cuda")
-      throw std::invalid_argument(fmt::format("--device '{}' is not one of auto, cpu, cuda", device));
-    if (device == "cuda")
-      throw std::invalid_argument("--device cuda: generation runs on the CPU so far (the GPU's key/value cache and "
-                                  "decode kernels are not built yet); use --device cpu");
-
-    const t6::WeightsAndConfig w = t6::load_weights_and_config(weights, config);
-    const t6::ModelConfig& m = w.config.model;
-    const auto tokenizer = t6::make_tokenizer(tokenizer_name.empty() ? t6::tokenizer_for(w.config) : tokenizer_name);
-    std::vector<uint32_t> ids;
-    tokenizer->encode(prompt_text, ids);
-    const std::vector<int32_t> prompt(ids.begin(), ids.end());
-    if (prompt.empty()) throw std::invalid_argument("the prompt is empty: give some text to continue");
-    o.known_vocab = tokenizer->vocab_size();
-    o.context = max_context > 0 ? (int)max_context
-                                : std::min<int>(m.block_size, (int)prompt.size() + std::max(o.max_new_tokens, 1));
-
-    // Batch 1 streams, the prompt first (once generation has accepted it); a batch prints each
-    // sequence when all are done.
-    bool started = false;
-    auto echo = [&](const std::string& s) {
-      std::fwrite(s.data(), 1, s.size(), stdout);
-      std::fflush(stdout);
-    };
-    auto stream = [&](int b, int32_t token) {
-      if (o.batch > 1) return;
-      if (!started) echo(prompt_text), started = true;
-      echo(tokenizer->decode({(uint32_t)token}));
-    };
-    t6::GenerateStats st;
-    const auto out = t6::generate(m, w.params, prompt, o, stream, &st);
-    if (o.batch == 1 && !started) echo(prompt_text);
-    if (o.batch > 1)
-      for (int b = 0; b < o.batch; b++) {
-        const std::string s = tokenizer->decode(std::vector<uint32_t>(out[b].begin(), out[b].end()));
-        fmt::print("{}\n--- sequence {} (seed {}) ---\n{}{}", b == 0 ? "" : "\n", b, o.seed + b, prompt_text, s);
-      }
-    std::fputs("\n", stdout);
-    std::fflush(stdout);
-
-    fmt::print(stderr, "\nt6-generate: prefill {} tokens in {:.1f} ms ({:.0f} tokens/s)", st.prompt_tokens,
-               st.prefill_seconds * 1e3, st.prompt_tokens / std::max(st.prefill_seconds, 1e-9));
-    if (st.decode_passes > 0)
-      fmt::print(stderr, "; decode {} passes × {} sequence(s) in {:.3f} s ({:.0f} tokens/s)", st.decode_passes, o.batch,
-                 st.decode_seconds, (double)st.decode_passes * o.batch / st.decode_seconds);
-    if (st.window_passes > 0)
-      fmt::print(stderr, "; past the context, {} tokens × {} recomputed from the last {} in {:.3f} s ({:.0f} tokens/s)",
-                 st.window_passes, o.batch, m.block_size, st.window_seconds,
-                 (double)st.window_passes * o.batch / st.window_seconds);
-    fmt::print(stderr, "; CPU\n");
-    fmt::print(stderr,
-               "t6-generate: key/value cache {:.2f} MB: {} numbers per token and layer ({}; dense keys and values "
-               "would take {}), {} positions × {} sequence(s) × {} layers\n",
-               st.cache_bytes / 1e6, st.cache_numbers_per_token, t6::attention_name(m.attention),
-               2 * m.n_head * m.head_dim, o.context, o.batch, m.n_layer);
+    const Request r = parse(argc, argv);
+    if (r.benchmark_prompt > 0) benchmark(r);
+    else generate_text(r);
     return 0;
   } catch (const std::exception& e) {
     fmt::print(stderr, "t6-generate: error: {}\n{}", e.what(), kUsage);
