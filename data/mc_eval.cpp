@@ -36,12 +36,6 @@ void for_each_json_line(const std::string& path, const F& f) {
   }
 }
 
-std::vector<int32_t> encode(const Tokenizer& tok, const std::string& text) {
-  std::vector<uint32_t> ids;
-  tok.encode(text, ids);
-  return std::vector<int32_t>(ids.begin(), ids.end());
-}
-
 }  // namespace
 
 std::vector<McExample> hellaswag_examples(const std::string& path, const Tokenizer& tokenizer) {
@@ -72,10 +66,10 @@ std::vector<McExample> hellaswag_examples(const std::string& path, const Tokeniz
       throw std::invalid_argument(
           fmt::format("{}:{}: label {} is not the index of one of its {} endings", path, n, label, endings.size()));
     McExample ex;
-    const std::vector<int32_t> context = encode(tokenizer, j.at("ctx").get<std::string>());
+    const std::vector<int32_t> context = token_ids(tokenizer, j.at("ctx").get<std::string>());
     if (context.empty()) throw std::invalid_argument(fmt::format("{}:{}: the context is empty", path, n));
     for (const std::string& ending : endings) {
-      std::vector<int32_t> cand = context, tail = encode(tokenizer, " " + ending);
+      std::vector<int32_t> cand = context, tail = token_ids(tokenizer, " " + ending);
       cand.insert(cand.end(), tail.begin(), tail.end());
       ex.candidates.push_back(cand);
       ex.completion_start.push_back((int)context.size());

@@ -24,6 +24,13 @@ class Tokenizer {
   virtual std::string decode(const std::vector<uint32_t>& ids) const = 0;
 };
 
+// The tokens of `text` as the model's input type.
+inline std::vector<int32_t> token_ids(const Tokenizer& tokenizer, std::string_view text) {
+  std::vector<uint32_t> ids;
+  tokenizer.encode(text, ids);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
 // name: "byte" or "gpt2"; the gpt2 vocabulary (encoder.json, vocab.bpe) is read from vocab_dir.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const std::string& vocab_dir = kDefaultVocabDir);
 

@@ -39,8 +39,7 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 "$root/launch/train.sh" "$config" --benchmark "$steps" "${args[@]}" | tee "$log"
 # The benchmark table's row: | config | shape | tokens/step | ms/step | tokens/s | ...
-ours=$(awk -F'|' '$3 ~ /×/ && $6 ~ /[0-9]/ {gsub(/ /, "", $6); print $6}' "$log" | tail -1)
-ours_ms=$(awk -F'|' '$3 ~ /×/ && $6 ~ /[0-9]/ {gsub(/ /, "", $5); print $5}' "$log" | tail -1)
+read -r ours_ms ours < <(awk -F'|' '$3 ~ /×/ && $6 ~ /[0-9]/ {gsub(/ /, "", $5); gsub(/ /, "", $6); print $5, $6}' "$log" | tail -1)
 echo
 if ! python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   echo "bench.sh: PyTorch with CUDA is not available here: no comparison (this project alone: $ours tokens/s)"

@@ -15,9 +15,7 @@ const char* kMinimal = "data:\n  train: shards/train_*.h5\n";
 
 std::string write_config(const std::string& name, const std::string& text) {
   const std::string dir = test::temp_dir("config_" + name);
-  const std::string path = dir + "/" + name + ".yaml";
-  std::ofstream(path) << text;
-  return path;
+  return test::write_file(dir + "/" + name + ".yaml", text);
 }
 
 std::string error_of(const std::string& text, const std::vector<std::string>& overrides = {}) {
@@ -150,7 +148,7 @@ struct Argv {
 std::string args_error(std::vector<std::string> words, bool with_value = true) {
   Argv v(std::move(words));
   Args a = v.args();
-  try {
+  return test::error_of([&] {
     while (a.next()) {
       if (a.is("--n")) a.integer(1, 10);
       else if (a.is("--x")) a.real(0, 1);
@@ -160,10 +158,7 @@ std::string args_error(std::vector<std::string> words, bool with_value = true) {
       else if (a.is("--flag")) {}
       else if (!a.positional()) a.unknown();
     }
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "";
+  });
 }
 
 TEST(Args, ReadsBothOptionFormsFlagsAndPositionals) {

@@ -14,15 +14,9 @@
 namespace t6 {
 namespace {
 
-std::string write_text(const std::string& dir, const std::string& name, const std::string& text) {
-  const std::string path = dir + "/" + name;
-  std::ofstream(path) << text;
-  return path;
-}
-
 TEST(McEval, HellaswagLinesBecomeContextPlusEachEnding) {
   const std::string dir = test::temp_dir("mc_hellaswag");
-  const std::string path = write_text(dir, "h.jsonl",
+  const std::string path = test::write_file(dir + "/h.jsonl",
                                       "{\"ctx\": \"Ab\", \"endings\": [\"c\", \"de\"], \"label\": 1}\n"
                                       "\n"
                                       "{\"ctx\": \"x\", \"endings\": [\"y\", \"z\", \"w\"], \"label\": \"0\"}\n");
@@ -50,7 +44,7 @@ TEST(McEval, BadFilesAreClearErrors) {
   const std::string dir = test::temp_dir("mc_errors");
   const auto tok = make_tokenizer("byte");
   auto hs = [&](const std::string& text) {
-    return test::error_of([&] { hellaswag_examples(write_text(dir, "b.jsonl", text), *tok); });
+    return test::error_of([&] { hellaswag_examples(test::write_file(dir + "/b.jsonl", text), *tok); });
   };
   EXPECT_NE(hs("{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"]}\n").find("b.jsonl:1: no field 'label'"), std::string::npos);
   EXPECT_NE(hs("{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": 2}\n").find("label 2 is not the index"),
@@ -59,7 +53,7 @@ TEST(McEval, BadFilesAreClearErrors) {
   EXPECT_NE(hs("{\"ctx\": \"a\", \"endings\": [\"b\", \"c\"], \"label\": \"1x\"}\n").find("b.jsonl:1: label '1x' is not an integer"),
             std::string::npos);
   auto mc = [&](const std::string& text, int vocab = 256) {
-    return test::error_of([&] { read_mc_file(write_text(dir, "m.jsonl", text), vocab); });
+    return test::error_of([&] { read_mc_file(test::write_file(dir + "/m.jsonl", text), vocab); });
   };
   const std::string header = "{\"format\": \"t6-multiple-choice\", \"version\": 1}\n";
   EXPECT_NE(mc("{\"candidates\": [[1, 2]], \"completion_start\": [1], \"label\": 0}\n").find("not a multiple-choice file"),

@@ -27,7 +27,7 @@ std::vector<uint32_t> read_all(const std::string& pattern) {
   return all;
 }
 
-void write_file(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+using test::write_file;
 
 PrepareOptions options(const std::string& dir, std::vector<std::string> inputs) {
   PrepareOptions opt;

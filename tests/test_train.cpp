@@ -197,6 +197,8 @@ TEST(Train, DurationsForTheLog) {
 
 // train.eval_mc: the multiple-choice score after each evaluation (metrics.jsonl: mc_acc,
 // mc_acc_norm) equals scoring the run's final weights on their own, with another batch shape.
+// The plumbing: the scores the run logs are the scorer's on the weights it saved (the scorer
+// itself is checked against an independent computation in test_mc_eval.cpp).
 TEST(Train, MultipleChoiceDuringTrainingEqualsScoringTheSavedWeights) {
   const std::string out = test::temp_dir("train_mc");
   const auto tok = make_tokenizer("byte");

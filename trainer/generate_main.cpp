@@ -110,9 +110,7 @@ void generate_text(const Request& r) {
   const t6::WeightsAndConfig w = t6::load_weights_and_config(r.weights, r.config);
   const t6::ModelConfig& m = w.config.model;
   const auto tokenizer = t6::make_tokenizer(r.tokenizer_name.empty() ? t6::tokenizer_for(w.config) : r.tokenizer_name);
-  std::vector<uint32_t> ids;
-  tokenizer->encode(r.prompt_text, ids);
-  const std::vector<int32_t> prompt(ids.begin(), ids.end());
+  const std::vector<int32_t> prompt = t6::token_ids(*tokenizer, r.prompt_text);
   if (prompt.empty()) throw std::invalid_argument("the prompt is empty: give some text to continue");
   t6::GenerateOptions o = r.o;
   o.known_vocab = tokenizer->vocab_size();

@@ -23,6 +23,7 @@
 #include "model/layout.h"
 #include "model/random.h"
 #include "model/t6.h"
+#include "trainer/args.h"
 #include "trainer/config.h"
 
 namespace t6 {
@@ -30,12 +31,18 @@ namespace {
 
 using Vec = std::vector<double>;
 
-// --name value pairs after the op name.
-struct Args {
+// The --name value pairs after the op name, kept as text: defaults depend on each other (Hkv
+// is H unless given; qkv's B and T come from the config), so numbers are read when asked for.
+struct BenchArgs {
   std::map<std::string, std::string> kv;
   int get(const std::string& k, int fallback) const {
     auto it = kv.find(k);
-    return it == kv.end() ? fallback : std::stoi(it->second);
+    if (it == kv.end()) return fallback;
+    char* end = nullptr;
+    const long v = std::strtol(it->second.c_str(), &end, 10);
+    if (it->second.empty() || *end || v < 1 || v > (1 << 30))
+      throw std::invalid_argument(fmt::format("--{} {}: expected a positive integer", k, it->second));
+    return (int)v;
   }
   std::string str(const std::string& k, const std::string& fallback) const {
     auto it = kv.find(k);
@@ -125,7 +132,7 @@ const char* version_name(int v) {
   }
 }
 
-int bench_attention(const Context& ctx, const Args& args) {
+int bench_attention(const Context& ctx, const BenchArgs& args) {
   const int B = args.get("B", 24), T = args.get("T", 1024), H = args.get("H", 34), Hkv = args.get("Hkv", H),
             D = args.get("D", 64), reps = args.get("reps", 20);
   const int check_batch = std::min(B, args.get("check-batch", 1));  // sequences checked against the CPU
@@ -219,7 +226,7 @@ int bench_attention(const Context& ctx, const Args& args) {
   return ok ? 0 : 1;
 }
 
-int bench_qkv(const Context& ctx, const Args& args) {
+int bench_qkv(const Context& ctx, const BenchArgs& args) {
   const std::string path = args.str("config", "configs/t6-small-tpa.yaml");
   const Config cfg = load_config(path);
   const int B = args.get("B", cfg.train.batch_size), T = args.get("T", cfg.model.block_size), reps = args.get("reps", 20);
@@ -286,21 +293,26 @@ int usage() {
 int main(int argc, char** argv) {
   using namespace t6;
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0) return usage();
-  Args args;
-  for (int i = 2; i + 1 < argc; i += 2) {
-    if (std::strncmp(argv[i], "--", 2) != 0) return usage();
-    args.kv[argv[i] + 2] = argv[i + 1];
-  }
+  const std::string op = argv[1];
+  const std::vector<std::string> keys = op == "attention" ? std::vector<std::string>{"B", "T", "H", "Hkv", "D", "reps", "check-batch"}
+                                        : op == "qkv"     ? std::vector<std::string>{"config", "B", "T", "reps"}
+                                                          : std::vector<std::string>{};
+  if (keys.empty()) return usage();
   try {
+    BenchArgs args;
+    Args a(argc - 1, argv + 1);  // past the op name
+    while (a.next()) {
+      if (a.help()) return usage();
+      const std::string key = a.arg().substr(std::min<size_t>(2, a.arg().size()));
+      if (a.positional() || std::find(keys.begin(), keys.end(), key) == keys.end()) a.unknown();
+      args.kv[key] = a.value();
+    }
     if (cuda_device_count() == 0) {
       fmt::print(stderr, "t6-kernel-bench: no CUDA device visible\n");
       return 1;
     }
     const Context ctx = make_cuda_context(0);
-    const std::string op = argv[1];
-    if (op == "attention") return bench_attention(ctx, args);
-    if (op == "qkv") return bench_qkv(ctx, args);
-    return usage();
+    return op == "attention" ? bench_attention(ctx, args) : bench_qkv(ctx, args);
   } catch (const std::exception& e) {
     fmt::print(stderr, "t6-kernel-bench: error: {}\n", e.what());
     return 1;

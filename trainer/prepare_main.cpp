@@ -2,7 +2,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include <cstdlib>
+#include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <string>
@@ -83,8 +83,8 @@ int main(int argc, char** argv) {
       if (eval_kind != "hellaswag")
         throw std::invalid_argument(fmt::format("--eval {}: the multiple-choice formats read are: hellaswag", eval_kind));
       if (opt.inputs.size() != 1) throw std::invalid_argument("--eval hellaswag takes one FILE.jsonl");
-      const auto tokenizer = opt.vocab_dir.empty() ? t6::make_tokenizer(opt.tokenizer)
-                                                   : t6::make_tokenizer(opt.tokenizer, opt.vocab_dir);
+      const auto tokenizer =
+          t6::make_tokenizer(opt.tokenizer, opt.vocab_dir.empty() ? t6::kDefaultVocabDir : opt.vocab_dir);
       const std::vector<t6::McExample> ex = t6::hellaswag_examples(opt.inputs[0], *tokenizer);
       std::filesystem::create_directories(opt.out_dir);
       const std::string out =

@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
 
 namespace t6 {
@@ -47,8 +50,13 @@ class LocalCommunicator final : public Communicator {
   void barrier() override {}
 };
 
-// MPI counts are ints: large buffers go in pieces of at most 1 Gi elements.
-constexpr size_t kMaxCount = 1u << 30;
+// MPI counts are ints: large buffers go in pieces of at most 1 Gi elements (fewer with the
+// test hook T6_TEST_MPI_MAX_COUNT, so the piecewise paths run in the tests on small buffers).
+size_t max_count() {
+  static const size_t n = std::getenv("T6_TEST_MPI_MAX_COUNT") ? std::strtoull(std::getenv("T6_TEST_MPI_MAX_COUNT"), nullptr, 10)
+                                                              : size_t{1} << 30;
+  return std::max<size_t>(n, 1);
+}
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -68,9 +76,9 @@ class MpiCommunicator final : public Communicator {
   void all_reduce_sum(double* data, size_t n) override { reduce(data, n, MPI_DOUBLE, MPI_SUM); }
   void all_reduce_max(double* data, size_t n) override { reduce(data, n, MPI_DOUBLE, MPI_MAX); }
   void start_all_reduce_sum(float* data, size_t n) override {
-    for (size_t done = 0; done < n; done += kMaxCount) {
+    for (size_t done = 0; done < n; done += max_count()) {
       MPI_Request req;
-      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + done, (int)std::min(kMaxCount, n - done), MPI_FLOAT, MPI_SUM,
+      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + done, (int)std::min(max_count(), n - done), MPI_FLOAT, MPI_SUM,
                                comm_, &req));
       pending_.push_back(req);
     }
@@ -80,19 +88,31 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Waitall((int)pending_.size(), pending_.data(), MPI_STATUSES_IGNORE));
     pending_.clear();
   }
-  // Shards of any size: MPI's counts and displacements are int, so Reduce_scatter and
-  // Allgatherv overflow past 2^31 elements (T6-xl's AdamW moments, gathered for a checkpoint,
-  // come close). Each shard is reduced to, or broadcast from, its rank in pieces instead.
+  // One collective while the whole buffer's counts and displacements fit MPI's int (every
+  // training step); past that (T6-xl's AdamW moments, gathered for a checkpoint, come close)
+  // each shard is reduced to, or broadcast from, its rank in pieces.
   void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
+    if (fits_int(counts)) {
+      std::vector<int> c(counts.begin(), counts.end());
+      MPI_CHECK(MPI_Reduce_scatter(in, out, c.data(), MPI_FLOAT, MPI_SUM, comm_));
+      return;
+    }
     size_t offset = 0;
     for (int r = 0; r < size_; r++) {
-      for (size_t done = 0; done < counts[r]; done += kMaxCount)
+      for (size_t done = 0; done < counts[r]; done += max_count())
         MPI_CHECK(MPI_Reduce(in + offset + done, r == rank_ ? out + done : nullptr,
-                             (int)std::min(kMaxCount, counts[r] - done), MPI_FLOAT, MPI_SUM, r, comm_));
+                             (int)std::min(max_count(), counts[r] - done), MPI_FLOAT, MPI_SUM, r, comm_));
       offset += counts[r];
     }
   }
   void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
+    if (fits_int(counts)) {
+      std::vector<int> c(counts.begin(), counts.end()), displs(counts.size(), 0);
+      for (size_t r = 1; r < counts.size(); r++) displs[r] = displs[r - 1] + c[r - 1];
+      const void* send = in == out + displs[rank_] ? MPI_IN_PLACE : in;  // the shard already sits in place
+      MPI_CHECK(MPI_Allgatherv(send, c[rank_], MPI_FLOAT, out, c.data(), displs.data(), MPI_FLOAT, comm_));
+      return;
+    }
     size_t offset = 0;
     for (int r = 0; r < size_; r++) {
       if (r == rank_ && in != out + offset) std::memmove(out + offset, in, counts[r] * sizeof(float));
@@ -101,16 +121,19 @@ class MpiCommunicator final : public Communicator {
     }
   }
   void broadcast(void* data, size_t bytes, int root) override {
-    for (size_t done = 0; done < bytes; done += kMaxCount)
-      MPI_CHECK(MPI_Bcast(static_cast<char*>(data) + done, (int)std::min(kMaxCount, bytes - done), MPI_BYTE, root, comm_));
+    for (size_t done = 0; done < bytes; done += max_count())
+      MPI_CHECK(MPI_Bcast(static_cast<char*>(data) + done, (int)std::min(max_count(), bytes - done), MPI_BYTE, root, comm_));
   }
   void barrier() override { MPI_CHECK(MPI_Barrier(comm_)); }
 
  private:
+  static bool fits_int(const std::vector<size_t>& counts) {
+    return std::accumulate(counts.begin(), counts.end(), size_t{0}) <= std::min<size_t>(INT_MAX, max_count());
+  }
   void reduce(void* data, size_t n, MPI_Datatype type, MPI_Op op) {
     const size_t width = type == MPI_DOUBLE ? 8 : 4;
-    for (size_t done = 0; done < n; done += kMaxCount)
-      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + done * width, (int)std::min(kMaxCount, n - done),
+    for (size_t done = 0; done < n; done += max_count())
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + done * width, (int)std::min(max_count(), n - done),
                               type, op, comm_));
   }
 

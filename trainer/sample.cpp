@@ -5,9 +5,7 @@
 namespace t6 {
 
 std::string sample_text(const Config& cfg, const std::vector<float>& params, const Tokenizer& tokenizer) {
-  std::vector<uint32_t> ids;
-  tokenizer.encode(cfg.sample.prompt, ids);
-  std::vector<int32_t> prompt(ids.begin(), ids.end());
+  std::vector<int32_t> prompt = token_ids(tokenizer, cfg.sample.prompt);
   if (prompt.empty()) prompt.push_back(tokenizer.eot_token());  // an empty prompt starts a new document
   if ((int)prompt.size() > cfg.model.block_size)  // the model reads at most block_size tokens: their end
     prompt.erase(prompt.begin(), prompt.end() - cfg.model.block_size);

@@ -201,23 +201,26 @@ struct RandomTokens {
   }
 };
 
-// median, over the steps after the first two (warm-up), of a step record's field
-double median_after_warmup(const std::vector<StepRecord>& steps, double StepRecord::*field) {
+// The median of a field over steps[first, size()) (the upper median of an even count); 0 if none.
+double median_of(const std::vector<StepRecord>& steps, size_t first, double StepRecord::*field) {
   std::vector<double> v;
-  for (size_t i = steps.size() > 2 ? 2 : 0; i < steps.size(); i++) v.push_back(steps[i].*field);
+  for (size_t i = first; i < steps.size(); i++) v.push_back(steps[i].*field);
   if (v.empty()) return 0;
   std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
   return v[v.size() / 2];
+}
+
+// median, over the steps after the first two (warm-up), of a step record's field
+double median_after_warmup(const std::vector<StepRecord>& steps, double StepRecord::*field) {
+  return median_of(steps, steps.size() > 2 ? 2 : 0, field);
 }
 
 // The time the remaining steps take at the median pace of the last (up to) 50 steps; steps
 // alone (evaluations and checkpoints add to it).
 std::string eta(const std::vector<StepRecord>& steps, int64_t remaining) {
   if (steps.size() < 3 || remaining <= 0) return "";
-  std::vector<double> ms;
-  for (size_t i = steps.size() > 50 ? steps.size() - 50 : 1; i < steps.size(); i++) ms.push_back(steps[i].ms);
-  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-  return " | ETA " + format_duration(ms[ms.size() / 2] / 1e3 * remaining);
+  const double ms = median_of(steps, steps.size() > 50 ? steps.size() - 50 : 1, &StepRecord::ms);
+  return " | ETA " + format_duration(ms / 1e3 * remaining);
 }
 
 // Model FLOPs utilization of one rank (docs/model.md's formula over kPeakFlops).
@@ -251,8 +254,9 @@ std::vector<size_t> shard_counts(size_t total, int W) {
 }
 
 // One run on this rank, read top to bottom in run(): set up (the constructor: data, model and
-// optimizer; then the starting state and the logs), then per step train_step → log_step →
-// after_step (epoch, consistency check, evaluation, checkpoint, stop signal), then finish.
+// optimizer; then the starting state and the logs), then per step train_step (which ends with
+// log_step) and after_step (epoch, consistency check, evaluation, checkpoint, stop signal), then
+// finish.
 // comm carries host values (losses, norms, checkpoint gathers, signals); dcomm the backend's
 // gradient and parameter buffers (NCCL on GPUs, comm itself on the CPU).
 template <class Model>
@@ -268,7 +272,8 @@ struct Trainer {
   const bool root;
   const int B, T, accum;
   const size_t tokens_per_step;
-  const int64_t benchmark, max_iters;
+  const bool benchmarking;  // --benchmark: random tokens, nothing read or written
+  const int64_t max_iters;
 
   // Data and weights are checked before anything is written, so a bad run leaves no outputs.
   // A benchmark reads no data: its tokens are random.
@@ -303,17 +308,17 @@ struct Trainer {
   Trainer(const Config& cfg, const Benchmark& bench, Communicator* comm, Communicator* dcomm, const Context& ctx)
       : cfg(cfg), mc(cfg.model), tc(cfg.train), bench(bench), comm(comm), dcomm(dcomm), ctx(ctx), W(comm->size()),
         rank(comm->rank()), root(rank == 0), B(tc.batch_size), T(mc.block_size), accum(tc.gradient_accumulation_steps),
-        tokens_per_step((size_t)B * T * accum * W), benchmark(bench.steps),
-        max_iters(benchmark > 0 ? benchmark : tc.max_iters),
-        train_data(benchmark > 0 ? nullptr
+        tokens_per_step((size_t)B * T * accum * W), benchmarking(bench.steps > 0),
+        max_iters(benchmarking ? bench.steps : tc.max_iters),
+        train_data(benchmarking ? nullptr
                                  : std::make_unique<DataLoader>(expand_shards(cfg.data.train, "data.train"), B, T,
                                                                 cfg.data.shuffle, cfg.data.seed, mc.vocab_size,
                                                                 "data.train", rank, W, kPrefetch)),
-        val_data(benchmark > 0 || cfg.data.val.empty()
+        val_data(benchmarking || cfg.data.val.empty()
                      ? nullptr
                      : std::make_unique<DataLoader>(expand_shards(cfg.data.val, "data.val"), B, T, false, 0,
                                                     mc.vocab_size, "data.val")),
-        mc_examples(tc.eval_mc.empty() || benchmark > 0
+        mc_examples(tc.eval_mc.empty() || benchmarking
                         ? std::vector<McExample>{}
                         : read_mc_file(tc.eval_mc, mc.vocab_size, train_data->meta().tokenizer)),
         random_tokens{std::mt19937_64(kBenchmarkSeed + rank), mc.vocab_size},
@@ -335,9 +340,9 @@ struct Trainer {
     if (root) open_logs();
     epoch = train_data ? train_data->epoch() : 0;
     for (int64_t step = start; step < max_iters; step++) {
-      if (benchmark > 0 && bench.profile && step == 2) set_profiling(ctx, true);
+      if (benchmarking && bench.profile && step == 2) set_profiling(ctx, true);
       if (!train_step(step)) return result;  // too many skipped steps in a row
-      if (benchmark == 0 && !after_step(step)) return result;  // stopped by a signal
+      if (!benchmarking && !after_step(step)) return result;  // stopped by a signal
     }
     finish();
     return result;
@@ -346,7 +351,7 @@ struct Trainer {
   // Rank 0 chooses the checkpoint; every rank loads that one and takes its part. Without one:
   // model.init_from's weights, or the seed's.
   void restore_or_init(const std::string& resume) {
-    if (benchmark == 0 && resume.empty() && root && !list_checkpoints(tc.out_dir).empty())
+    if (!benchmarking && resume.empty() && root && !list_checkpoints(tc.out_dir).empty())
       throw std::invalid_argument(fmt::format(
           "{} already holds checkpoints of an earlier run (newest: {}); continue it with --resume auto, or start a "
           "new run in another train.out_dir (or delete the old one)",
@@ -375,8 +380,8 @@ struct Trainer {
   // config.yaml, metrics.jsonl (a resumed run keeps the steps before its checkpoint) and
   // the TensorBoard events. A benchmark writes nothing.
   void open_logs() {
-    if (benchmark > 0) {
-      fmt::print("benchmark: {} steps of {} on random tokens; {}\n", benchmark, cfg.path, device_summary(ctx));
+    if (benchmarking) {
+      fmt::print("benchmark: {} steps of {} on random tokens; {}\n", bench.steps, cfg.path, device_summary(ctx));
       return;
     }
     fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
@@ -414,7 +419,7 @@ struct Trainer {
   }
 
   void record(const nlohmann::json& j) {
-    if (!root || benchmark > 0) return;
+    if (!root || benchmarking) return;
     metrics << j.dump() << "\n" << std::flush;
     if (!tensorboard) return;
     const bool eval = j.contains("val_loss") || j.contains("mc_acc");
@@ -496,7 +501,7 @@ struct Trainer {
       model.grads.from_host(&nan, 1, index);
     };
     for (int micro = 0; micro < accum; micro++) {
-      if (benchmark > 0) random_tokens.next(inputs.data(), targets.data(), inputs.size());
+      if (benchmarking) random_tokens.next(inputs.data(), targets.data(), inputs.size());
       else train_data->next(inputs.data(), targets.data());
       loss += model.forward(inputs.data(), targets.data(), 1.0 / accum);
       if (overlapped && micro + 1 == accum) {
@@ -535,7 +540,7 @@ struct Trainer {
     record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"skipped", reason}});
     if (consecutive_skips < tc.max_consecutive_skips) return true;
     result.gave_up = true;
-    if (benchmark > 0) {  // a benchmark writes nothing
+    if (benchmarking) {  // a benchmark writes nothing
       if (root) fmt::print("benchmark: stopping after {} consecutive skipped steps\n", consecutive_skips);
       return false;
     }
@@ -554,7 +559,7 @@ struct Trainer {
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} ms{}{}\n", r.step,
                  max_iters, r.loss, r.lr, r.grad_norm, r.tokens_per_sec, r.ms,
                  ctx.device == Device::cuda ? fmt::format(" | MFU {:.1f}%", 100 * mfu(mc, r.tokens_per_sec / W)) : "",
-                 benchmark > 0 ? "" : eta(result.steps, max_iters - r.step - 1));
+                 benchmarking ? "" : eta(result.steps, max_iters - r.step - 1));
   }
 
   // What follows a training step: the epoch notice, the ranks' consistency check, the
@@ -612,7 +617,7 @@ struct Trainer {
   // A benchmark's table (and profile); a run's final weights and sample.
   void finish() {
     if (!root) return;
-    if (benchmark > 0) {
+    if (benchmarking) {
       print_benchmark(cfg, ctx, model.activation_bytes(), result.steps, tokens_per_step, W);
       if (bench.profile)
         fmt::print("\ndevice time by op over steps 2 to {} ({} micro-batches):\n{}", max_iters - 1,

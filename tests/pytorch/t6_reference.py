@@ -55,11 +55,15 @@ def rms_norm(x):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(torch.float32).eps)
 
 
-def rope(x):  # x: (B, T, rows, D); rotation by -theta, halves convention
-    T, D = x.shape[1], x.shape[-1]
+def rope_tables(T, D):  # cos and sin of position × frequency, shaped (1, T, 1, D/2)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
     angle = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
-    cos, sin = angle.cos()[None, :, None, :], angle.sin()[None, :, None, :]
+    return angle.cos()[None, :, None, :], angle.sin()[None, :, None, :]
+
+
+def rope(x):  # x: (B, T, rows, D); rotation by -theta, halves convention
+    T, D = x.shape[1], x.shape[-1]
+    cos, sin = rope_tables(T, D)
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
 
@@ -117,10 +121,9 @@ def mean_loss(W, cfg, stream, T):
 class Rope(torch.nn.Module):
     def __init__(self, D, T):
         super().__init__()
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
-        angle = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
-        self.register_buffer("cos", angle.cos()[None, :, None, :], persistent=False)
-        self.register_buffer("sin", angle.sin()[None, :, None, :], persistent=False)
+        cos, sin = rope_tables(T, D)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, x):  # (B, T, rows, D)
         T, h = x.shape[1], x.shape[-1] // 2
