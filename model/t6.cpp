@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <stdexcept>
 #include <type_traits>
 
@@ -12,18 +13,27 @@ namespace {
 
 int round8(int n) { return (n + 7) / 8 * 8; }
 
+// The q/k/v projections' names within a layer (q, k, v): one dense matrix, or factors A and B.
+const char* const kFactorA[3] = {"attn.c_qkv.W_A_q.weight", "attn.c_qkv.W_A_k.weight", "attn.c_qkv.W_A_v.weight"};
+const char* const kFactorB[3] = {"attn.c_qkv.W_B_q.weight", "attn.c_qkv.W_B_k.weight", "attn.c_qkv.W_B_v.weight"};
+const char* dense_name(const ModelConfig& cfg, int s) {
+  const char* const names[3] = {"attn.c_q.weight", "attn.c_k.weight", "attn.c_v.weight"};
+  return s == 0 && cfg.attention == Attention::tpa_kvonly ? "attn.c_qkv.c_q.weight" : names[s];
+}
+// Each section's rank; 0 for a dense one.
+std::array<int, 3> section_ranks(const ModelConfig& cfg) {
+  return {cfg.factored_q() ? cfg.q_rank : 0, cfg.factored_kv() ? cfg.rank_k() : 0,
+          cfg.factored_kv() ? cfg.rank_v() : 0};
+}
+
 // The q/k/v projections of layer `layer` (names as in the layout), the sections of the stacked
-// product: for each of q, k, v either A and B (factored) or one dense matrix.
+// product.
 std::vector<std::string> qkv_names(const ModelConfig& cfg, int layer) {
-  const char* dense[3] = {cfg.attention == Attention::tpa_kvonly ? "attn.c_qkv.c_q.weight" : "attn.c_q.weight",
-                          "attn.c_k.weight", "attn.c_v.weight"};
-  const char* fa[3] = {"attn.c_qkv.W_A_q.weight", "attn.c_qkv.W_A_k.weight", "attn.c_qkv.W_A_v.weight"};
-  const char* fb[3] = {"attn.c_qkv.W_B_q.weight", "attn.c_qkv.W_B_k.weight", "attn.c_qkv.W_B_v.weight"};
-  const bool factored[3] = {cfg.factored_q(), cfg.factored_kv(), cfg.factored_kv()};
+  const std::array<int, 3> ranks = section_ranks(cfg);
   std::vector<std::string> names;
   for (int s = 0; s < 3; s++) {
-    if (factored[s]) names.push_back(layer_param(layer, fa[s])), names.push_back(layer_param(layer, fb[s]));
-    else names.push_back(layer_param(layer, dense[s]));
+    if (ranks[s]) names.push_back(layer_param(layer, kFactorA[s])), names.push_back(layer_param(layer, kFactorB[s]));
+    else names.push_back(layer_param(layer, dense_name(cfg, s)));
   }
   return names;
 }
@@ -51,12 +61,7 @@ QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
   const size_t C = cfg.n_embd;
   const auto [first, size] = contiguous_range(layout, qkv_names(cfg, 0));
   auto col = [&](const char* suffix) { return (int)((layout.at(layer_param(0, suffix)).offset - first) / C); };
-  const char* dense[3] = {cfg.attention == Attention::tpa_kvonly ? "attn.c_qkv.c_q.weight" : "attn.c_q.weight",
-                          "attn.c_k.weight", "attn.c_v.weight"};
-  const char* fa[3] = {"attn.c_qkv.W_A_q.weight", "attn.c_qkv.W_A_k.weight", "attn.c_qkv.W_A_v.weight"};
-  const char* fb[3] = {"attn.c_qkv.W_B_q.weight", "attn.c_qkv.W_B_k.weight", "attn.c_qkv.W_B_v.weight"};
-  const int ranks[3] = {cfg.factored_q() ? cfg.q_rank : 0, cfg.factored_kv() ? cfg.rank_k() : 0,
-                        cfg.factored_kv() ? cfg.rank_v() : 0};
+  const std::array<int, 3> ranks = section_ranks(cfg);
   QkvLayout q;
   q.D = cfg.head_dim;
   q.width = (int)(size / C);
@@ -64,10 +69,10 @@ QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
     q.heads[s] = s == 0 ? cfg.n_head : cfg.kv_heads();
     q.rank[s] = ranks[s];
     if (ranks[s]) {
-      q.a[s] = col(fa[s]);
-      q.b[s] = col(fb[s]);
+      q.a[s] = col(kFactorA[s]);
+      q.b[s] = col(kFactorB[s]);
     } else {
-      q.dense[s] = col(dense[s]);
+      q.dense[s] = col(dense_name(cfg, s));
     }
   }
   q.pitch = round8(q.width);
@@ -372,18 +377,18 @@ std::vector<double> T6<A, P>::decode(const int32_t* tokens, KvCache<A>& cache) {
   if (pos >= cache.context)
     throw std::invalid_argument(fmt::format("decode: the cache's {} positions are full", cache.context));
   if (decode_rows_ != B) {  // carve one arena for B rows, as plan_memory does for the batch
-    const size_t sizes[] = {(size_t)C, (size_t)C, (size_t)C, (size_t)qkv_.pitch, (size_t)H * D, (size_t)Hkv * D,
-                            (size_t)Hkv * D, (size_t)H * D, (size_t)C, (size_t)C, (size_t)fc_pitch_,
-                            (size_t)g_pitch_, (size_t)C, (size_t)V};
+    const std::pair<A**, size_t> slots[] = {  // each buffer and its width per row
+        {&d_.x, C},       {&d_.x_next, C},  {&d_.h, C},     {&d_.proj, qkv_.pitch}, {&d_.q, H * D},
+        {&d_.k, Hkv * D}, {&d_.v, Hkv * D}, {&d_.y, H * D}, {&d_.x_mid, C},         {&d_.h2, C},
+        {&d_.fc, fc_pitch_}, {&d_.g, g_pitch_}, {&d_.branch, C}, {&d_.logits, V}};
+    auto rounded = [&](size_t width) { return ((size_t)B * width + 63) / 64 * 64; };  // 128-byte aligned
     size_t total = 0;
-    for (size_t n : sizes) total += ((size_t)B * n + 63) / 64 * 64;
+    for (const auto& [slot, width] : slots) total += rounded(width);
     decode_arena_ = Buffer<A>(ctx, total);
     decode_stats_ = Buffer<P>(ctx, (size_t)B);
     decode_tokens_ = Buffer<int32_t>(ctx, (size_t)B);
     A* next = decode_arena_.data();
-    A** slots[] = {&d_.x, &d_.x_next, &d_.h, &d_.proj, &d_.q, &d_.k, &d_.v, &d_.y, &d_.x_mid, &d_.h2, &d_.fc, &d_.g,
-                   &d_.branch, &d_.logits};
-    for (int i = 0; i < 14; i++) *slots[i] = next, next += ((size_t)B * sizes[i] + 63) / 64 * 64;
+    for (const auto& [slot, width] : slots) *slot = next, next += rounded(width);
     d_.rstd = decode_stats_.data();
     decode_rows_ = B;
   }
