@@ -76,11 +76,13 @@ template <class A, class P> void attention_backward(const Context&, A* dq, A* dk
 
 // Generation's key/value cache, one layer: `context` positions per sequence, each position a
 // k record and a v record. A dense k or v (rank 0) is its Hkv·D slice (k rotated at its
-// position); a factored one is A (heads·R, as projected) then B (R·D; B_k rotated), from which
-// attention_decode contracts keys and values: TPA's cache holds (H + D)·R numbers per side
-// instead of H·D. kv_cache_store writes positions t0 … t0 + T − 1 of B sequences from the
+// position); a factored one is A (heads·R, as projected, zeros after it up to a multiple of 8
+// so that B starts 16-byte aligned for the GPU's loads) then B (R·D; B_k rotated), from which
+// attention_decode contracts keys and values: TPA's cache holds about (H + D)·R numbers per
+// side instead of H·D. kv_cache_store writes positions t0 … t0 + T − 1 of B sequences from the
 // stacked projection's rows (B·T rows of `proj`).
-int kv_record(const QkvLayout&, int side);  // side 1: k, 2: v; numbers per position
+int kv_record(const QkvLayout&, int side);    // side 1: k, 2: v; numbers per position
+int kv_b_offset(const QkvLayout&, int side);  // where B starts in a factored record
 template <class A>
 void kv_cache_store(const Context&, A* k_cache, A* v_cache, const A* proj, const QkvLayout&, int B, int T_, int t0,
                     int context);

@@ -19,7 +19,10 @@ struct KvCache {
       v.emplace_back(ctx, (size_t)batch * context * v_record);
     }
   }
-  size_t bytes() const { return k.size() * (size_t)batch * context * (k_record + v_record) * sizeof(A); }
+  static size_t bytes_for(const QkvLayout& L, int n_layer, int batch, int context) {
+    return (size_t)n_layer * batch * context * (kv_record(L, 1) + kv_record(L, 2)) * sizeof(A);
+  }
+  size_t bytes() const { return (size_t)k.size() * batch * context * (k_record + v_record) * sizeof(A); }
   // Numbers stored per position and layer, keys and values together.
   int numbers_per_position() const { return k_record + v_record; }
 

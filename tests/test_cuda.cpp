@@ -389,6 +389,130 @@ TEST_F(Gpu, OptimizerOpsInFp32) {
   EXPECT_LT(test::rel_error(download(gp), p), kFp32);
 }
 
+// Generation's cache and decode attention against the CPU in double on the same bf16
+// projection rows: the records kv_cache_store writes (A, its zero padding, B rotated; or the
+// dense slices), stored all at once and one position at a time, and the decoded rows, element
+// by element, at contexts that leave a split of one position, for TPA (T6-small's 34 heads;
+// the authors' benchmark ranks 1/1 with 32 heads; D 128), GQA, MHA and MQA.
+struct DecodeCase { const char* name; int H, Hkv, Rk, Rv, D; };
+class GpuDecode : public Gpu, public ::testing::WithParamInterface<DecodeCase> {};
+
+TEST_P(GpuDecode, CacheAndAttentionMatchTheCpu) {
+  const DecodeCase c = GetParam();
+  QkvLayout L;
+  L.D = c.D;
+  const int ranks[3] = {0, c.Rk, c.Rv}, heads[3] = {c.H, c.Hkv, c.Hkv};
+  int col = 0;
+  for (int s = 0; s < 3; s++) {
+    L.heads[s] = heads[s], L.rank[s] = ranks[s];
+    if (ranks[s]) L.a[s] = col, col += heads[s] * ranks[s], L.b[s] = col, col += ranks[s] * c.D;
+    else L.dense[s] = col, col += heads[s] * c.D;
+  }
+  L.width = col, L.pitch = (col + 7) / 8 * 8;
+  for (const int B : {1, 3})
+    for (const int len : {1, 7, 511, 513, 4097}) {
+      SCOPED_TRACE(fmt::format("batch {}, {} positions", B, len));
+      const int context = len + 3, kw = kv_record(L, 1), vw = kv_record(L, 2);
+      std::vector<double> proj = random((size_t)B * len * L.pitch, 2.0), q = random((size_t)B * c.H * c.D, 2.0);
+      std::vector<double> kc((size_t)B * context * kw, 0.0), vc((size_t)B * context * vw, 0.0), want((size_t)B * c.H * c.D);
+      kv_cache_store(cpu, kc.data(), vc.data(), proj.data(), L, B, len, 0, context);
+      attention_decode(cpu, want.data(), q.data(), kc.data(), vc.data(), L, B, len, context);
+
+      // The last position written on its own, as decode appends it; the rest at once.
+      std::vector<double> head_rows, last_rows;
+      for (int b = 0; b < B; b++)
+        for (int t = 0; t < len; t++) {
+          auto& to = t == len - 1 ? last_rows : head_rows;
+          to.insert(to.end(), proj.begin() + ((size_t)b * len + t) * L.pitch, proj.begin() + ((size_t)b * len + t + 1) * L.pitch);
+        }
+      auto gk = poisoned(kc.size()), gv = poisoned(vc.size()), gq = upload(q), gout = poisoned(want.size());
+      auto glast = upload(last_rows);
+      if (len > 1) {
+        auto ghead = upload(head_rows);
+        kv_cache_store(ctx, gk.data(), gv.data(), ghead.data(), L, B, len - 1, 0, context);
+      }
+      kv_cache_store(ctx, gk.data(), gv.data(), glast.data(), L, B, 1, len - 1, context);
+      attention_decode(ctx, gout.data(), gq.data(), gk.data(), gv.data(), L, B, len, context);
+
+      // Only the written positions of the caches (the rest stays poisoned, unread).
+      for (int side = 1; side < 3; side++) {
+        const int w = side == 1 ? kw : vw;
+        const std::vector<double> all = download(side == 1 ? gk : gv), &ref = side == 1 ? kc : vc;
+        std::vector<double> got, exp;
+        for (int b = 0; b < B; b++)
+          for (size_t i = (size_t)b * context * w; i < ((size_t)b * context + len) * w; i++)
+            got.push_back(all[i]), exp.push_back(ref[i]);
+        EXPECT_TRUE(close_elementwise(got, exp, 1e-2, 1e-3, [&](size_t i) {
+          return fmt::format("(b {}, position {}, number {})", i / ((size_t)len * w), i / w % len, i % w);
+        })) << (side == 1 ? "k cache" : "v cache");
+      }
+      EXPECT_TRUE(close_elementwise(download(gout), want, 2e-2, 2e-2, [&](size_t i) {
+        return fmt::format("(b {}, h {}, d {})", i / ((size_t)c.H * c.D), i / c.D % c.H, i % c.D);
+      })) << "out";
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Caches, GpuDecode,
+                         ::testing::Values(DecodeCase{"tpa_small", 34, 34, 2, 2, 64},
+                                           DecodeCase{"tpa_flashtpa_shape", 32, 32, 1, 1, 64},
+                                           DecodeCase{"tpa_mixed_ranks_d128", 8, 8, 3, 1, 128},
+                                           DecodeCase{"gqa", 6, 2, 0, 0, 64},
+                                           DecodeCase{"mha_d128", 4, 4, 0, 0, 128},
+                                           DecodeCase{"mqa_d32", 5, 1, 0, 0, 32}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// Generation on the GPU: the prompt through forward() into the cache, then one token at a time
+// through decode(), gives the full forward pass's logits at every position (bf16 on both
+// paths: relative error norm < 2e-2), for every variant, with prompts of length 1 and
+// block_size − 1, two sequences at once.
+class GpuGeneration : public Gpu, public ::testing::WithParamInterface<Attention> {};
+
+TEST_P(GpuGeneration, CachedEqualsTheFullForward) {
+  ModelConfig c;
+  c.attention = GetParam();
+  c.n_layer = 2, c.n_embd = 256, c.n_head = 6, c.head_dim = 64, c.q_rank = 6, c.rank = 2;
+  c.n_kv_head = c.attention == Attention::gqa ? 2 : 0;
+  c.vocab_size = 1000, c.block_size = 70;
+  const int L = c.block_size;
+  std::vector<float> params = init_params(c, make_layout(c), 11);
+  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
+  for (const ParamInfo& p : make_layout(c).params)  // non-zero c_proj, so the attention branches count
+    if (p.name.find("c_proj") != std::string::npos)
+      for (size_t i = 0; i < p.size; i++) params[p.offset + i] = u(rng);
+  std::vector<std::vector<int32_t>> seqs(2, std::vector<int32_t>(L));
+  for (auto& s : seqs)
+    for (int32_t& t : s) t = (int32_t)(rng() % c.vocab_size);
+  std::vector<std::unique_ptr<T6<bf16, float>>> full;
+  for (int b = 0; b < 2; b++) {
+    full.push_back(std::make_unique<T6<bf16, float>>(c, ctx, 1, L));
+    full[b]->params_from_host(params);
+    full[b]->forward(seqs[b].data(), nullptr);
+  }
+  for (const int prompt : {1, L - 1}) {
+    for (int t = 0; t < prompt; t++) seqs[1][t] = seqs[0][t];  // both continue the same prompt
+    full[1]->forward(seqs[1].data(), nullptr);
+    T6<bf16, float> model(c, ctx, 1, prompt);
+    model.params_from_host(params);
+    model.forward(seqs[0].data(), nullptr);
+    KvCache<bf16> cache = model.make_cache(2, L);
+    model.store_prompt(cache);
+    for (int t = prompt; t < L; t++) {
+      const int32_t next[2] = {seqs[0][t], seqs[1][t]};
+      const std::vector<double> got = model.decode(next, cache);
+      for (int b = 0; b < 2; b++) {
+        const std::vector<double> row(got.begin() + b * c.vocab_size, got.begin() + (b + 1) * c.vocab_size);
+        EXPECT_LT(test::rel_error(row, full[b]->logits_at(t)), 2e-2)
+            << "prompt " << prompt << ", position " << t << ", sequence " << b;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, GpuGeneration,
+                         ::testing::Values(Attention::tpa, Attention::tpa_kvonly, Attention::mha, Attention::gqa,
+                                           Attention::mqa),
+                         [](const auto& info) { return std::string(attention_name(info.param)); });
+
 // One training step of a small model of each variant: bf16 GPU against fp32 CPU on the same
 // weights (random everywhere, so no gradient is trivially zero) and tokens.
 class GpuModel : public Gpu, public ::testing::WithParamInterface<Attention> {};

@@ -255,8 +255,12 @@ INSTANTIATE_TEST_SUITE_P(Layouts, AttentionDecode, ::testing::Values(0, 1, 2),
 TEST(Ops, KvRecordHoldsFactorsNotHeads) {
   QkvLayout L;  // T6-small's TPA: 34 heads, D 64, R_k = R_v = 2
   L.D = 64, L.heads[1] = L.heads[2] = 34, L.rank[1] = L.rank[2] = 2;
-  EXPECT_EQ(kv_record(L, 1) + kv_record(L, 2), (34 + 64) * 4);  // 392 numbers per token and layer
-  L.rank[1] = L.rank[2] = 0;
+  // (34 + 64)·4 = 392 numbers per token and layer, plus A's 68 numbers per side rounded up to 72.
+  EXPECT_EQ(kv_b_offset(L, 1), 72);
+  EXPECT_EQ(kv_record(L, 1) + kv_record(L, 2), (34 + 64) * 4 + 2 * 4);
+  L.heads[1] = L.heads[2] = 4;  // A of 8 numbers: no padding
+  EXPECT_EQ(kv_record(L, 1) + kv_record(L, 2), (4 + 64) * 4);
+  L.heads[1] = L.heads[2] = 34, L.rank[1] = L.rank[2] = 0;
   EXPECT_EQ(kv_record(L, 1) + kv_record(L, 2), 2 * 34 * 64);
 }
 

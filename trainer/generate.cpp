@@ -68,30 +68,45 @@ int32_t sample_token(const double* logits, int n, const GenerateOptions& o, std:
   return cand.back().second;
 }
 
-std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::vector<float>& params,
-                                           const std::vector<int32_t>& prompt, const GenerateOptions& o,
-                                           const std::function<void(int, int32_t)>& on_token, GenerateStats* stats) {
+namespace {
+
+// On the GPU, the cache's bytes against the free memory before anything is allocated (on the
+// CPU, the host's limit shows as std::bad_alloc).
+void check_cache_fits(const Context& ctx, int batch, int context, size_t bytes) {
+  if (ctx.device != Device::cuda) return;
+  const GpuMemory g = gpu_memory(ctx);
+  const size_t free = g.total > g.used ? g.total - g.used : 0;
+  if (bytes > free)
+    throw std::invalid_argument(fmt::format("the key/value cache for {} sequence(s) of {} positions ({:.2f} GB) does "
+                                            "not fit in the GPU's {:.2f} GB of free memory: lower the batch or the "
+                                            "context", batch, context, bytes / 1e9, free / 1e9));
+}
+
+template <class A, class W>
+std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg, const std::vector<float>& params,
+                                      const std::vector<int32_t>& prompt, const GenerateOptions& o,
+                                      const std::function<void(int, int32_t)>& on_token, GenerateStats* stats) {
   const int context = o.context > 0 ? o.context : cfg.block_size, P = (int)prompt.size(), V = cfg.vocab_size;
-  check(cfg, prompt, o, context);
   const int known = o.known_vocab > 0 ? std::min(o.known_vocab, V) : V;
-  const Context ctx;
   GenerateStats st;
   st.prompt_tokens = P;
+  if (ctx.device == Device::cuda) st.gpu = gpu_name(ctx);
 
   // Prefill: the prompt through the normal forward pass (batch 1), into every sequence's cache.
   auto start = std::chrono::steady_clock::now();
-  T6<float> model(cfg, ctx, 1, P);
+  T6<A, W> model(cfg, ctx, 1, P);
   model.params_from_host(params);
   model.forward(prompt.data(), nullptr);
-  std::unique_ptr<KvCache<float>> cache;
+  const QkvLayout L = qkv_layout(cfg, model.layout);
+  const size_t cache_bytes = KvCache<A>::bytes_for(L, cfg.n_layer, o.batch, context);
+  check_cache_fits(ctx, o.batch, context, cache_bytes);
+  std::unique_ptr<KvCache<A>> cache;
   try {
-    cache = std::make_unique<KvCache<float>>(model.make_cache(o.batch, context));
+    cache = std::make_unique<KvCache<A>>(model.make_cache(o.batch, context));
   } catch (const std::bad_alloc&) {
-    const QkvLayout L = qkv_layout(cfg, make_layout(cfg));
-    const double bytes = (double)cfg.n_layer * o.batch * context * (kv_record(L, 1) + kv_record(L, 2)) * sizeof(float);
-    throw std::invalid_argument(fmt::format("the key/value cache for {} sequence(s) of {} positions ({:.1f} GB) does "
+    throw std::invalid_argument(fmt::format("the key/value cache for {} sequence(s) of {} positions ({:.2f} GB) does "
                                             "not fit in memory: lower the batch or the context",
-                                            o.batch, context, bytes / 1e9));
+                                            o.batch, context, cache_bytes / 1e9));
   }
   model.store_prompt(*cache);
   st.cache_bytes = cache->bytes();
@@ -104,7 +119,8 @@ std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::ve
   for (int b = 0; b < o.batch; b++) rngs.emplace_back(o.seed + b);
   std::vector<std::vector<int32_t>> seqs(o.batch, prompt), out(o.batch);
   std::vector<int32_t> next(o.batch);
-  std::unique_ptr<T6<float>> window_model;  // for tokens past the context, made when needed
+  std::unique_ptr<T6<A, W>> window_model;  // for tokens past the context, made when needed
+  std::vector<int32_t> window;
   for (int i = 0; i < o.max_new_tokens; i++) {
     for (int b = 0; b < o.batch; b++) {
       next[b] = sample_token(all.data() + (size_t)b * V, known, o, rngs[b]);
@@ -125,10 +141,10 @@ std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::ve
     // (positions after them are padding, which causal attention keeps out of the one read).
     const int T = cfg.block_size;
     if (!window_model) {
-      window_model = std::make_unique<T6<float>>(cfg, ctx, 1, T);
+      window_model = std::make_unique<T6<A, W>>(cfg, ctx, 1, T);
       window_model->params_from_host(params);
+      window.resize(T);
     }
-    std::vector<int32_t> window(T, 0);
     for (int b = 0; b < o.batch; b++) {
       const int len = std::min<int>((int)seqs[b].size(), T);
       std::fill(window.begin(), window.end(), 0);
@@ -140,8 +156,23 @@ std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::ve
     st.window_passes++;
     st.window_seconds += seconds_since(start);
   }
+  ctx.synchronize();
   if (stats) *stats = st;
   return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::vector<float>& params,
+                                           const std::vector<int32_t>& prompt, const GenerateOptions& o,
+                                           const std::function<void(int, int32_t)>& on_token, GenerateStats* stats) {
+  check(cfg, prompt, o, o.context > 0 ? o.context : cfg.block_size);
+  if (o.device == Device::cpu) return run<float, float>(Context{}, cfg, params, prompt, o, on_token, stats);
+#ifdef T6_WITH_CUDA
+  return run<bf16, float>(make_cuda_context(0), cfg, params, prompt, o, on_token, stats);
+#else
+  throw std::invalid_argument("generation on the GPU: this build has no CUDA backend");
+#endif
 }
 
 }  // namespace t6

@@ -1,12 +1,14 @@
 // Generation from trained weights: the prompt through the model once (prefill), then new
 // tokens sampled one at a time from the key/value cache (model/kv_cache.h); what t6-generate
-// and the trainer's end-of-run sample run. On the CPU so far (the GPU's cache is issue 11's).
+// and the trainer's end-of-run sample run, on the CPU (fp32) or the GPU (bf16).
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "kernels/context.h"
 #include "model/config.h"
 
 namespace t6 {
@@ -23,6 +25,7 @@ struct GenerateOptions {
   // from the last block_size tokens without the cache (a sliding window, as before the cache).
   int context = 0;
   int known_vocab = 0;  // sample only ids below this (the tokenizer's; the model's vocabulary is padded); 0: all
+  Device device = Device::cpu;  // cuda: GPU 0, bf16 weights and cache (the training kernels for the prompt)
 };
 
 struct GenerateStats {
@@ -33,6 +36,7 @@ struct GenerateStats {
   double prefill_seconds = 0, decode_seconds = 0, window_seconds = 0;
   size_t cache_bytes = 0;
   int cache_numbers_per_token = 0;  // keys and values, per position and layer
+  std::string gpu;  // the GPU's name when it ran there
 };
 
 // The new tokens of each sequence. on_token(b, token), if given, sees each token as it is chosen

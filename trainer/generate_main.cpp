@@ -38,7 +38,7 @@ static const char* kUsage =
     "                    model.block_size; more extends RoPE past the trained length); past it the\n"
     "                    last block_size tokens are recomputed for every token\n"
     "  --tokenizer NAME  byte or gpt2 (default: the training data's, else by vocabulary size)\n"
-    "  --device D        auto, cpu or cuda (generation runs on the CPU so far: auto picks it)\n"
+    "  --device D        auto (the GPU if there is one), cpu (fp32) or cuda (bf16; GPU 0)\n"
     "  --benchmark P     time a random prompt of P tokens and max-new-tokens decode steps instead (the\n"
     "                    cache holds P + max-new-tokens positions unless --max-context says less);\n"
     "                    without --weights the config's model is initialised from model.seed. Prints\n"
@@ -90,9 +90,10 @@ Request parse(int argc, char** argv) {
   }
   if (r.device != "auto" && r.device != "cpu" && r.device != "cuda")
     throw std::invalid_argument(fmt::format("--device '{}' is not one of auto, cpu, cuda", r.device));
-  if (r.device == "cuda")
-    throw std::invalid_argument("--device cuda: generation runs on the CPU so far (the GPU's key/value cache and "
-                                "decode kernels are not built yet); use --device cpu");
+  const int gpus = r.device == "cpu" ? 0 : t6::cuda_device_count();
+  if (r.device == "cuda" && gpus == 0)
+    throw std::invalid_argument("--device cuda: no GPU is visible (or this build has no CUDA backend); use --device cpu");
+  r.o.device = gpus > 0 ? t6::Device::cuda : t6::Device::cpu;
   return r;
 }
 
@@ -100,6 +101,10 @@ Request parse(int argc, char** argv) {
 int context_for(const Request& r, const t6::ModelConfig& m, size_t prompt_tokens) {
   if (r.max_context > 0) return (int)r.max_context;
   return (int)std::min<size_t>(m.block_size, prompt_tokens + std::max(r.o.max_new_tokens, 1));
+}
+
+std::string device_name(const t6::GenerateStats& st) {
+  return st.gpu.empty() ? fmt::format("CPU, {} threads", omp_get_max_threads()) : st.gpu;
 }
 
 double per_second(double count, double seconds) { return count / std::max(seconds, 1e-9); }
@@ -146,7 +151,7 @@ void generate_text(const Request& r) {
     fmt::print(stderr, "; past the context, {} tokens × {} recomputed from the last {} in {:.3f} s ({:.0f} tokens/s)",
                st.window_passes, o.batch, m.block_size, st.window_seconds,
                per_second((double)st.window_passes * o.batch, st.window_seconds));
-  fmt::print(stderr, "; CPU\n");
+  fmt::print(stderr, "; {}\n", device_name(st));
   fmt::print(stderr,
              "t6-generate: key/value cache {:.2f} MB: {} numbers per token and layer ({}; dense keys and values "
              "would take {}), {} positions × {} sequence(s) × {} layers\n",
@@ -183,10 +188,10 @@ void benchmark(const Request& r) {
   fmt::print("| model | attention | batch | prompt | new | context | prefill tokens/s | decode tokens/s | cache MB | "
              "cache numbers per token·layer | dense 2·H·D | device |\n");
   fmt::print("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  fmt::print("| {} | {} | {} | {} | {} | {} | {:.0f} | {} | {:.2f} | {} | {} | CPU, {} threads |\n",
+  fmt::print("| {} | {} | {} | {} | {} | {} | {:.0f} | {} | {:.2f} | {} | {} | {} |\n",
              r.weights.empty() ? r.config : r.weights, t6::attention_name(m.attention), o.batch, st.prompt_tokens,
              st.new_tokens, o.context, per_second(st.prompt_tokens, st.prefill_seconds), decode,
-             st.cache_bytes / 1e6, st.cache_numbers_per_token, 2 * m.n_head * m.head_dim, omp_get_max_threads());
+             st.cache_bytes / 1e6, st.cache_numbers_per_token, 2 * m.n_head * m.head_dim, device_name(st));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 //
 //   t6-kernel-bench attention [--B 24 --T 1024 --H 34 --Hkv 34 --D 64] [--reps 20]
 //   t6-kernel-bench qkv [--config configs/t6-small-tpa.yaml --B 24 --T 1024] [--reps 20]
+//   t6-kernel-bench decode [--H 32 --D 64 --rank-k 1 --rank-v 1] [--B 1 --context 4096] [--reps 20]
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -101,7 +102,8 @@ double compare(const std::string& what, const Vec& got, const Vec& want, double 
   return worst;
 }
 
-double median_ms(const Context& ctx, int reps, const std::function<void()>& f) {
+// The median time of f over reps runs; before (not timed), if given, runs ahead of each.
+double median_ms(const Context& ctx, int reps, const std::function<void()>& f, const std::function<void()>& before = {}) {
   cudaStream_t s = ctx.cuda->stream;
   std::vector<float> ms;
   cudaEvent_t a, b;
@@ -109,6 +111,7 @@ double median_ms(const Context& ctx, int reps, const std::function<void()>& f) {
   CUDA_CHECK(cudaEventCreate(&b));
   f();  // warm-up: plans, tensor maps, first-touch
   for (int r = 0; r < reps; r++) {
+    if (before) before();
     CUDA_CHECK(cudaEventRecord(a, s));
     f();
     CUDA_CHECK(cudaEventRecord(b, s));
@@ -280,10 +283,89 @@ int bench_qkv(const Context& ctx, const BenchArgs& args) {
   return worst <= 1 ? 0 : 1;
 }
 
+// Generation's decode attention over a filled cache: one new query per sequence against
+// `context` cached positions. The cache is a random block repeated (filling gigabytes from the
+// host would take longer than the benchmark); the first sequence is checked against the CPU in
+// double. Bandwidth is the cache's bytes over the time, beside the device's copy rate measured
+// in the same run.
+int bench_decode(const Context& ctx, const BenchArgs& args) {
+  QkvLayout L;
+  L.D = args.get("D", 64);
+  const int H = args.get("H", 32), reps = args.get("reps", 20);
+  const int Rk = args.get("rank-k", 1), Rv = args.get("rank-v", Rk);
+  const int Hkv = args.get("Hkv", H);  // with --dense: KV heads
+  const bool dense = args.str("dense", "no") == "yes";
+  const int ranks[3] = {0, dense ? 0 : Rk, dense ? 0 : Rv}, heads[3] = {H, dense ? Hkv : H, dense ? Hkv : H};
+  for (int s = 0, col = 0; s < 3; s++) {
+    L.heads[s] = heads[s], L.rank[s] = ranks[s];
+    if (ranks[s]) L.a[s] = col, col += heads[s] * ranks[s], L.b[s] = col, col += ranks[s] * L.D;
+    else L.dense[s] = col, col += heads[s] * L.D;
+    L.width = col, L.pitch = (col + 7) / 8 * 8;
+  }
+  std::vector<std::pair<int, int>> points;
+  if (args.kv.count("B") || args.kv.count("context")) {
+    points.push_back({args.get("B", 1), args.get("context", 4096)});
+  } else {
+    for (int b : {1, 4, 16})
+      for (int c : {4096, 32768, 131072}) points.push_back({b, c});
+  }
+  const int kw = kv_record(L, 1), vw = kv_record(L, 2);
+  fmt::print("decode attention: H {} D {}, {} ({} + {} numbers per position), bf16, on {}\n", H, L.D,
+             dense ? fmt::format("dense, {} KV heads", Hkv) : fmt::format("TPA ranks k {} v {}", Rk, Rv), kw, vw,
+             gpu_name(ctx));
+
+  // The device's copy rate: a 1 GiB device-to-device copy reads and writes every byte.
+  const size_t copy_bytes = 1ull << 30;
+  Buffer<unsigned char> from(ctx, copy_bytes), to(ctx, copy_bytes);
+  const double copy_ms = median_ms(ctx, 10, [&] { ctx.copy(to.data(), from.data(), copy_bytes); });
+  const double copy_gbs = 2.0 * copy_bytes / copy_ms / 1e6;
+
+  Buffer<unsigned char> flush(ctx, 256u << 20);  // larger than the L2
+  Rng rng;
+  const size_t block = 1 << 20;  // numbers in the repeated random block
+  const Vec pattern = rng.bf16_values(block, 1.0);
+  auto gpattern = upload(ctx, pattern);
+  struct Row { int B, context; double us, mb, worst; };
+  std::vector<Row> rows;
+  bool ok = true;
+  for (const auto& [B, context] : points) {
+    Buffer<bf16> caches[2] = {Buffer<bf16>(ctx, (size_t)B * context * kw), Buffer<bf16>(ctx, (size_t)B * context * vw)};
+    for (auto& c : caches)
+      for (size_t i = 0; i < c.size(); i += block)
+        ctx.copy(c.data() + i, gpattern.data(), sizeof(bf16) * std::min(block, c.size() - i));
+    const Vec q = rng.bf16_values((size_t)B * H * L.D, 2.0);
+    auto gq = upload(ctx, q), gout = poisoned(ctx, q.size());
+    attention_decode(ctx, gout.data(), gq.data(), caches[0].data(), caches[1].data(), L, B, context, context);
+    const Vec kc = download(caches[0], (size_t)context * kw), vc = download(caches[1], (size_t)context * vw);
+    Vec want((size_t)H * L.D);
+    const Context cpu;
+    attention_decode(cpu, want.data(), q.data(), kc.data(), vc.data(), L, 1, context, context);
+    const double worst = compare("out", download(gout, want.size()), want, 2e-2, 2e-2, [&](size_t i) {
+      return fmt::format("(b 0, h {}, d {})", i / L.D, i % L.D);
+    });
+    const double ms = median_ms(
+        ctx, reps,
+        [&] { attention_decode(ctx, gout.data(), gq.data(), caches[0].data(), caches[1].data(), L, B, context, context); },
+        [&] { ctx.zero(flush.data(), flush.size()); });  // a cold L2: small caches would otherwise stay in it
+    rows.push_back({B, context, ms * 1e3, 2.0 * B * context * (kw + vw) / 1e6, worst});
+    ok = ok && worst <= 1;
+  }
+  fmt::print("\n| batch | context | µs | cache MB | GB/s | of the copy rate | worst error / bound |\n"
+             "|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows)
+    fmt::print("| {} | {} | {:.1f} | {:.1f} | {:.0f} | {:.0f}% | {:.2f} |\n", r.B, r.context, r.us, r.mb, r.mb / r.us * 1e3,
+               100 * r.mb / r.us * 1e3 / copy_gbs, r.worst);
+  fmt::print("(medians of {}; device copy rate {:.0f} GB/s, read + write of a 1 GiB copy; error bound "
+             "2e-2·(rms + |ref|), first sequence)\n", reps, copy_gbs);
+  return ok ? 0 : 1;
+}
+
 int usage() {
   fmt::print(stderr,
              "usage: t6-kernel-bench attention [--B N --T N --H N --Hkv N --D N --reps N --check-batch N]\n"
-             "       t6-kernel-bench qkv [--config FILE.yaml --B N --T N --reps N]\n");
+             "       t6-kernel-bench qkv [--config FILE.yaml --B N --T N --reps N]\n"
+             "       t6-kernel-bench decode [--H 32 --D 64 --rank-k 1 --rank-v 1 | --dense yes --Hkv N]\n"
+             "                              [--B N --context N (default: batch 1, 4, 16 × 4096, 32768, 131072)] [--reps N]\n");
   return 2;
 }
 
@@ -296,6 +378,7 @@ int main(int argc, char** argv) {
   const std::string op = argv[1];
   const std::vector<std::string> keys = op == "attention" ? std::vector<std::string>{"B", "T", "H", "Hkv", "D", "reps", "check-batch"}
                                         : op == "qkv"     ? std::vector<std::string>{"config", "B", "T", "reps"}
+                                        : op == "decode"  ? std::vector<std::string>{"H", "D", "rank-k", "rank-v", "Hkv", "dense", "B", "context", "reps"}
                                                           : std::vector<std::string>{};
   if (keys.empty()) return usage();
   try {
@@ -312,7 +395,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const Context ctx = make_cuda_context(0);
-    return op == "attention" ? bench_attention(ctx, args) : bench_qkv(ctx, args);
+    return op == "attention" ? bench_attention(ctx, args) : op == "qkv" ? bench_qkv(ctx, args) : bench_decode(ctx, args);
   } catch (const std::exception& e) {
     fmt::print(stderr, "t6-kernel-bench: error: {}\n", e.what());
     return 1;

@@ -127,12 +127,12 @@ void attention_decode(const Context&, T* out, const T* q, const T* k_cache, cons
   const T scale = T(1.0 / std::sqrt((double)D));
   // Head kvh's key or value at a cached position: the slice, or the contraction of the factors.
   auto head = [&](T* dst, const T* rec, int side, int kvh) {
-    const int R = L.rank[side], Hs = L.heads[side];
+    const int R = L.rank[side];
     if (R == 0) {
       for (int d = 0; d < D; d++) dst[d] = rec[(size_t)kvh * D + d];
       return;
     }
-    const T *a = rec + (size_t)kvh * R, *b = rec + (size_t)Hs * R;
+    const T *a = rec + (size_t)kvh * R, *b = rec + kv_b_offset(L, side);
     for (int d = 0; d < D; d++) dst[d] = 0;
     for (int r = 0; r < R; r++)
       for (int d = 0; d < D; d++) dst[d] += a[r] * b[r * D + d];

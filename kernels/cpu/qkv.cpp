@@ -124,9 +124,11 @@ void qkv_backward(const Context&, T* dproj, const T* dq, const T* dk, const T* d
   }
 }
 
+int kv_b_offset(const QkvLayout& L, int side) { return (L.heads[side] * L.rank[side] + 7) / 8 * 8; }
+
 int kv_record(const QkvLayout& L, int side) {
-  const int H = L.heads[side], R = L.rank[side];
-  return R ? H * R + R * L.D : H * L.D;
+  const int R = L.rank[side];
+  return R ? kv_b_offset(L, side) + R * L.D : L.heads[side] * L.D;
 }
 
 template <class T>
@@ -148,8 +150,9 @@ void kv_cache_store(const Context&, T* k_cache, T* v_cache, const T* proj, const
         if (i == 1) rotate(rec, H, D, cs, T(1));
         continue;
       }
-      for (int j = 0; j < H * R; j++) rec[j] = row[L.a[i] + j];
-      T* b = rec + H * R;
+      const int b0 = kv_b_offset(L, i);
+      for (int j = 0; j < b0; j++) rec[j] = j < H * R ? row[L.a[i] + j] : T(0);
+      T* b = rec + b0;
       for (int j = 0; j < R * D; j++) b[j] = row[L.b[i] + j];
       if (i == 1) rotate(b, R, D, cs, T(1));
     }

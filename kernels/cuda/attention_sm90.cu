@@ -31,14 +31,8 @@ using namespace sm90;
 
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 constexpr int kConsumers = 2, kThreads = 128 * (kConsumers + 1);
 constexpr int kRowBytes = 128;  // one swizzled row: 64 bf16 features
-
-__device__ inline uint32_t pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
 
 // Accumulator fragments (64 × 16k) as the A operands (64 × 16 each) of a following product.
 template <int K16>

@@ -170,6 +170,7 @@ Context make_cuda_context(int index) {
   int smem = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, index));
   s.max_shared_per_block = (size_t)smem;
+  CUDA_CHECK(cudaDeviceGetAttribute(&s.sm_count, cudaDevAttrMultiProcessorCount, index));
   CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasLtCreate(&s.lt));
   s.lt_workspace_bytes = 64u << 20;  // cuBLASLt's recommendation for Hopper is 32 MiB or more

@@ -37,15 +37,19 @@ __global__ void rope_table_kernel(float* table, int T, int D) {
   table[t * D + D / 2 + i] = (float)sin((double)angle);
 }
 
-// The table for positions 0 … T − 1 (at least): one per D, grown when a longer T comes.
+// The table for positions 0 … T − 1 (at least): one per D, grown when a longer T comes, to
+// twice its rows at least, so that decoding past block_size, one position a step, rarely waits
+// for a new one.
 const float* rope_table(const Context& ctx, int T, int D) {
   auto& [table, rows] = ctx.cuda->rope_tables[D];
   if (rows < T) {
+    const int grown = rows == 0 ? T : std::max(T, 2 * rows);
     if (table) cuda::release(ctx, table);  // (waits for the kernels still reading it)
     table = nullptr, rows = 0;
-    table = cuda::alloc(ctx, sizeof(float) * T * D);
-    rows = T;
-    rope_table_kernel<<<blocks_for((size_t)T * D / 2, 256), 256, 0, stream(ctx)>>>(static_cast<float*>(table), T, D);
+    table = cuda::alloc(ctx, sizeof(float) * grown * D);
+    rows = grown;
+    rope_table_kernel<<<blocks_for((size_t)grown * D / 2, 256), 256, 0, stream(ctx)>>>(static_cast<float*>(table),
+                                                                                        grown, D);
     CUDA_CHECK_LAUNCH();
   }
   return static_cast<const float*>(table);
@@ -410,10 +414,50 @@ void backward(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, c
   CUDA_CHECK_LAUNCH();
 }
 
+// Generation's cache records (kernels/ops.h) from B·T projection rows, a block per row: A
+// copied and zero-padded, B (or the dense slice) copied, the k side rotated at its position as
+// qkv_forward rotates it.
+template <int D>
+__global__ void kv_cache_store_kernel(bf* k_cache, bf* v_cache, const bf* proj, const float* table, QkvLayout L,
+                                      int T, int t0, int context, int k_record, int v_record, int k_b, int v_b) {
+  constexpr int half = D / 2;
+  const int n = blockIdx.x, pos = t0 + n % T;
+  const bf* row = proj + (size_t)n * L.pitch;
+  const float* cs = table + (size_t)pos * D;
+  for (int side = 1; side < 3; side++) {
+    const int H = L.heads[side], R = L.rank[side], width = side == 1 ? k_record : v_record;
+    bf* rec = (side == 1 ? k_cache : v_cache) + ((size_t)(n / T) * context + pos) * width;
+    const int b0 = R ? (side == 1 ? k_b : v_b) : 0, from = R ? L.b[side] : L.dense[side];
+    for (int j = threadIdx.x; j < b0; j += blockDim.x)
+      rec[j] = j < H * R ? row[L.a[side] + j] : __float2bfloat16(0.f);
+    for (int j = threadIdx.x; j < width - b0; j += blockDim.x) {
+      const float x = __bfloat162float(row[from + j]);
+      if (side == 2) {
+        rec[b0 + j] = row[from + j];
+        continue;
+      }
+      const int f = j % D, i = f % half;
+      const float other = __bfloat162float(row[from + j - f + (f + half) % D]);
+      rec[b0 + j] = __float2bfloat16(f < half ? x * cs[i] + other * cs[half + i] : -other * cs[half + i] + x * cs[i]);
+    }
+  }
+}
+
+template <int D>
+void store(const Context& ctx, bf16* k_cache, bf16* v_cache, const bf16* proj, const QkvLayout& L, int B, int T,
+           int t0, int context) {
+  const float* table = rope_table(ctx, t0 + T, D);
+  kv_cache_store_kernel<D><<<B * T, 128, 0, stream(ctx)>>>(dev(k_cache), dev(v_cache), dev(proj), table, L, T, t0,
+                                                           context, kv_record(L, 1), kv_record(L, 2),
+                                                           kv_b_offset(L, 1), kv_b_offset(L, 2));
+  CUDA_CHECK_LAUNCH();
+}
+
 // The kernels read whole rows 16 bytes at a time: the pitch must keep rows 16-byte aligned.
 void check_pitch(const QkvLayout& L) {
-  if (L.pitch % 8)
-    throw std::invalid_argument(fmt::format("qkv on the GPU needs a row pitch that is a multiple of 8, got {}", L.pitch));
+  if (L.pitch % 8 || L.pitch < L.width)
+    throw std::invalid_argument(fmt::format("qkv on the GPU needs a row pitch that is a multiple of 8 and at least "
+                                            "the row's {} columns, got {}", L.width, L.pitch));
 }
 
 [[noreturn]] void unsupported(int D) {
@@ -448,16 +492,18 @@ void qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const b
   }
 }
 
-// Generation's cache on the GPU is not built yet (issue 11): the entry points exist so the GPU
-// model links, and say so.
 template <>
-void kv_cache_store<bf16>(const Context&, bf16*, bf16*, const bf16*, const QkvLayout&, int, int, int, int) {
-  throw std::runtime_error("generation with a key/value cache runs on the CPU only so far; use --device cpu");
-}
-template <>
-void attention_decode<bf16>(const Context&, bf16*, const bf16*, const bf16*, const bf16*, const QkvLayout&, int, int,
-                            int) {
-  throw std::runtime_error("generation with a key/value cache runs on the CPU only so far; use --device cpu");
+void kv_cache_store<bf16>(const Context& ctx, bf16* k_cache, bf16* v_cache, const bf16* proj, const QkvLayout& L,
+                          int B, int T, int t0, int context) {
+  T6_TIMED(ctx, "kv cache store");
+  check_pitch(L);
+  if (B * T == 0) return;
+  switch (L.D) {
+    case 32: return store<32>(ctx, k_cache, v_cache, proj, L, B, T, t0, context);
+    case 64: return store<64>(ctx, k_cache, v_cache, proj, L, B, T, t0, context);
+    case 128: return store<128>(ctx, k_cache, v_cache, proj, L, B, T, t0, context);
+    default: unsupported(L.D);
+  }
 }
 
 }  // namespace t6

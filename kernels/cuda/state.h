@@ -35,6 +35,7 @@ struct CudaState {
   double* host_result = nullptr;  // pinned, for reductions' results
   std::map<int, std::pair<void*, int>> rope_tables;  // cos/sin by D: (table, positions), grown on use (qkv.cu)
   size_t max_shared_per_block = 0;  // dynamic shared memory a block may opt into
+  int sm_count = 0;
   size_t allocated = 0, peak = 0;  // bytes held through Context::alloc
   std::map<void*, size_t> sizes;
   // cuBLASLt plans by shape (see matmul.cu), so heuristics run once per shape.
