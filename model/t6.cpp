@@ -415,6 +415,7 @@ std::vector<double> T6<A, P>::decode(const int32_t* tokens, KvCache<A>& cache) {
   ctx.to_host(host.data(), d_.logits, sizeof(A) * host.size());
   cache.len = pos + 1;
   std::vector<double> out(host.size());
+#pragma omp parallel for if (host.size() >= (1u << 16))
   for (size_t i = 0; i < host.size(); i++) out[i] = (double)to_float(host[i]);
   return out;
 }

@@ -93,9 +93,10 @@ std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg
   if (ctx.device == Device::cuda) st.gpu = gpu_name(ctx);
 
   // Prefill: the prompt through the normal forward pass (batch 1), into every sequence's cache.
-  auto start = std::chrono::steady_clock::now();
   T6<A, W> model(cfg, ctx, 1, P);
   model.params_from_host(params);
+  ctx.synchronize();
+  auto start = std::chrono::steady_clock::now();
   model.forward(prompt.data(), nullptr);
   const QkvLayout L = qkv_layout(cfg, model.layout);
   const size_t cache_bytes = KvCache<A>::bytes_for(L, cfg.n_layer, o.batch, context);
@@ -163,16 +164,23 @@ std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg
 
 }  // namespace
 
-std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::vector<float>& params,
+std::vector<std::vector<int32_t>> generate(const Context& ctx, const ModelConfig& cfg, const std::vector<float>& params,
                                            const std::vector<int32_t>& prompt, const GenerateOptions& o,
                                            const std::function<void(int, int32_t)>& on_token, GenerateStats* stats) {
   check(cfg, prompt, o, o.context > 0 ? o.context : cfg.block_size);
-  if (o.device == Device::cpu) return run<float, float>(Context{}, cfg, params, prompt, o, on_token, stats);
+  if (ctx.device == Device::cpu) return run<float, float>(ctx, cfg, params, prompt, o, on_token, stats);
 #ifdef T6_WITH_CUDA
-  return run<bf16, float>(make_cuda_context(0), cfg, params, prompt, o, on_token, stats);
+  return run<bf16, float>(ctx, cfg, params, prompt, o, on_token, stats);
 #else
   throw std::invalid_argument("generation on the GPU: this build has no CUDA backend");
 #endif
+}
+
+std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::vector<float>& params,
+                                           const std::vector<int32_t>& prompt, const GenerateOptions& o,
+                                           const std::function<void(int, int32_t)>& on_token, GenerateStats* stats) {
+  const Context ctx = o.device == Device::cuda ? make_cuda_context(0) : Context{};
+  return generate(ctx, cfg, params, prompt, o, on_token, stats);
 }
 
 }  // namespace t6

@@ -47,6 +47,13 @@ std::vector<std::vector<int32_t>> generate(const ModelConfig& cfg, const std::ve
                                            const std::function<void(int, int32_t)>& on_token = {},
                                            GenerateStats* stats = nullptr);
 
+// The same on a given context, whose device decides (fp32 on the CPU, bf16 on a GPU;
+// options.device is not read): a benchmark warms a context up once and reuses it.
+std::vector<std::vector<int32_t>> generate(const Context& ctx, const ModelConfig& cfg, const std::vector<float>& params,
+                                           const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                                           const std::function<void(int, int32_t)>& on_token = {},
+                                           GenerateStats* stats = nullptr);
+
 // The next token from logits[0 … n): greedy when temperature is 0, else a draw from
 // softmax(logits / temperature) restricted by top_k and top_p.
 int32_t sample_token(const double* logits, int n, const GenerateOptions& options, std::mt19937_64& rng);
