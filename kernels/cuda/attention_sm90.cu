@@ -23,6 +23,7 @@
 
 #include "kernels/cuda/attention_sm90.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/hopper.cuh"
 
 namespace t6::cuda {
@@ -620,8 +621,8 @@ void backward(const Context& ctx, bf* dq, bf* dk, bf* dv, const bf* dout, const 
   float* acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nacc + 2 * rows) + sizeof(int) * tiles));
   float *lse2 = acc + nacc, *delta = lse2 + rows;
   int* order = reinterpret_cast<int*>(delta + rows);
-  CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(float) * nacc, stream(ctx)));
-  if (deterministic) CUDA_CHECK(cudaMemsetAsync(order, 0, sizeof(int) * tiles, stream(ctx)));
+  cuda::zero(ctx, acc, sizeof(float) * nacc);
+  if (deterministic) cuda::zero(ctx, order, sizeof(int) * tiles);
   prepare_kernel<<<blocks_for(rows * 32, 256), 256, 0, stream(ctx)>>>(lse2, delta, lse, dout, out, B, T, Tp, H, D);
   CUDA_CHECK_LAUNCH();
   const CUtensorMap tq = tile_map(q, B, T, H, D, kBwdM), tdo = tile_map(dout, B, T, H, D, kBwdM),
@@ -645,7 +646,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 bool attention_sm90_supports(const Context& ctx, const void* const* tensors, int n, int D) {
-  if (!ctx.cuda || ctx.cuda->compute_major != 9 || ctx.cuda->compute_minor != 0) return false;
+  if (ctx.cuda->compute_major != 9 || ctx.cuda->compute_minor != 0) return false;
   if (D != 64 && D != 128) return false;
   for (int i = 0; i < n; i++)
     if (!aligned16(tensors[i])) return false;

@@ -25,8 +25,8 @@ namespace {
 constexpr int kMaxWarps = 8;  // tokens per block, fewer when wide rows fill the shared memory
 
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
-// CPU backend (and the reference's fp32 table) forms it, then cos and sin in double. Made once
-// per (T, D) and kept with the context.
+// CPU backend (and the reference's fp32 table) forms it, then cos and sin in double. One table
+// per D, kept with the context and grown when a later call needs more positions (rope_table).
 __global__ void rope_table_kernel(float* table, int T, int D) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= T * (D / 2)) return;
@@ -60,12 +60,11 @@ const float* rope_table(const Context& ctx, int T, int D) {
 int warps_per_block(const Context& ctx, size_t bytes_per_warp) {
   const int warps = (int)std::min<size_t>(kMaxWarps, ctx.cuda->max_shared_per_block / bytes_per_warp);
   if (warps < 1)
-    throw std::invalid_argument(fmt::format("qkv on the GPU: a projection row of {} bytes does not fit in the {} bytes "
-                                            "of shared memory a block may use", bytes_per_warp,
+    throw std::invalid_argument(fmt::format("qkv on the GPU: a token's {} bytes of staged rows do not fit in the {} "
+                                            "bytes of shared memory a block may use", bytes_per_warp,
                                             ctx.cuda->max_shared_per_block));
   return warps;
 }
-
 
 // Stages a projection row (pitch bf16, 16-byte aligned) as floats in the warp's shared row.
 __device__ inline void stage_row(float* row, const bf* src, int pitch, int lane) {

@@ -20,9 +20,11 @@ struct CudaState {
   int device = 0;
   int compute_major = 0, compute_minor = 0;
   // Which attention kernels run (attention.cu): 0 the fastest for this GPU, 1 the mma.sync
-  // ones (sm_80 and later), 2 Hopper's (sm_90 only). Tests and the kernel benchmark set it.
+  // ones (sm_80 and later), 2 Hopper's (sm_90 only), 3 Hopper's without the consumers' turns.
+  // Tests and the kernel benchmark set it.
   int attention_version = 0;
-  // Reductions whose order is fixed (attention's dQ), so a run repeats bitwise.
+  // Runs repeat bitwise: attention's dQ summed in a fixed order, and cuBLASLt's first-choice
+  // algorithm instead of the fastest one timed (matmul.cu).
   bool deterministic = true;
   cudaStream_t stream = nullptr;
   cublasLtHandle_t lt = nullptr;

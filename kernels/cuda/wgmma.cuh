@@ -11,31 +11,6 @@ namespace t6::cuda::sm90 {
 
 template <int N, int TA, int TB> struct Wgmma;
 
-template <int TA, int TB> struct Wgmma<16, TA, TB> {
-  __device__ static void ss(float (&d)[8], uint64_t a, uint64_t b, bool acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, %12;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "l"(a), "l"(b), "r"((int)acc), "n"(TA), "n"(TB));
-  }
-  // d = A·B (the accumulators' old values are not read).
-  __device__ static void ss0(float (&d)[8], uint64_t a, uint64_t b) {
-    asm volatile(
-        "{\n.reg .pred p;\nmov.pred p, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %10, %11;\n}\n"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7])
-        : "l"(a), "l"(b), "n"(TA), "n"(TB));
-  }
-  __device__ static void rs(float (&d)[8], const uint32_t (&a)[4], uint64_t b, bool acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, %14;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"((int)acc), "n"(TB));
-  }
-};
-
 template <int TA, int TB> struct Wgmma<32, TA, TB> {
   __device__ static void ss(float (&d)[16], uint64_t a, uint64_t b, bool acc) {
     asm volatile(
