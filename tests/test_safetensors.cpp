@@ -3,10 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <random>
 
+#include "data/tokenizer.h"
+#include "model/init.h"
 #include "model/safetensors.h"
 #include "test_util.h"
+#include "trainer/tools.h"
 
 namespace t6 {
 namespace {
@@ -105,6 +110,52 @@ TEST(Safetensors, RejectsFilesThatAreNotSafetensors) {
   const std::string err = test::error_of([&] { read_safetensors(dir + "/junk.safetensors"); });
   EXPECT_NE(err.find("junk.safetensors: not a safetensors file"), std::string::npos) << err;
   EXPECT_NE(test::error_of([&] { read_safetensors(dir + "/absent.safetensors"); }).find("cannot open"), std::string::npos);
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// t6-export's folder for Hugging Face: config.json with the fields transformers and lm-eval read,
+// the model code, the weights; GPT-2's tokenizer files (the shipped vocabulary under Hugging
+// Face's names) only for a GPT-2 model. (The loss of the exported model against t6-eval:
+// tests/pytorch/roundtrip.sh.)
+TEST(Export, WritesAFolderHuggingFaceLoads) {
+  for (const bool gpt2 : {false, true}) {
+    WeightsAndConfig w;
+    w.config.model = small_config();
+    w.config.model.vocab_size = gpt2 ? 50304 : 256;
+    w.config.data.train = {"/nonexistent/train_*.h5"};  // not at hand: the vocabulary tells the tokenizer
+    w.params = init_params(w.config.model, make_layout(w.config.model), 3);
+    const std::string dir = test::temp_dir(gpt2 ? "export_gpt2" : "export_byte");
+    const ExportResult r = export_weights(w, dir);
+    EXPECT_EQ(r.tokenizer, gpt2 ? "gpt2" : "byte");
+    const auto j = nlohmann::json::parse(slurp(dir + "/config.json"));
+    EXPECT_EQ(j["model_type"], "t6");
+    EXPECT_EQ(j["architectures"][0], "T6ForCausalLM");
+    EXPECT_EQ(j["auto_map"]["AutoModelForCausalLM"], "modeling_t6.T6ForCausalLM");
+    EXPECT_EQ(j["auto_map"]["AutoConfig"], "modeling_t6.T6Config");
+    EXPECT_EQ(j["max_position_embeddings"], w.config.model.block_size);
+    EXPECT_EQ(j["tie_word_embeddings"], true);
+    EXPECT_EQ(j["q_rank"], 2);
+    EXPECT_EQ(j["rank"], 1);
+    EXPECT_EQ(slurp(dir + "/modeling_t6.py"), slurp(std::string(T6_SOURCE_DIR) + "/trainer/hf/modeling_t6.py"));
+    EXPECT_EQ(load_weights(dir + "/model.safetensors", make_layout(w.config.model)), w.params);
+    EXPECT_EQ(r.tokenizer_files, gpt2);
+    EXPECT_EQ(std::filesystem::exists(dir + "/vocab.json"), gpt2);
+    if (gpt2) {
+      EXPECT_EQ(slurp(dir + "/vocab.json"), slurp(std::string(kDefaultVocabDir) + "/encoder.json"));
+      EXPECT_EQ(slurp(dir + "/merges.txt"), slurp(std::string(kDefaultVocabDir) + "/vocab.bpe"));
+      const auto tok = nlohmann::json::parse(slurp(dir + "/tokenizer_config.json"));
+      EXPECT_EQ(tok["tokenizer_class"], "GPT2Tokenizer");
+      EXPECT_EQ(tok["eos_token"], "<|endoftext|>");
+      EXPECT_EQ(j["eos_token_id"], 50256);
+    }
+    std::filesystem::remove_all(dir);
+  }
 }
 
 }  // namespace

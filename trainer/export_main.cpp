@@ -10,8 +10,10 @@
 
 static const char* kUsage =
     "usage: t6-export CKPT_DIR|WEIGHTS.safetensors --out DIR [--config FILE.yaml]\n"
-    "  writes DIR/model.safetensors (fp32, the reference parameter names) and DIR/config.json\n"
-    "  (vocab_size, n_layer, n_head, head_dim, n_embd, rank, q_rank, block_size, attention, ...)\n"
+    "  writes a folder that Hugging Face transformers loads with\n"
+    "  AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True): DIR/model.safetensors\n"
+    "  (fp32, the reference parameter names), DIR/config.json (every T6 field), DIR/modeling_t6.py,\n"
+    "  and for GPT-2 data the tokenizer's files (AutoTokenizer.from_pretrained(DIR))\n"
     "  --config   the model's config, for a weights file that does not carry one\n";
 
 int main(int argc, char** argv) {
@@ -28,9 +30,14 @@ int main(int argc, char** argv) {
     }
     if (source.empty() || out.empty()) throw std::invalid_argument("a source and --out DIR are required");
     const t6::WeightsAndConfig w = t6::load_weights_and_config(source, config);
-    t6::export_weights(w, out);
-    fmt::print("t6-export: {} parameters of T6 {} → {}/model.safetensors and {}/config.json\n", w.params.size(),
-               t6::attention_name(w.config.model.attention), out, out);
+    const t6::ExportResult r = t6::export_weights(w, out);
+    fmt::print("t6-export: {} parameters of T6 {} → {}/ (model.safetensors, config.json, modeling_t6.py{})\n",
+               w.params.size(), t6::attention_name(w.config.model.attention), out,
+               r.tokenizer_files ? ", GPT-2 tokenizer files" : "");
+    if (!r.tokenizer_files)
+      fmt::print("t6-export: note: the model reads {} tokens, which have no Hugging Face tokenizer: the folder loads "
+                 "with AutoModelForCausalLM, but AutoTokenizer will not load it (feed token ids, or use "
+                 "t6-generate)\n", r.tokenizer);
     return 0;
   } catch (const std::exception& e) {
     fmt::print(stderr, "t6-export: error: {}\n{}", e.what(), kUsage);

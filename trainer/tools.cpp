@@ -4,11 +4,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "data/loader.h"
 #include "data/shard.h"
+#include "data/tokenizer.h"
 #include "model/safetensors.h"
 #include "model/t6.h"
 #include "trainer/checkpoint.h"
@@ -56,15 +58,35 @@ std::string tokenizer_for(const Config& cfg) {
       cfg.model.vocab_size));
 }
 
-void export_weights(const WeightsAndConfig& w, const std::string& out_dir) {
+namespace {
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(fmt::format("{}: cannot read it (part of the source tree t6-export was built from)", path));
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+}  // namespace
+
+ExportResult export_weights(const WeightsAndConfig& w, const std::string& out_dir) {
   const ModelConfig& m = w.config.model;
   fs::create_directories(out_dir);
   save_weights(out_dir + "/model.safetensors", make_layout(m), w.params,
                {{"format", "pt"}, {"t6_config", w.config.to_yaml()}});
-  nlohmann::json j = {{"model_type", "t6"},         {"attention", attention_name(m.attention)},
-                      {"vocab_size", m.vocab_size}, {"n_layer", m.n_layer},
-                      {"n_head", m.n_head},         {"head_dim", m.head_dim},
-                      {"n_embd", m.n_embd},         {"block_size", m.block_size}};
+  nlohmann::json j = {{"model_type", "t6"},
+                      {"architectures", {"T6ForCausalLM"}},
+                      {"auto_map", {{"AutoConfig", "modeling_t6.T6Config"},
+                                    {"AutoModelForCausalLM", "modeling_t6.T6ForCausalLM"}}},
+                      {"attention", attention_name(m.attention)},
+                      {"vocab_size", m.vocab_size},
+                      {"n_layer", m.n_layer},
+                      {"n_head", m.n_head},
+                      {"head_dim", m.head_dim},
+                      {"n_embd", m.n_embd},
+                      {"block_size", m.block_size},
+                      {"max_position_embeddings", m.block_size},
+                      {"tie_word_embeddings", true},
+                      {"torch_dtype", "float32"}};
   if (m.factored_q()) j["q_rank"] = m.q_rank;
   if (m.factored_kv()) {
     j["rank"] = m.rank;
@@ -74,7 +96,30 @@ void export_weights(const WeightsAndConfig& w, const std::string& out_dir) {
     }
   }
   if (m.attention == Attention::gqa || m.attention == Attention::mqa) j["n_kv_head"] = m.kv_heads();
+
+  ExportResult r;
+  try {
+    r.tokenizer = tokenizer_for(w.config);
+  } catch (const std::invalid_argument&) {
+    r.tokenizer = fmt::format("unknown (a vocabulary of {}, and the training data not at hand)", m.vocab_size);
+  }
+  if (r.tokenizer == "gpt2") {  // GPT-2's files under Hugging Face's names, and its tokenizer class
+    const int eot = 50256;
+    j["bos_token_id"] = eot, j["eos_token_id"] = eot;
+    write_file_atomically(out_dir + "/vocab.json", read_text(std::string(kDefaultVocabDir) + "/encoder.json"));
+    write_file_atomically(out_dir + "/merges.txt", read_text(std::string(kDefaultVocabDir) + "/vocab.bpe"));
+    const nlohmann::json tok = {{"tokenizer_class", "GPT2Tokenizer"}, {"model_max_length", m.block_size},
+                                {"bos_token", "<|endoftext|>"},      {"eos_token", "<|endoftext|>"},
+                                {"unk_token", "<|endoftext|>"},      {"add_prefix_space", false}};
+    write_file_atomically(out_dir + "/tokenizer_config.json", tok.dump(2) + "\n");
+    const nlohmann::json special = {
+        {"bos_token", "<|endoftext|>"}, {"eos_token", "<|endoftext|>"}, {"unk_token", "<|endoftext|>"}};
+    write_file_atomically(out_dir + "/special_tokens_map.json", special.dump(2) + "\n");
+    r.tokenizer_files = true;
+  }
+  write_file_atomically(out_dir + "/modeling_t6.py", read_text(std::string(T6_HF_DIR) + "/modeling_t6.py"));
   write_file_atomically(out_dir + "/config.json", j.dump(2) + "\n");
+  return r;
 }
 
 template <class Model>

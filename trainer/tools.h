@@ -17,8 +17,16 @@ struct WeightsAndConfig {
 // metadata, as t6-train writes it, or else the YAML file `config_path`).
 WeightsAndConfig load_weights_and_config(const std::string& source, const std::string& config_path = "");
 
-// Writes DIR/model.safetensors and DIR/config.json (the reference GPTConfig's fields).
-void export_weights(const WeightsAndConfig& w, const std::string& out_dir);
+// Writes a folder Hugging Face transformers loads (AutoModelForCausalLM with
+// trust_remote_code): DIR/model.safetensors, DIR/config.json (every T6 field, model_type t6,
+// auto_map) and DIR/modeling_t6.py (trainer/hf/); for GPT-2 data also the tokenizer's files
+// (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json). The byte tokenizer
+// has no Hugging Face counterpart: then no tokenizer files.
+struct ExportResult {
+  std::string tokenizer;        // byte or gpt2
+  bool tokenizer_files = false;
+};
+ExportResult export_weights(const WeightsAndConfig& w, const std::string& out_dir);
 
 // The tokenizer of the model's training data when its shards are at hand, else the one its
 // vocabulary size points to (256: byte; GPT-2's 50257, padded: gpt2); throws when neither tells.

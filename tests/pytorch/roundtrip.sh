@@ -2,7 +2,10 @@
 # Export → load in PyTorch → and back, for each attention variant: a T6 trained briefly by
 # t6-train is exported with t6-export; an independent PyTorch implementation of the spec
 # (t6_reference.py) must get the loss t6-eval reports, and weights it writes must load back into
-# t6-eval with the loss PyTorch computes for them. Skipped (exit 77) without Debian's python3-torch.
+# t6-eval with the loss PyTorch computes for them. The exported folder's own Hugging Face model
+# (modeling_t6.py, through hf_check.py: transformers' Auto classes where transformers is
+# installed, else a stand-in for its base classes) must get that loss too.
+# Skipped (exit 77) without Debian's python3-torch.
 # Usage: roundtrip.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build="$1"; src="$2"
@@ -20,7 +23,7 @@ bin="$build/trainer"
 close() {  # |a − b| ≤ 1e-5·|b|
   awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= 1e-5 * m) }'
 }
-for variant in tpa tpa_kvonly mha gqa; do
+for variant in tpa tpa_kvonly mha gqa mqa; do
   extra=()
   [ "$variant" = gqa ] && extra=(--set model.n_kv_head=2)
   "$bin/t6-train" --config "$src/configs/demo.yaml" --set model.attention=$variant "${extra[@]}" \
@@ -36,8 +39,11 @@ for variant in tpa tpa_kvonly mha gqa; do
   torch_back=$(echo "$theirs" | awk '/^pytorch_loss_back /{print $2}')
   back=$("$bin/t6-eval" --weights "$work/back_$variant.safetensors" --config "$work/run_$variant/config.yaml" \
            --data "$work/data/val_*.h5" --batch 1 | awk '{print $2}')
-  echo "$variant: t6-eval $ours, PyTorch $torch_loss; written by PyTorch: PyTorch $torch_back, t6-eval $back"
+  hf=$("$py" "$src/tests/pytorch/hf_check.py" "$work/export_$variant" "$src/README.md" 32)
+  hf_loss=$(echo "$hf" | awk '/^hf_loss /{print $2}')
+  echo "$variant: t6-eval $ours, PyTorch $torch_loss, Hugging Face model ($(echo "$hf" | awk '/^hf_path /{print $2}')) $hf_loss; written by PyTorch: PyTorch $torch_back, t6-eval $back"
   close "$ours" "$torch_loss" || { echo "FAIL: $variant export differs"; exit 1; }
+  close "$ours" "$hf_loss" || { echo "FAIL: $variant exported Hugging Face model differs"; exit 1; }
   close "$back" "$torch_back" || { echo "FAIL: $variant weights from PyTorch differ"; exit 1; }
 done
 echo "PASS"

@@ -1,0 +1,146 @@
+"""Checks a folder written by t6-export as Hugging Face transformers would use it.
+
+usage: hf_check.py EXPORT_DIR TEXT_FILE BLOCK_SIZE
+Prints `hf_loss L` (the mean loss over the windows of TEXT_FILE that t6_reference.py and t6-eval
+use) and `hf_path real|stub`. With transformers installed it loads the folder through
+AutoConfig / AutoModelForCausalLM (trust_remote_code, offline), checks that the output head is
+tied to the embedding, and that generate() returns the same greedy tokens with and without
+use_cache as a plain argmax loop; for a folder with tokenizer files, that AutoTokenizer encodes
+the committed GPT-2 test vectors as the trainer's tokenizer does. Without transformers it runs
+the exported modeling_t6.py under a minimal stand-in for the few transformers classes it
+subclasses (so the model's math is still checked against t6-eval, and the rest is skipped).
+"""
+import importlib.util
+import json
+import os
+import sys
+import types
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from t6_reference import read_safetensors  # noqa: E402
+
+
+def install_stub():
+    """The names modeling_t6.py imports from transformers, reduced to what its math needs."""
+    tf = types.ModuleType("transformers")
+    tf.__version__ = "0.stub"
+
+    class PretrainedConfig:
+        def __init__(self, **kwargs):
+            for k, v in kwargs.items():
+                setattr(self, k, v)
+
+    class PreTrainedModel(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+        def post_init(self):
+            if getattr(self.config, "tie_word_embeddings", False):
+                self.get_output_embeddings().weight = self.get_input_embeddings().weight
+
+    class GenerationMixin:
+        pass
+
+    outputs = types.ModuleType("transformers.modeling_outputs")
+
+    class CausalLMOutputWithPast:
+        def __init__(self, loss=None, logits=None, past_key_values=None):
+            self.loss, self.logits, self.past_key_values = loss, logits, past_key_values
+
+    tf.PretrainedConfig, tf.PreTrainedModel, tf.GenerationMixin = PretrainedConfig, PreTrainedModel, GenerationMixin
+    outputs.CausalLMOutputWithPast = CausalLMOutputWithPast
+    tf.modeling_outputs = outputs
+    sys.modules["transformers"], sys.modules["transformers.modeling_outputs"] = tf, outputs
+
+
+def load_stub(export_dir):
+    install_stub()
+    spec = importlib.util.spec_from_file_location("modeling_t6", os.path.join(export_dir, "modeling_t6.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = json.load(open(os.path.join(export_dir, "config.json")))
+    model = module.T6ForCausalLM(module.T6Config(**cfg))
+    weights = read_safetensors(os.path.join(export_dir, "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected, f"unexpected tensors: {unexpected}"
+    assert missing == ["lm_head.weight"], f"missing tensors: {missing}"
+    return model
+
+
+def load_real(export_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(export_dir, trust_remote_code=True, local_files_only=True)
+    assert config.model_type == "t6" and config.max_position_embeddings == config.block_size
+    model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, local_files_only=True,
+                                                 torch_dtype=torch.float32)
+    return model
+
+
+def mean_loss(model, stream, T):
+    losses = []
+    with torch.no_grad():
+        for w in range((len(stream) - 1) // T):
+            # T + 1 tokens: the model shifts the labels, so it predicts tokens 1 … T from 0 … T − 1
+            window = torch.tensor(stream[w * T: w * T + T + 1], dtype=torch.long)[None]
+            losses.append(model(input_ids=window, labels=window).loss.item())
+    return sum(losses) / len(losses)
+
+
+def check_generate(model, prompt, n):
+    """generate(), with and without use_cache, against a plain greedy loop over forward()."""
+    ids = torch.tensor([prompt], dtype=torch.long)
+    want = ids
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(input_ids=want).logits[:, -1].argmax(-1, keepdim=True)
+            want = torch.cat([want, nxt], 1)
+        for use_cache in (True, False):
+            got = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                 use_cache=use_cache, pad_token_id=0)
+            assert torch.equal(got, want), f"generate(use_cache={use_cache}) gave {got.tolist()}, want {want.tolist()}"
+
+
+def check_tokenizer(export_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(export_dir, local_files_only=True)
+    cases = json.load(open(os.path.join(HERE, "..", "tokenizer", "gpt2_vectors.json")))
+    checked = 0
+    for case in cases:
+        try:
+            text = bytes.fromhex(case["hex"]).decode("utf-8")
+        except UnicodeDecodeError:  # a byte-level case that is not text: no string to give a tokenizer
+            continue
+        got = tok.encode(text)
+        assert got == case["ids"], f"AutoTokenizer on {case['name']}: {got}, want {case['ids']}"
+        checked += 1
+    print(f"hf_tokenizer {checked} vectors equal")
+
+
+def main():
+    export_dir, text_file, T = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    try:
+        import transformers  # noqa: F401
+        real = True
+    except ImportError:
+        real = False
+    model = load_real(export_dir) if real else load_stub(export_dir)
+    model.eval()
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "lm_head is not tied to wte"
+    stream = list(open(text_file, "rb").read()) + [0]
+    print(f"hf_loss {mean_loss(model, stream, T):.8f}")
+    if real:
+        check_generate(model, stream[:5], 8)
+        print("hf_generate equal with and without use_cache")
+        if os.path.exists(os.path.join(export_dir, "vocab.json")):
+            check_tokenizer(export_dir)
+    print(f"hf_path {'real' if real else 'stub'}")
+
+
+if __name__ == "__main__":
+    main()
