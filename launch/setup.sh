@@ -51,8 +51,32 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
+# What the build takes from each package, for the message when apt-get cannot install it.
+needs() {
+  case "$1" in
+    cmake) echo "cmake 3.24 or later on PATH" ;;
+    ninja-build) echo "ninja on PATH (or remove build/ and let cmake use make)" ;;
+    g++) echo "a C++20 compiler (g++ 12 or later) on PATH" ;;
+    pkg-config) echo "pkg-config on PATH" ;;
+    libhdf5-dev) echo "HDF5's C library and hdf5.h" ;;
+    libyaml-cpp-dev) echo "yaml-cpp (yaml-cpp/yaml.h and its CMake package)" ;;
+    libfmt-dev) echo "fmt (fmt/format.h and its CMake package)" ;;
+    libgtest-dev) echo "GoogleTest (gtest/gtest.h and its CMake package)" ;;
+    libopenblas-openmp-dev) echo "OpenBLAS built with OpenMP (cblas.h; pkg-config openblas)" ;;
+    nlohmann-json3-dev) echo "nlohmann/json.hpp" ;;
+    zlib1g-dev) echo "zlib.h and libz" ;;
+    libopenmpi-dev) echo "Open MPI's headers and mpicc" ;;
+    openmpi-bin) echo "Open MPI's mpirun on PATH" ;;
+  esac
+}
+
 echo "setup: installing ${missing[*]}"
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ! { $sudo apt-get update -qq &&
+       DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; }; then
+  echo "setup: apt-get could not install what the build still needs:" >&2
+  for p in "${missing[@]}"; do echo "  $p: $(needs "$p")" >&2; done
+  echo "setup: provide these another way (on PATH, or under /usr/local), then run it again" >&2
+  exit 1
+fi
