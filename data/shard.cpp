@@ -11,6 +11,27 @@
 
 namespace t6 {
 
+namespace {
+
+// The attributes must describe a usable vocabulary: ids below vocab_size, the end-of-text id
+// among them, and the named tokenizers' own sizes (a `gpt2` shard with a small vocab_size would
+// let GPT-2 ids index past the model's embedding).
+void check_meta(const ShardMeta& m, const std::string& path) {
+  if (m.vocab_size < 1 || m.vocab_size > (int64_t)UINT32_MAX + 1)
+    throw std::runtime_error(fmt::format("{}: vocab_size {} (attribute): expected 1 to 2^32", path, m.vocab_size));
+  if (m.eot_token < 0 || m.eot_token >= m.vocab_size)
+    throw std::runtime_error(fmt::format("{}: eot_token {} (attribute) is not below vocab_size {}", path, m.eot_token,
+                                         m.vocab_size));
+  if (m.tokenizer == "gpt2" && m.vocab_size < 50257)
+    throw std::runtime_error(fmt::format("{}: tokenizer 'gpt2' has 50257 ids, but vocab_size (attribute) is {}", path,
+                                         m.vocab_size));
+  if (m.tokenizer == "byte" && m.vocab_size < 256)
+    throw std::runtime_error(fmt::format("{}: tokenizer 'byte' has 256 ids, but vocab_size (attribute) is {}", path,
+                                         m.vocab_size));
+}
+
+}  // namespace
+
 ShardReader::ShardReader(const std::string& path) : path_(path) {
   std::lock_guard<std::mutex> lock(hdf5_mutex());
   if (!std::filesystem::exists(path)) throw std::runtime_error(fmt::format("{}: no such shard file", path));
@@ -38,6 +59,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
     meta_.vocab_size = read_int_attr(file_, path, "vocab_size");
     meta_.eot_token = read_int_attr(file_, path, "eot_token");
     meta_.tokenizer = read_string_attr(file_, path, "tokenizer");
+    check_meta(meta_, path);
   } catch (...) {
     if (dataset_ >= 0) H5Dclose(dataset_);
     H5Fclose(file_);

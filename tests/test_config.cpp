@@ -98,6 +98,22 @@ TEST(ConfigErrors, UnknownKeysSuggestTheNearestValidKey) {
       << e;
 }
 
+// Saying a key twice is an error naming both lines (YAML parsers keep one silently); so is a
+// directory given as the config; an integer too large says so instead of "expected an integer".
+TEST(ConfigErrors, DuplicateKeysDirectoriesAndRanges) {
+  std::string e = error_of(std::string(kMinimal) + "train:\n  max_iters: 8\n  batch_size: 2\n  max_iters: 9\n");
+  EXPECT_NE(e.find("'train.max_iters' appears twice (lines 4 and 6); keep one"), std::string::npos) << e;
+  e = error_of(std::string(kMinimal) + "train:\n  max_iters: 8\ntrain:\n  batch_size: 2\n");
+  EXPECT_NE(e.find("'train' appears twice (lines 3 and 5)"), std::string::npos) << e;
+  const std::string dir = test::temp_dir("config_dir");
+  EXPECT_NE(test::error_of([&] { load_config(dir); }).find(dir + ": is a directory; expected a YAML config file"),
+            std::string::npos);
+  e = error_of(std::string(kMinimal) + "train:\n  batch_size: 99999999999\n");
+  EXPECT_NE(e.find("train.batch_size: 99999999999 is out of range (at most 2147483647)"), std::string::npos) << e;
+  e = error_of(std::string(kMinimal) + "train:\n  max_iters: 99999999999999999999999\n");
+  EXPECT_NE(e.find("train.max_iters: 99999999999999999999999 is out of range"), std::string::npos) << e;
+}
+
 TEST(ConfigErrors, WrongTypesNameTheKey) {
   std::string e = error_of(std::string(kMinimal) + "train:\n  batch_size: abc\n");
   EXPECT_NE(e.find("train.batch_size: expected an integer, got 'abc'"), std::string::npos) << e;
@@ -105,7 +121,7 @@ TEST(ConfigErrors, WrongTypesNameTheKey) {
   EXPECT_NE(e.find("train.batch_size: expected an integer, got '2.5'"), std::string::npos) << e;
   e = error_of(std::string(kMinimal) + "optim:\n  learning_rate: [1, 2]\n");
   EXPECT_NE(e.find("optim.learning_rate: expected a number, got a list"), std::string::npos) << e;
-  e = error_of(std::string(kMinimal) + "data:\n  shuffle: 3\n");
+  e = error_of(std::string(kMinimal) + "  shuffle: 3\n");  // (kMinimal ends inside data:)
   EXPECT_NE(e.find("data.shuffle: expected true or false, got '3'"), std::string::npos) << e;
   e = error_of(kMinimal, {"train.max_iters"});
   EXPECT_NE(e.find("expected section.key=value"), std::string::npos) << e;
@@ -124,7 +140,7 @@ TEST(ConfigErrors, InvalidValuesNameTheKeyAndTheRule) {
   expect("optim:\n  learning_rate: 1.0e-4\n  min_lr: 1.0e-3\n", "optim.min_lr: must be between 0 and optim.learning_rate");
   expect("optim:\n  schedule: step\n", "optim.schedule: 'step' is not one of cosine, linear, constant, wsd");
   expect("optim:\n  beta2: 1.5\n", "optim.beta2: must be in [0, 1)");
-  expect("data:\n  seed: -3\n", "data.seed: must not be negative");
+  expect("  seed: -3\n", "data.seed: must not be negative");  // (kMinimal ends inside data:)
   expect("optim:\n  weight_decay: inf\n", "optim.weight_decay: expected a finite number, got 'inf'");
   expect("sample:\n  temperature: nan\n", "sample.temperature: expected a finite number, got 'nan'");
   const std::string e = error_of("train:\n  max_iters: 5\n");

@@ -164,8 +164,17 @@ TEST(LoaderErrors, EachNamesTheFileAndTheProblem) {
   expect_error(load({dir + "/vocab.h5"}), {"vocab.h5", "vocab_size 50257", "larger than model.vocab_size 256"});
 
   write_raw(dir + "/a.h5", "tokens", H5T_STD_U16LE, ok, 256);
-  write_raw(dir + "/b.h5", "tokens", H5T_STD_U16LE, ok, 200);
-  expect_error(load({dir + "/a.h5", dir + "/b.h5"}), {"shards disagree", "b.h5", "vocab_size 200"});
+  write_raw(dir + "/b.h5", "tokens", H5T_STD_U16LE, ok, 300);
+  expect_error(load({dir + "/a.h5", dir + "/b.h5"}), {"shards disagree", "b.h5", "vocab_size 300"});
+
+  // Attributes that cannot describe the data: an empty vocabulary, an end-of-text id outside
+  // it, a gpt2 shard whose vocab_size would let GPT-2 ids index past a small model.
+  write_raw(dir + "/empty_vocab.h5", "tokens", H5T_STD_U16LE, ok, 0);
+  expect_error(load({dir + "/empty_vocab.h5"}), {"empty_vocab.h5", "vocab_size 0 (attribute): expected 1 to 2^32"});
+  write_shard(dir + "/eot.h5", std::vector<uint32_t>(100, 3), ShardMeta{0, 256, "byte", 300});
+  expect_error(load({dir + "/eot.h5"}), {"eot.h5", "eot_token 300 (attribute) is not below vocab_size 256"});
+  write_shard(dir + "/small_gpt2.h5", std::vector<uint32_t>(100, 3), ShardMeta{0, 256, "gpt2", 0});
+  expect_error(load({dir + "/small_gpt2.h5"}), {"small_gpt2.h5", "tokenizer 'gpt2' has 50257 ids, but vocab_size"});
 
   expect_error(load({dir + "/a.h5"}, 256, 4, 32), {"100 tokens", "4×32 needs 129"});
   expect_error(load({dir + "/a.h5"}, 256, 0, 32), {"data.train", "positive sizes, got 0×32"});
@@ -267,7 +276,7 @@ TEST(Loader, PrefetchDeliversReadErrorsInOrder) {
   const std::string dir = test::temp_dir("loader_prefetch_error");
   std::vector<uint32_t> tokens(100, 5);
   tokens[50] = 200;
-  write_shard(dir + "/t.h5", tokens, ShardMeta{0, 256, "byte", 0});
+  write_shard(dir + "/t.h5", tokens, ShardMeta{0, 256, "custom", 0});  // (a byte shard must have 256)
   hid_t f = H5Fopen((dir + "/t.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
   hid_t a = H5Aopen(f, "vocab_size", H5P_DEFAULT);
   const int64_t vocab = 100;

@@ -5,9 +5,11 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include "data/loader.h"
+#include "data/shard.h"
 #include "model/safetensors.h"
 #include "model/t6.h"
 #include "test_util.h"
@@ -171,6 +173,22 @@ TEST(Train, GradientNormOutliersAreSkippedByTheZScoreRule) {
 
 namespace t6 {
 namespace {
+
+// Mismatches that used to pass until the end of training (or never): validation shards of
+// another tokenizer, and a tokenizer the end-of-run sample cannot make; both refused at start.
+TEST(Train, DataMismatchesAreRefusedBeforeTraining) {
+  const std::string dir = test::temp_dir("train_mismatch");
+  std::vector<uint32_t> tokens(5000);
+  for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (uint32_t)(i * 7 % 200);
+  write_shard(dir + "/custom.h5", tokens, ShardMeta{0, 256, "custom", 0});
+  std::string e = test::error_of([&] { train(tiny_run(dir + "/a", {"data.val=" + dir + "/custom.h5"})); });
+  EXPECT_NE(e.find("data.val was tokenized differently from data.train: tokenizer 'custom'"), std::string::npos) << e;
+  e = test::error_of([&] {
+    train(tiny_run(dir + "/b", {"data.train=" + dir + "/custom.h5", "data.val=null", "sample.max_new_tokens=5"}));
+  });
+  EXPECT_NE(e.find("custom"), std::string::npos) << e;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/b/metrics.jsonl")) << "it trained before failing";
+}
 
 TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
   // No data is read (the shard paths may not even exist), no output is written, and the loss

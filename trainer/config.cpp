@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <stdexcept>
 
 namespace t6 {
@@ -38,6 +39,7 @@ int64_t parse_int(const YAML::Node& n, const Source& src) {
   char* end = nullptr;
   errno = 0;
   long long v = std::strtoll(s.c_str(), &end, 10);
+  if (errno == ERANGE) fail(src, fmt::format("{} is out of range (at most {})", s, INT64_MAX));
   if (s.empty() || errno || *end) fail(src, fmt::format("expected an integer, got '{}'", s));
   return v;
 }
@@ -81,7 +83,8 @@ Key integer(const char* section, const char* name, Ref ref, bool nullable = fals
             if (nullable && n.IsNull()) { ref(c) = 0; return; }
             int64_t v = parse_int(n, s);
             if (std::is_unsigned_v<V> && v < 0) fail(s, fmt::format("must not be negative, got {}", v));
-            if (std::is_same_v<V, int> && (v > INT32_MAX || v < INT32_MIN)) fail(s, fmt::format("{} is too large", v));
+            if (std::is_same_v<V, int> && (v > INT32_MAX || v < INT32_MIN))
+              fail(s, fmt::format("{} is out of range (at most {})", v, INT32_MAX));
             ref(c) = (V)v;
           },
           [=](const Config& c, YAML::Emitter& e) {
@@ -337,8 +340,18 @@ Config parse_config(const YAML::Node& root, const std::string& path, const std::
 
   if (!root.IsNull() && !root.IsMap())
     throw std::invalid_argument(fmt::format("{}: expected a mapping of sections (model, data, train, optim, sample)", path));
+  // YAML parsers keep one of two equal keys without a word; a config that says a thing twice is
+  // an error (line numbers are 1-based for people).
+  std::map<std::string, int> seen;
+  auto once = [&](const std::string& name, const YAML::Node& key) {
+    const auto [it, fresh] = seen.emplace(name, key.Mark().line + 1);
+    if (!fresh)
+      throw std::invalid_argument(fmt::format("{}: '{}' appears twice (lines {} and {}); keep one", path, name,
+                                              it->second, key.Mark().line + 1));
+  };
   for (const auto& section : root) {
     const std::string sname = section.first.as<std::string>();
+    once(sname, section.first);
     if (std::find(kSections.begin(), kSections.end(), sname) == kSections.end()) find_key(sname, "", path);
     if (section.second.IsNull()) continue;
     if (!section.second.IsMap())
@@ -346,6 +359,7 @@ Config parse_config(const YAML::Node& root, const std::string& path, const std::
                                               sname, sname));
     for (const auto& kv : section.second) {
       const std::string kname = kv.first.as<std::string>();
+      once(sname + "." + kname, kv.first);
       const Key& key = find_key(sname, kname, path);
       key.set(c, kv.second, Source{path, sname + "." + kname, file_dir});
       lr_decay_set |= key.name == "lr_decay_iters" && !kv.second.IsNull();
@@ -383,6 +397,9 @@ std::string emit_value(const Key& k, const Config& c) {
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  if (fs::is_directory(path))
+    throw std::invalid_argument(fmt::format("{}: is a directory; expected a YAML config file (e.g. configs/demo.yaml)",
+                                            path));
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

@@ -333,6 +333,28 @@ struct Trainer {
         inputs((size_t)B * T),
         targets((size_t)B * T) {
     if (zero) grad_shard = Buffer<float>(ctx, shard_size);
+    check_data_agrees();
+  }
+
+  // What would otherwise fail only after training, or train on mismatched data without a word:
+  // validation shards of another tokenizer, and the end-of-run sample's tokenizer and prompt.
+  void check_data_agrees() const {
+    if (!train_data) return;
+    const ShardMeta& t = train_data->meta();
+    if (val_data) {
+      const ShardMeta& v = val_data->meta();
+      if (v.tokenizer != t.tokenizer || v.vocab_size != t.vocab_size || v.eot_token != t.eot_token)
+        throw std::invalid_argument(fmt::format(
+            "data.val was tokenized differently from data.train: tokenizer '{}', vocab_size {}, eot_token {} against "
+            "'{}', {}, {}", v.tokenizer, v.vocab_size, v.eot_token, t.tokenizer, t.vocab_size, t.eot_token));
+    }
+    if (cfg.sample.max_new_tokens > 0) {
+      const auto tokenizer = make_tokenizer(t.tokenizer);  // an unknown name: an error now, not after training
+      for (const int32_t id : token_ids(*tokenizer, cfg.sample.prompt))
+        if (id >= mc.vocab_size)
+          throw std::invalid_argument(fmt::format("sample.prompt: the {} tokenizer gives id {}, not below "
+                                                  "model.vocab_size {}", t.tokenizer, id, mc.vocab_size));
+    }
   }
 
   TrainResult run(const std::string& resume) {
