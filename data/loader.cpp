@@ -27,6 +27,9 @@ std::vector<std::string> expand_shards(const std::vector<std::string>& patterns,
     if (pattern.find_first_of("*?[") == std::string::npos) {
       if (!std::filesystem::exists(pattern))
         throw std::invalid_argument(fmt::format("{}: shard file '{}' does not exist", key, pattern));
+      if (std::filesystem::is_directory(pattern))
+        throw std::invalid_argument(fmt::format("{}: '{}' is a directory; give its shard files, e.g. '{}/train_*.h5'",
+                                                key, pattern, pattern));
       files.push_back(pattern);
       continue;
     }

@@ -16,9 +16,19 @@ config="$1"; shift
 steps=10; compare=0; nproc=1; args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --steps) steps="$2"; shift 2 ;;
+    --steps)
+      if [ $# -lt 2 ] || ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
+        echo "bench.sh: --steps expects a number of steps (1 or more), got '${2-}'" >&2
+        exit 2
+      fi
+      steps="$2"; shift 2 ;;
     --compare) compare=1; shift ;;
-    -n|--nproc) nproc="$2"; args+=("$1" "$2"); shift 2 ;;
+    -n|--nproc)
+      if [ $# -lt 2 ] || ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
+        echo "bench.sh: $1 expects a number of processes (1 or more), got '${2-}'" >&2
+        exit 2
+      fi
+      nproc="$2"; args+=("$1" "$2"); shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done

@@ -16,8 +16,18 @@ config="$1"; shift
 nproc=1; hostfile=""; args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    -n|--nproc) nproc="$2"; shift 2 ;;
-    --hostfile) hostfile="$2"; shift 2 ;;
+    -n|--nproc)
+      if [ $# -lt 2 ] || ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
+        echo "train.sh: $1 expects a number of processes (1 or more), got '${2-}'" >&2
+        exit 2
+      fi
+      nproc="$2"; shift 2 ;;
+    --hostfile)
+      if [ $# -lt 2 ] || [ ! -f "$2" ]; then
+        echo "train.sh: --hostfile expects an existing file (launch/hostfile.example), got '${2-}'" >&2
+        exit 2
+      fi
+      hostfile="$2"; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done

@@ -190,6 +190,18 @@ TEST(Train, DataMismatchesAreRefusedBeforeTraining) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/b/metrics.jsonl")) << "it trained before failing";
 }
 
+// model.init_from takes a checkpoint directory as t6-eval does: a run of 0 steps from one
+// saves exactly the checkpoint's weights. A data.train that is a directory says so.
+TEST(Train, InitFromACheckpointDirectoryAndDataDirectories) {
+  const std::string dir = test::temp_dir("train_init_from");
+  train(tiny_run(dir + "/first", {"train.max_iters=6", "train.eval_interval=0", "data.val=null"}));
+  ASSERT_TRUE(std::filesystem::is_directory(dir + "/first/ckpt_6"));
+  train(tiny_run(dir + "/second", {"train.max_iters=0", "data.val=null", "model.init_from=" + dir + "/first/ckpt_6"}));
+  EXPECT_EQ(test::flat_weights(dir + "/second/model.safetensors"), test::flat_weights(dir + "/first/model.safetensors"));
+  const std::string e = test::error_of([&] { train(tiny_run(dir + "/third", {"data.train=" + dir + "/first"})); });
+  EXPECT_NE(e.find("data.train: '" + dir + "/first' is a directory; give its shard files"), std::string::npos) << e;
+}
+
 TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
   // No data is read (the shard paths may not even exist), no output is written, and the loss
   // is that of random tokens: near ln(vocab) for a fresh model.

@@ -391,8 +391,9 @@ struct Trainer {
       optimizer.steps = resumed.adam_steps;
       train_data->restore(resumed.loader);
       start = resumed.iter;
-    } else if (!mc.init_from.empty()) {
-      model.params_from_host(load_weights(mc.init_from, model.layout));
+    } else if (!mc.init_from.empty()) {  // a weights file, or a checkpoint directory (as t6-eval takes)
+      model.params_from_host(fs::is_directory(mc.init_from) ? load_checkpoint(mc.init_from, model.layout).params
+                                                            : load_weights(mc.init_from, model.layout));
     } else {
       model.params_from_host(init_params(mc, model.layout, mc.seed));
     }
