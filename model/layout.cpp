@@ -7,9 +7,13 @@
 namespace t6 {
 
 const ParamInfo* ParamLayout::find(const std::string& name) const {
-  for (const ParamInfo& p : params)
-    if (p.name == name) return &p;
-  return nullptr;
+  if (indexed_ != params.size()) {
+    index_.clear();
+    for (size_t i = 0; i < params.size(); i++) index_.emplace(params[i].name, i);
+    indexed_ = params.size();
+  }
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &params[it->second];
 }
 
 const ParamInfo& ParamLayout::at(const std::string& name) const {

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "model/config.h"
@@ -21,8 +22,14 @@ struct ParamLayout {
   std::vector<ParamInfo> params;
   size_t total = 0;
 
+  // By name in O(1) (an index made on first use and remade when params has grown; names are not
+  // edited in place), so models of thousands of layers build in linear time.
   const ParamInfo* find(const std::string& name) const;  // nullptr if absent
   const ParamInfo& at(const std::string& name) const;    // throws if absent
+
+ private:
+  mutable std::unordered_map<std::string, size_t> index_;
+  mutable size_t indexed_ = 0;
 };
 
 ParamLayout make_layout(const ModelConfig& cfg);

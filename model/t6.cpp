@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <array>
 #include <stdexcept>
 #include <type_traits>
@@ -88,15 +89,16 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
     throw std::invalid_argument("sequence length exceeds model.block_size");
   // Logits are formed for at most 2^28 elements at a time (512 MB in bf16).
   chunk_ = std::clamp<int>((int)((size_t(1) << 28) / cfg.vocab_size), 1, N_);
-  for (int l = 0; l < cfg.n_layer; l++) {
-    size_t first = SIZE_MAX, end = 0;
-    for (const ParamInfo& p : layout.params)
-      if (p.name.rfind(layer_param(l, ""), 0) == 0) {
-        first = std::min(first, p.offset);
-        end = std::max(end, p.offset + p.size);
-      }
-    layer_ranges_.push_back({first, end - first});
+  // Each layer's range of the flat buffer: one pass over the tensors, by the layer in their names.
+  std::vector<std::pair<size_t, size_t>> bounds(cfg.n_layer, {SIZE_MAX, 0});
+  const std::string prefix = "transformer.h.";
+  for (const ParamInfo& p : layout.params) {
+    if (p.name.rfind(prefix, 0) != 0) continue;
+    const int l = std::atoi(p.name.c_str() + prefix.size());
+    bounds[l].first = std::min(bounds[l].first, p.offset);
+    bounds[l].second = std::max(bounds[l].second, p.offset + p.size);
   }
+  for (const auto& [first, end] : bounds) layer_ranges_.push_back({first, end - first});
   qkv_ = qkv_layout(cfg, layout);
   fc_pitch_ = round8(2 * cfg.mlp_hidden());
   g_pitch_ = round8(cfg.mlp_hidden());
