@@ -1,6 +1,7 @@
 // End-to-end training on the shipped sample: the loss falls, validation beats the data's
 // unigram entropy, the outputs agree with each other, and a run is a pure function of its seeds.
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -14,6 +15,7 @@
 #include "model/t6.h"
 #include "test_util.h"
 #include "data/mc_eval.h"
+#include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/mc_eval.h"
 #include "trainer/tensorboard.h"
@@ -200,6 +202,21 @@ TEST(Train, InitFromACheckpointDirectoryAndDataDirectories) {
   EXPECT_EQ(test::flat_weights(dir + "/second/model.safetensors"), test::flat_weights(dir + "/first/model.safetensors"));
   const std::string e = test::error_of([&] { train(tiny_run(dir + "/third", {"data.train=" + dir + "/first"})); });
   EXPECT_NE(e.find("data.train: '" + dir + "/first' is a directory; give its shard files"), std::string::npos) << e;
+}
+
+// Two runs on one out_dir would overwrite each other's checkpoints and metrics: the second is
+// refused, naming the holder; once the first ends (its lock goes with it) a run starts there.
+TEST(Train, ASecondRunOnTheSameOutDirIsRefused) {
+  const std::string dir = test::temp_dir("train_lock");
+  {
+    const OutDirLock first(dir);
+    const std::string e = test::error_of([&] { train(tiny_run(dir, {"train.max_iters=2", "data.val=null"})); });
+    EXPECT_NE(e.find(dir + " is in use by another run (pid " + std::to_string(getpid()) + " on "), std::string::npos)
+        << e;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/metrics.jsonl"));
+  }
+  const TrainResult r = train(tiny_run(dir, {"train.max_iters=2", "data.val=null"}));
+  EXPECT_EQ(r.steps.size(), 2u);
 }
 
 TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {

@@ -1,6 +1,7 @@
 #include "trainer/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <fmt/format.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -227,6 +228,35 @@ TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout)
     throw;
   }
   return state;
+}
+
+OutDirLock::OutDirLock(const std::string& out_dir) {
+  fs::create_directories(out_dir);
+  const std::string path = (fs::path(out_dir) / ".lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::runtime_error(fmt::format("{}: cannot create the run's lock: {}", path, std::strerror(errno)));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char holder[256] = {};
+    const ssize_t n = ::pread(fd_, holder, sizeof(holder) - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    if (err != EWOULDBLOCK)
+      throw std::runtime_error(fmt::format("{}: cannot lock it: {}", path, std::strerror(err)));
+    std::string who = n > 0 ? std::string(holder, (size_t)n) : "an unknown process";
+    while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+    throw std::invalid_argument(fmt::format("{} is in use by another run ({}; lock {}): wait for it to end, or use "
+                                            "another train.out_dir", out_dir, who, path));
+  }
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  const std::string me = fmt::format("pid {} on {}\n", (long)getpid(), host);
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != (ssize_t)me.size())
+    throw std::runtime_error(fmt::format("{}: cannot write the run's lock: {}", path, std::strerror(errno)));
+}
+
+OutDirLock::~OutDirLock() {
+  if (fd_ >= 0) ::close(fd_);  // (closing releases the flock)
 }
 
 }  // namespace t6

@@ -43,4 +43,18 @@ std::string checkpoint_config(const std::string& dir);
 // The checkpoint directories in out_dir (complete ones: ckpt_<iter>), newest first.
 std::vector<std::string> list_checkpoints(const std::string& out_dir);
 
+// One run per out_dir: an exclusive lock on out_dir/.lock (flock, so a killed run leaves no
+// stale lock), which records the holder's pid and host for the message a second run gets.
+// Released when destroyed or when the process ends.
+class OutDirLock {
+ public:
+  explicit OutDirLock(const std::string& out_dir);  // throws std::invalid_argument when held
+  ~OutDirLock();
+  OutDirLock(const OutDirLock&) = delete;
+  OutDirLock& operator=(const OutDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 }  // namespace t6

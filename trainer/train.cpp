@@ -298,6 +298,7 @@ struct Trainer {
   std::ofstream metrics;
   std::unique_ptr<TensorBoardWriter> tensorboard;
   TrainResult result;
+  std::unique_ptr<OutDirLock> out_dir_lock;
   StopSignals signals;
   const FaultInjection faults;
   Outliers loss_history, norm_history;
@@ -358,6 +359,7 @@ struct Trainer {
   }
 
   TrainResult run(const std::string& resume) {
+    if (root && !benchmarking) out_dir_lock = std::make_unique<OutDirLock>(tc.out_dir);  // one run per out_dir
     restore_or_init(resume);
     if (root) open_logs();
     epoch = train_data ? train_data->epoch() : 0;
