@@ -1,6 +1,7 @@
 #include "data/prepare.h"
 
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,18 +22,42 @@ namespace t6 {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
+// HDF5's signature: the first 8 bytes of every HDF5 file written without a user block.
+bool is_hdf5(const std::string& path) {
+  char head[8] = {};
+  std::ifstream f(path, std::ios::binary);
+  return f.read(head, 8) && std::memcmp(head, "\x89HDF\r\n\x1a\n", 8) == 0;
+}
+
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs, int* skipped_hdf5) {
   if (inputs.empty()) throw std::invalid_argument("no input files given");
   std::vector<std::string> files;
+  int skipped = 0;
   for (const std::string& in : inputs) {
     if (fs::is_directory(in)) {
       std::vector<std::string> found;
-      for (const auto& e : fs::recursive_directory_iterator(in))
-        if (e.is_regular_file()) found.push_back(e.path().string());
+      for (auto it = fs::recursive_directory_iterator(in); it != fs::recursive_directory_iterator(); ++it) {
+        if (it->is_directory() && it->path().filename().string().rfind(".t6-prepare-", 0) == 0) {
+          it.disable_recursion_pending();  // another run's (or a killed run's) staging shards
+          skipped++;
+          continue;
+        }
+        if (!it->is_regular_file()) continue;
+        if (is_hdf5(it->path().string())) {  // shards, perhaps this tool's own earlier output
+          skipped++;
+          continue;
+        }
+        found.push_back(it->path().string());
+      }
       std::sort(found.begin(), found.end());
-      if (found.empty()) throw std::invalid_argument(fmt::format("{}: directory holds no files", in));
+      if (found.empty())
+        throw std::invalid_argument(fmt::format("{}: directory holds no files{}", in,
+                                                skipped ? " other than HDF5 files (shards are not text)" : ""));
       files.insert(files.end(), found.begin(), found.end());
     } else if (fs::exists(in)) {
+      if (is_hdf5(in))
+        throw std::invalid_argument(fmt::format("{}: is an HDF5 file (a shard?), not text; t6-prepare reads text, "
+                                                "JSON Lines or --from-bin token files", in));
       files.push_back(in);
     } else if (in.find_first_of("*?[") != std::string::npos) {
       const std::vector<std::string> matches = glob_sorted(in);
@@ -42,6 +67,7 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
       throw std::invalid_argument(fmt::format("{}: no such file or directory", in));
     }
   }
+  if (skipped_hdf5) *skipped_hdf5 = skipped;
   return files;
 }
 
@@ -216,7 +242,8 @@ PrepareSummary prepare(const PrepareOptions& opt, const std::function<void(const
   if (opt.shard_tokens == 0) throw std::invalid_argument("--shard-tokens must be positive");
   if (opt.out_dir.empty()) throw std::invalid_argument("--out DIR is required");
   const auto tokenizer = make_tokenizer(opt.tokenizer, opt.vocab_dir.empty() ? kDefaultVocabDir : opt.vocab_dir);
-  const std::vector<std::string> files = expand_inputs(opt.inputs);
+  PrepareSummary summary;
+  const std::vector<std::string> files = expand_inputs(opt.inputs, &summary.skipped_hdf5);
   if (has_shards(opt.out_dir))
     throw std::invalid_argument(fmt::format(
         "{}: already holds train_*.h5 / val_*.h5 shards; remove them or choose another --out", opt.out_dir));
@@ -225,14 +252,24 @@ PrepareSummary prepare(const PrepareOptions& opt, const std::function<void(const
   for (const std::string& f : files) prog.bytes_total += fs::file_size(f);
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
 
-  // Shards are assembled out of sight and moved in at the end.
+  // Shards are assembled out of sight and moved in at the end. Staging directories of runs
+  // that were killed (their process is gone) are removed first.
   fs::create_directories(opt.out_dir);
+  for (const auto& e : fs::directory_iterator(opt.out_dir)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || name.rfind(".t6-prepare-", 0) != 0) continue;
+    const long pid = std::atol(name.c_str() + 12);
+    if (pid > 0 && ::kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+      std::error_code ignored;
+      fs::remove_all(e.path(), ignored);
+      summary.stale_staging++;
+    }
+  }
   const fs::path staging = fs::path(opt.out_dir) / fmt::format(".t6-prepare-{}", getpid());
   fs::create_directories(staging);
   const ShardMeta meta{0, tokenizer->vocab_size(), tokenizer->name(), tokenizer->eot_token()};
   ShardWriter train{staging.string(), "train", opt.shard_tokens, opt.compress, meta};
   ShardWriter val{staging.string(), "val", opt.shard_tokens, opt.compress, meta};
-  PrepareSummary summary;
   try {
     if (opt.from_bin) {
       // Without document boundaries in hand, validation takes the first val_tokens tokens,

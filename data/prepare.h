@@ -27,11 +27,15 @@ struct PrepareProgress {
 struct PrepareSummary {
   uint64_t documents = 0, empty_documents = 0, tokens = 0, bytes = 0, train_tokens = 0, val_tokens = 0;
   int train_shards = 0, val_shards = 0;
+  int skipped_hdf5 = 0;      // HDF5 files (shards, say) found in input directories and left out
+  int stale_staging = 0;     // hidden staging directories of killed earlier runs, removed
   double seconds = 0;
 };
 
 // Files in input order; directories expand recursively and globs match in file-name order.
-std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs);
+// HDF5 files are not text: inside a directory they are left out (counted in *skipped_hdf5, and
+// so are staging directories), named explicitly they are an error.
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs, int* skipped_hdf5 = nullptr);
 
 // Writes DIR/train_000000.h5, … and DIR/val_000000.h5, … Shards are assembled in a hidden
 // directory inside DIR and moved in only when all are complete, so a failed or interrupted

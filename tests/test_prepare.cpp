@@ -2,9 +2,12 @@
 // token stream, independent of the thread count; and a clear error for every bad input, with
 // nothing that looks like a dataset left behind.
 #include <gtest/gtest.h>
+#include <fmt/format.h>
 #include <omp.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "data/loader.h"
@@ -58,6 +61,35 @@ TEST(Prepare, ByteTokenizerWritesDocumentsWithEndOfText) {
   EXPECT_EQ(r.meta().tokenizer, "byte");
   EXPECT_EQ(r.meta().vocab_size, 256);
   EXPECT_EQ(r.meta().eot_token, 0);
+}
+
+// An input directory that also holds shards (this tool's own earlier output, written inside
+// it) gives the same tokens as without them: HDF5 files are left out and counted, and one named
+// explicitly is an error. Staging directories left by a killed run are removed.
+TEST(Prepare, ShardsInTheInputAndStagingOfKilledRunsAreLeftOut) {
+  const std::string dir = test::temp_dir("prepare_own_output");
+  std::filesystem::create_directories(dir + "/in");
+  write_file(dir + "/in/a.txt", "Hello");
+  write_file(dir + "/in/b.txt", "world");
+  PrepareOptions first = options(dir, {dir + "/in"});
+  first.tokenizer = "byte";
+  first.out_dir = dir + "/in/shards";  // inside the input directory
+  const PrepareSummary s1 = prepare(first);
+  EXPECT_EQ(s1.skipped_hdf5, 0);
+  const pid_t child = fork();  // a pid that is surely gone: a child that has exited
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  std::filesystem::create_directories(fmt::format("{}/out/.t6-prepare-{}", dir, child));
+  PrepareOptions second = options(dir, {dir + "/in"});
+  second.tokenizer = "byte";
+  const PrepareSummary s2 = prepare(second);
+  EXPECT_EQ(s2.skipped_hdf5, s1.train_shards + s1.val_shards);
+  EXPECT_EQ(s2.tokens, s1.tokens);
+  EXPECT_EQ(s2.stale_staging, 1);
+  EXPECT_FALSE(std::filesystem::exists(fmt::format("{}/out/.t6-prepare-{}", dir, child)));
+  PrepareOptions named = options(dir + "/x", {dir + "/in/shards/train_000000.h5"});
+  EXPECT_NE(test::error_of([&] { prepare(named); }).find("train_000000.h5: is an HDF5 file (a shard?), not text"),
+            std::string::npos);
 }
 
 TEST(Prepare, Gpt2TextAndJsonlRoundTrip) {

@@ -105,6 +105,12 @@ int main(int argc, char** argv) {
                human_bytes(s.bytes), s.tokens, s.tokens ? (double)s.bytes / s.tokens : 0.0, s.train_shards,
                s.train_tokens, s.val_shards, s.val_tokens, opt.out_dir, s.seconds,
                human_bytes(s.seconds > 0 ? s.bytes / s.seconds : 0));
+    if (s.skipped_hdf5 > 0)
+      fmt::print("t6-prepare: left out {} HDF5 file(s) or staging directories found in the input directories "
+                 "(shards are not text)\n", s.skipped_hdf5);
+    if (s.stale_staging > 0)
+      fmt::print("t6-prepare: removed {} staging director{} of killed earlier runs from {}\n", s.stale_staging,
+                 s.stale_staging == 1 ? "y" : "ies", opt.out_dir);
     return 0;
   } catch (const std::exception& e) {
     fmt::print(stderr, "\nt6-prepare: error: {}\n(t6-prepare --help shows the options)\n", e.what());
