@@ -40,15 +40,42 @@ static json read_header(const std::string& path, std::ifstream& in, uint64_t& da
   const uint64_t file_size = (uint64_t)in.tellg();
   in.seekg(0);
   uint64_t header_len = 0;
-  if (file_size < 8 || !in.read(reinterpret_cast<char*>(&header_len), 8) || header_len > file_size - 8)
-    throw std::runtime_error(fmt::format("{}: not a safetensors file (bad header length)", path));
+  if (file_size < 8 || !in.read(reinterpret_cast<char*>(&header_len), 8))
+    throw std::runtime_error(fmt::format("{}: not a safetensors file ({} bytes, shorter than the header length)", path,
+                                         file_size));
+  if (header_len > file_size - 8) {
+    // A header that starts like JSON but ends past the file is a cut copy; anything else is not safetensors.
+    char first = 0;
+    const bool json_like = file_size > 8 && in.read(&first, 1) && first == '{';
+    throw std::runtime_error(
+        json_like ? fmt::format("{}: truncated: its header claims {} bytes, but the file has {} after the length",
+                                path, header_len, file_size - 8)
+                  : fmt::format("{}: not a safetensors file (bad header length)", path));
+  }
   std::string header(header_len, '\0');
   in.read(header.data(), header_len);
   json meta;
   try {
     meta = json::parse(header);
-  } catch (const json::exception& e) {
-    throw std::runtime_error(fmt::format("{}: safetensors header is not valid JSON: {}", path, e.what()));
+  } catch (const json::exception&) {
+    throw std::runtime_error(fmt::format("{}: the safetensors header ({} bytes) is not valid JSON", path, header_len));
+  }
+  if (!meta.is_object())
+    throw std::runtime_error(fmt::format("{}: the safetensors header is not a JSON object of tensors", path));
+  // Every entry but __metadata__ must be {"dtype": string, "shape": [n ≥ 0, …], "data_offsets": [begin, end]}.
+  for (auto& [name, info] : meta.items()) {
+    if (name == "__metadata__") continue;
+    auto non_negative_ints = [](const json& a) {
+      if (!a.is_array()) return false;
+      for (const json& x : a)
+        if (!x.is_number_integer() || x.get<int64_t>() < 0) return false;
+      return true;
+    };
+    if (!info.is_object() || !info.contains("dtype") || !info["dtype"].is_string() || !info.contains("shape") ||
+        !non_negative_ints(info["shape"]) || !info.contains("data_offsets") || !non_negative_ints(info["data_offsets"]) ||
+        info["data_offsets"].size() != 2)
+      throw std::runtime_error(fmt::format("{}: tensor '{}': malformed header entry (expected dtype, a shape of "
+                                           "non-negative sizes and two data_offsets)", path, name));
   }
   data_start = 8 + header_len;
   data_size = file_size - data_start;

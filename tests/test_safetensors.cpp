@@ -2,6 +2,7 @@
 // list every offending tensor.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -110,6 +111,28 @@ TEST(Safetensors, RejectsFilesThatAreNotSafetensors) {
   const std::string err = test::error_of([&] { read_safetensors(dir + "/junk.safetensors"); });
   EXPECT_NE(err.find("junk.safetensors: not a safetensors file"), std::string::npos) << err;
   EXPECT_NE(test::error_of([&] { read_safetensors(dir + "/absent.safetensors"); }).find("cannot open"), std::string::npos);
+  // Cut copies and hostile headers: the file named, the problem said, no library exception text.
+  auto with_header = [&](const std::string& name, const std::string& header, uint64_t claimed, size_t keep) {
+    std::string bytes(8, '\0');
+    std::memcpy(bytes.data(), &claimed, 8);
+    bytes += header;
+    std::ofstream(dir + "/" + name, std::ios::binary) << bytes.substr(0, keep);
+    return test::error_of([&] { read_safetensors(dir + "/" + name); });
+  };
+  const std::string good = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  std::string e = with_header("cut.safetensors", good, good.size(), 8 + good.size() / 2);
+  EXPECT_NE(e.find("cut.safetensors: truncated: its header claims"), std::string::npos) << e;
+  e = with_header("array.safetensors", "[1, 2]", 6, 14);
+  EXPECT_NE(e.find("array.safetensors: the safetensors header is not a JSON object"), std::string::npos) << e;
+  const std::string no_shape = R"({"w":{"dtype":"F32","data_offsets":[0,8]}})";
+  e = with_header("noshape.safetensors", no_shape, no_shape.size(), 8 + no_shape.size());
+  EXPECT_NE(e.find("noshape.safetensors: tensor 'w': malformed header entry"), std::string::npos) << e;
+  const std::string negative = R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})";
+  e = with_header("negative.safetensors", negative, negative.size(), 8 + negative.size());
+  EXPECT_NE(e.find("tensor 'w': malformed header entry"), std::string::npos) << e;
+  e = with_header("badjson.safetensors", "{\"w\": ", 6, 14);
+  EXPECT_NE(e.find("badjson.safetensors: the safetensors header (6 bytes) is not valid JSON"), std::string::npos) << e;
+  EXPECT_EQ(e.find("json.exception"), std::string::npos) << e;
 }
 
 std::string slurp(const std::string& path) {
