@@ -125,7 +125,11 @@ TEST(DataParallel, CheckpointOfTwoRanksResumesOnOneAndOnThreeWithAndWithoutZero)
   if (world_rank() == 0) {  // and one process continues it too
     auto self = communicator(MPI_COMM_SELF);
     const std::string one = test::temp_dir("resume_one");
-    check(train(tiny(one, 6, {"train.max_iters=8"}), two + "/ckpt_4", self.get()), "1 rank");
+    testing::internal::CaptureStdout();
+    const TrainResult resumed = train(tiny(one, 6, {"train.max_iters=8"}), two + "/ckpt_4", self.get());
+    const std::string log = testing::internal::GetCapturedStdout();
+    check(resumed, "1 rank");
+    EXPECT_NE(log.find("resume: the checkpoint was written by 2 rank(s); this run has 1"), std::string::npos) << log;
     EXPECT_LT(max_abs_diff(weights(one), weights(straight)), 1e-5);
   }
   world->barrier();

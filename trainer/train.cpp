@@ -299,6 +299,7 @@ struct Trainer {
   std::unique_ptr<TensorBoardWriter> tensorboard;
   TrainResult result;
   std::unique_ptr<OutDirLock> out_dir_lock;
+  int resumed_world = 0;  // ranks of the run that wrote the checkpoint resumed from
   StopSignals signals;
   const FaultInjection faults;
   Outliers loss_history, norm_history;
@@ -393,6 +394,7 @@ struct Trainer {
       optimizer.steps = resumed.adam_steps;
       train_data->restore(resumed.loader);
       start = resumed.iter;
+      resumed_world = resumed.world_size;
     } else if (!mc.init_from.empty()) {  // a weights file, or a checkpoint directory (as t6-eval takes)
       model.params_from_host(fs::is_directory(mc.init_from) ? load_checkpoint(mc.init_from, model.layout).params
                                                             : load_weights(mc.init_from, model.layout));
@@ -417,6 +419,9 @@ struct Trainer {
                !resumed_from.empty() ? fmt::format("resumed from {} at step {}", resumed_from, start)
                : mc.init_from.empty() ? fmt::format("init from seed {}", mc.seed)
                                       : "init from " + mc.init_from);
+    if (resumed_world > 0 && resumed_world != W)
+      fmt::print("resume: the checkpoint was written by {} rank(s); this run has {}: the data stream continues where "
+                 "it stopped, split over {} rank(s)\n", resumed_world, W, W);
     fmt::print("data: {} tokens for training ({} windows of {}×{}+1, tokenizer '{}', shuffle {}){}\n",
                train_data->total_tokens(), train_data->windows_per_epoch(), B, T, train_data->meta().tokenizer,
                cfg.data.shuffle,
