@@ -185,6 +185,13 @@ TEST(Train, DataMismatchesAreRefusedBeforeTraining) {
   write_shard(dir + "/custom.h5", tokens, ShardMeta{0, 256, "custom", 0});
   std::string e = test::error_of([&] { train(tiny_run(dir + "/a", {"data.val=" + dir + "/custom.h5"})); });
   EXPECT_NE(e.find("data.val was tokenized differently from data.train: tokenizer 'custom'"), std::string::npos) << e;
+  // 5,000 tokens hold 9 micro-batches of 8×64: 10 accumulation steps would read one twice.
+  e = test::error_of([&] {
+    train(tiny_run(dir + "/c", {"data.train=" + dir + "/custom.h5", "data.val=null",
+                                "train.gradient_accumulation_steps=10"}));
+  });
+  EXPECT_NE(e.find("data.train: 9 micro-batches of 8×64 tokens per epoch, fewer than one optimizer step reads (10 "
+                   "accumulation × 1 rank(s))"), std::string::npos) << e;
   e = test::error_of([&] {
     train(tiny_run(dir + "/b", {"data.train=" + dir + "/custom.h5", "data.val=null", "sample.max_new_tokens=5"}));
   });

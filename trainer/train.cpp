@@ -342,6 +342,13 @@ struct Trainer {
   // validation shards of another tokenizer, and the end-of-run sample's tokenizer and prompt.
   void check_data_agrees() const {
     if (!train_data) return;
+    // An optimizer step reads accum × W different micro-batches; with fewer in the data, one
+    // would appear twice in the same step.
+    if (train_data->windows_per_epoch() < (uint64_t)accum * W)
+      throw std::invalid_argument(fmt::format(
+          "data.train: {} micro-batches of {}×{} tokens per epoch, fewer than one optimizer step reads ({} accumulation "
+          "× {} rank(s)), so a step would see one twice: more data, fewer ranks, or a smaller batch or block_size",
+          train_data->windows_per_epoch(), B, T, accum, W));
     const ShardMeta& t = train_data->meta();
     if (val_data) {
       const ShardMeta& v = val_data->meta();
