@@ -226,6 +226,21 @@ TEST(Train, ASecondRunOnTheSameOutDirIsRefused) {
   EXPECT_EQ(r.steps.size(), 2u);
 }
 
+// An accepted step whose update wrecks the weights (a learning rate of 1e30: the loss of that
+// step was fine) stops the run and is never written as a good state.
+TEST(Train, AnUpdateThatWrecksTheWeightsIsNeverSaved) {
+  const std::string out = test::temp_dir("train_absurd");
+  testing::internal::CaptureStdout();
+  const TrainResult r = train(tiny_run(out, {"optim.learning_rate=1e30", "optim.warmup_iters=0",
+                                              "train.max_iters=10", "data.val=null"}));
+  const std::string log = testing::internal::GetCapturedStdout();
+  EXPECT_TRUE(r.gave_up);
+  EXPECT_EQ(r.steps.size(), 0u);  // the step that broke them is not recorded as a good one
+  EXPECT_NE(log.find("stopping: step 0's update took the parameters' norm"), std::string::npos) << log;
+  EXPECT_TRUE(list_checkpoints(out).empty());
+  EXPECT_FALSE(std::filesystem::exists(out + "/model.safetensors"));
+}
+
 TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
   // No data is read (the shard paths may not even exist), no output is written, and the loss
   // is that of random tokens: near ln(vocab) for a fresh model.

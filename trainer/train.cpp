@@ -369,6 +369,7 @@ struct Trainer {
   TrainResult run(const std::string& resume) {
     if (root && !benchmarking) out_dir_lock = std::make_unique<OutDirLock>(tc.out_dir);  // one run per out_dir
     restore_or_init(resume);
+    param_norm = std::sqrt(sum_squares(ctx, model.params.data(), total));  // the first update's yardstick
     if (root) open_logs();
     epoch = train_data ? train_data->epoch() : 0;
     for (int64_t step = start; step < max_iters; step++) {
@@ -519,6 +520,7 @@ struct Trainer {
                      clip_factor(grad_norm, cfg.optim.grad_clip) / W);
       if (zero) dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);
       model.refresh_weights(/*flat_copy_current=*/!zero);
+      if (!update_is_sane(step)) return false;
     }
     ctx.synchronize();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
@@ -565,6 +567,29 @@ struct Trainer {
     if (overlapped) dcomm->wait_all();
     else if (W > 1) dcomm->all_reduce_sum(model.grads.data(), total);
     return model.grads.data();
+  }
+
+  // After an update: the parameters' norm must be finite and must not jump (by more than
+  // kAbsurdGrowth in one step; AdamW moves each weight by about the learning rate). A step that
+  // broke the weights is not undone (that would need a copy of them), but it is never saved:
+  // the run stops, pointing to the last checkpoint. Every rank holds the same parameters, so
+  // every rank decides alike.
+  static constexpr double kAbsurdGrowth = 10;
+  double param_norm = 0;  // before the next update
+  bool update_is_sane(int64_t step) {
+    const double norm = std::sqrt(sum_squares(ctx, model.params.data(), total));
+    if (std::isfinite(norm) && (norm <= kAbsurdGrowth * param_norm || param_norm == 0)) {
+      param_norm = norm;
+      return true;
+    }
+    result.gave_up = true;
+    if (root)
+      fmt::print("stopping: step {}'s update took the parameters' norm from {:.4g} to {:.4g}; they are not saved. "
+                 "The last good checkpoint: {}. Lower optim.learning_rate (now {:.3g}) or raise optim.warmup_iters, "
+                 "then continue with --resume auto.\n", step, param_norm, norm,
+                 result.last_checkpoint.empty() ? "none from this run" : result.last_checkpoint,
+                 cfg.optim.schedule.at(step));
+    return false;
   }
 
   // A skipped update: logged and recorded. False when it is one too many in a row.
