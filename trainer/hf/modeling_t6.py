@@ -146,6 +146,7 @@ class T6ForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = T6Config
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = False
+    _no_split_modules = ["T6Block"]  # device_map="auto" (transformers 4 requires it)
     # The output head is the embedding matrix, stored once (as transformer.wte.weight). The form
     # of this declaration changed in transformers 5.
     if int(transformers.__version__.split(".")[0]) >= 5:
@@ -177,7 +178,7 @@ class T6ForCausalLM(PreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None, return_dict=None,
-                **unused):
+                **kwargs):
         B, T = input_ids.shape
         if position_ids is None:
             if attention_mask is not None:  # left padding: each sequence counts from its first token
@@ -197,7 +198,7 @@ class T6ForCausalLM(PreTrainedModel, GenerationMixin):
             return (loss, logits) if loss is not None else (logits,)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=None)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **unused):
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         # No cache: the whole sequence every step, so whatever cache object generate() makes
         # (it differs between transformers versions) is never read.
         return {"input_ids": input_ids, "attention_mask": attention_mask}
