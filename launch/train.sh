@@ -46,4 +46,21 @@ mpi=(mpirun -np "$nproc" --bind-to none --map-by slot)
 [ -n "$hostfile" ] && mpi+=(--hostfile "$hostfile") || mpi+=(--oversubscribe)
 # Forward the variables that shape a run to every rank (mpirun passes -x NAME from our environment).
 for v in $(env | cut -d= -f1 | grep -E '^(OMP_|T6_|NCCL_|CUDA_VISIBLE_DEVICES$)' || true); do mpi+=(-x "$v"); done
-exec "${mpi[@]}" "$bin" --config "$config" "${args[@]}"
+# mpirun exits 1 when it is signalled itself, even after every rank saved and stopped cleanly; but
+# it passes SIGUSR1 on to the ranks without ending the job. So SIGINT/SIGTERM to this script (a
+# scheduler's cancel or time limit) reach the ranks as SIGUSR1: they save a checkpoint and exit 0,
+# and so does this script. A second signal stops mpirun at once.
+"${mpi[@]}" "$bin" --config "$config" "${args[@]}" &
+pid=$!
+signals=0
+forward() {
+  signals=$((signals + 1))
+  if [ $signals -eq 1 ]; then kill -USR1 "$pid" 2>/dev/null || true; else kill -TERM "$pid" 2>/dev/null || true; fi
+}
+trap forward INT TERM
+while true; do
+  rc=0
+  wait "$pid" || rc=$?
+  kill -0 "$pid" 2>/dev/null || break  # (wait returns early when a trapped signal arrives)
+done
+exit "$rc"

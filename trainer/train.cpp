@@ -39,7 +39,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// SIGINT/SIGTERM ask the loop to stop after the current step; a second one stops at once.
+// SIGINT/SIGTERM (and SIGUSR1: what launch/train.sh forwards through mpirun, which passes it on
+// without ending the job) ask the loop to stop after the current step; a second one stops at once.
 std::atomic<int> stop_signal{0};
 
 void on_stop_signal(int sig) {
@@ -50,7 +51,7 @@ void on_stop_signal(int sig) {
 }
 
 struct StopSignals {
-  struct sigaction old_int {}, old_term {};
+  struct sigaction old_int {}, old_term {}, old_usr1 {};
   StopSignals() {
     stop_signal = 0;
     struct sigaction sa {};
@@ -58,10 +59,12 @@ struct StopSignals {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGUSR1, &sa, &old_usr1);
   }
   ~StopSignals() {
     sigaction(SIGINT, &old_int, nullptr);
     sigaction(SIGTERM, &old_term, nullptr);
+    sigaction(SIGUSR1, &old_usr1, nullptr);
   }
 };
 
@@ -643,7 +646,8 @@ struct Trainer {
     if (!stopping || last) return true;
     if (root)
       fmt::print("stopped by {} after step {}, with checkpoint {} saved; to continue, run the same command "
-                 "with --resume auto\n", (int)stop == SIGINT ? "SIGINT" : "SIGTERM", step, result.last_checkpoint);
+                 "with --resume auto\n", (int)stop == SIGINT ? "SIGINT" : (int)stop == SIGUSR1 ? "SIGUSR1" : "SIGTERM",
+                 step, result.last_checkpoint);
     result.interrupted = true;
     return false;
   }
