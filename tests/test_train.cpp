@@ -241,6 +241,22 @@ TEST(Train, AnUpdateThatWrecksTheWeightsIsNeverSaved) {
   EXPECT_FALSE(std::filesystem::exists(out + "/model.safetensors"));
 }
 
+// A stop signal during an evaluation (a scheduler's time limit) cuts it short, unrecorded, and
+// the run saves at once and stops; a signal before one skips it.
+TEST(Train, ASignalDuringEvaluationCutsItShortAndSaves) {
+  const std::string out = test::temp_dir("train_signal_eval");
+  setenv("T6_TEST_SIGTERM_IN_EVAL", "9", 1);  // raised at the evaluation after step 9
+  testing::internal::CaptureStdout();
+  const TrainResult r = train(tiny_run(out, {"train.max_iters=40", "train.eval_interval=10", "train.eval_iters=8"}));
+  const std::string log = testing::internal::GetCapturedStdout();
+  unsetenv("T6_TEST_SIGTERM_IN_EVAL");
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_EQ(r.steps.size(), 10u);
+  EXPECT_NE(log.find("step      9/40 | evaluation cut short by a stop signal: not recorded"), std::string::npos) << log;
+  EXPECT_EQ(log.find("val loss"), std::string::npos) << log;
+  EXPECT_EQ(r.last_checkpoint, (std::filesystem::path(out) / "ckpt_10").string());
+}
+
 TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
   // No data is read (the shard paths may not even exist), no output is written, and the loss
   // is that of random tokens: near ln(vocab) for a fresh model.

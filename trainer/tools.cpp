@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -123,20 +124,21 @@ ExportResult export_weights(const WeightsAndConfig& w, const std::string& out_di
 }
 
 template <class Model>
-double mean_loss(Model& model, DataLoader& data, uint64_t windows) {
+double mean_loss(Model& model, DataLoader& data, uint64_t windows, const std::function<bool()>& stop) {
   const size_t n = (size_t)model.batch() * model.seq();
   std::vector<int32_t> inputs(n), targets(n);
   double total = 0;
   for (uint64_t i = 0; i < windows; i++) {
+    if (stop && stop()) return std::nan("");
     data.next(inputs.data(), targets.data());
     total += model.forward(inputs.data(), targets.data());
   }
   return total / windows;
 }
 
-template double mean_loss(T6<float>&, DataLoader&, uint64_t);
+template double mean_loss(T6<float>&, DataLoader&, uint64_t, const std::function<bool()>&);
 #ifdef T6_WITH_CUDA
-template double mean_loss(T6<bf16, float>&, DataLoader&, uint64_t);
+template double mean_loss(T6<bf16, float>&, DataLoader&, uint64_t, const std::function<bool()>&);
 #endif
 
 EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch) {

@@ -1,6 +1,7 @@
 // What t6-export and t6-eval do, as functions the tests can call.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,7 +38,9 @@ class DataLoader;
 // Mean of the per-batch mean losses over the loader's next `windows` micro-batches (Model is
 // a T6 on either backend).
 template <class Model>
-double mean_loss(Model& model, DataLoader& data, uint64_t windows);
+// stop, if given, is asked before each micro-batch: true ends the evaluation early, and the
+// result is NaN (a partial mean would not be comparable along a run).
+double mean_loss(Model& model, DataLoader& data, uint64_t windows, const std::function<bool()>& stop = {});
 
 struct EvalResult {
   double loss = 0;      // mean over windows of the mean token loss

@@ -70,10 +70,13 @@ struct StopSignals {
 
 // Mean loss over the first eval_iters windows of the validation data (all of them if fewer):
 // the same tokens at every evaluation, so the numbers are comparable along a run.
+// A stop signal that arrives meanwhile ends it early (NaN), so that a long evaluation does not
+// hold up the checkpoint a scheduler is waiting for.
 template <class Model>
 double evaluate(Model& model, DataLoader& val, int eval_iters) {
   val.reset();
-  return mean_loss(model, val, std::min<uint64_t>(eval_iters, val.windows_per_epoch()));
+  return mean_loss(model, val, std::min<uint64_t>(eval_iters, val.windows_per_epoch()),
+                   [] { return stop_signal != 0; });
 }
 
 // The checkpoint to resume from and its state, or nothing (a fresh start). A checkpoint that
@@ -154,10 +157,11 @@ void trim_metrics(const fs::path& path, int64_t start) {
 // Test hooks (tests/test_mpi.cpp): T6_TEST_NAN_STEP / T6_TEST_THROW_STEP, with
 // T6_TEST_FAULT_RANK, poison the gradients of, or throw on, one rank at one step.
 struct FaultInjection {
-  int64_t nan_step = -1, throw_step = -1;
+  int64_t nan_step = -1, throw_step = -1, signal_eval_step = -1;
   int rank = 0;
   FaultInjection() {
     if (const char* v = std::getenv("T6_TEST_NAN_STEP")) nan_step = std::atoll(v);
+    if (const char* v = std::getenv("T6_TEST_SIGTERM_IN_EVAL")) signal_eval_step = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_THROW_STEP")) throw_step = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_FAULT_RANK")) rank = std::atoi(v);
   }
@@ -636,10 +640,16 @@ struct Trainer {
     }
     if (W > 1 && tc.consistency_interval > 0 && (step + 1) % tc.consistency_interval == 0) check_ranks_agree(step);
     const bool last = step + 1 == tc.max_iters;
-    if ((tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0) || last) evaluate_now(step);
-    // A signal reaches one rank or all; the max makes it everyone's decision.
+    // A signal reaches one rank or all; the max makes it everyone's decision. A run asked to
+    // stop saves without evaluating first (unless this is its last step).
     double stop = stop_signal;
     comm->all_reduce_max(&stop, 1);
+    if (((tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0) || last) && (stop == 0 || last))
+      evaluate_now(step);
+    if (stop == 0) {  // a signal during the evaluation
+      stop = stop_signal;
+      comm->all_reduce_max(&stop, 1);
+    }
     const bool stopping = stop != 0;
     if (last || stopping || (cfg.checkpoint.interval > 0 && (step + 1) % cfg.checkpoint.interval == 0))
       checkpoint(step + 1);
@@ -665,12 +675,19 @@ struct Trainer {
 
   void evaluate_now(int64_t step) {
     if (val_data) {
+      if (step == faults.signal_eval_step) std::raise(SIGTERM);  // (a test's signal in mid-evaluation)
       const double val = evaluate(model, *val_data, tc.eval_iters);  // every rank the same: no communication
-      result.final_val_loss = val;
-      record({{"step", step}, {"val_loss", val}});
-      if (root) fmt::print("step {:>6}/{} | val loss {:.4f}\n", step, tc.max_iters, val);
+      if (std::isnan(val) && stop_signal != 0) {
+        if (root) fmt::print("step {:>6}/{} | evaluation cut short by a stop signal: not recorded\n", step, tc.max_iters);
+      } else {
+        result.final_val_loss = val;
+        record({{"step", step}, {"val_loss", val}});
+        if (root) fmt::print("step {:>6}/{} | val loss {:.4f}\n", step, tc.max_iters, val);
+      }
     }
-    if (!mc_examples.empty()) {  // each rank a share of the examples, summed
+    double stop = stop_signal;  // (the scoring below communicates: every rank decides alike)
+    comm->all_reduce_max(&stop, 1);
+    if (!mc_examples.empty() && stop == 0) {  // each rank a share of the examples, summed
       const McScore s = score_multiple_choice(model, mc_examples, comm);
       result.mc_acc = s.acc, result.mc_acc_norm = s.acc_norm;
       record({{"step", step}, {"mc_acc", s.acc}, {"mc_acc_norm", s.acc_norm}});
