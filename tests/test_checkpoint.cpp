@@ -55,6 +55,15 @@ std::vector<double> metric_losses(const std::string& out_dir) {
   return losses;
 }
 
+// A write that cannot happen (here: a path through a regular file; read-only file systems and
+// full disks alike) names the file and the system's reason.
+TEST(CheckpointFiles, UnwritablePathsNameTheReason) {
+  const std::string dir = test::temp_dir("ckpt_unwritable");
+  test::write_file(dir + "/plain", "x");
+  const std::string e = test::error_of([&] { write_file_atomically(dir + "/plain/config.yaml", "a: 1\n"); });
+  EXPECT_NE(e.find(dir + "/plain/config.yaml.tmp: cannot create it: Not a directory"), std::string::npos) << e;
+}
+
 TEST(Resume, EqualsTheRunThatNeverStopped) {
   const std::string a = test::temp_dir("resume_straight"), b = test::temp_dir("resume_from_path"),
                     c = test::temp_dir("resume_auto");

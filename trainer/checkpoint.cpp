@@ -100,9 +100,11 @@ void write_state_file(const std::string& path, const ParamLayout& layout, const 
 void write_file_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
+    errno = 0;
     std::ofstream out(tmp);
+    if (!out) throw std::runtime_error(fmt::format("{}: cannot create it: {}", tmp, std::strerror(errno)));
     out << text;
-    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed", tmp));
+    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed: {}", tmp, std::strerror(errno)));
   }
   fsync_path(tmp);
   fs::rename(tmp, path);

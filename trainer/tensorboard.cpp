@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -62,7 +63,7 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
   gethostname(host, sizeof(host) - 1);
   path_ = (std::filesystem::path(dir) / fmt::format("events.out.tfevents.{}.{}", (int64_t)now_seconds(), host)).string();
   out_.open(path_, std::ios::binary | std::ios::app);
-  if (!out_) throw std::runtime_error(fmt::format("train.tensorboard: cannot create {}", path_));
+  if (!out_) throw std::runtime_error(fmt::format("train.tensorboard: cannot create {}: {}", path_, std::strerror(errno)));
   std::string event;  // Event{wall_time = 1, file_version = 3}
   key(event, 1, 1);
   fixed(event, now_seconds());

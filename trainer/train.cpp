@@ -4,10 +4,12 @@
 #include <fmt/ranges.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -456,8 +458,10 @@ struct Trainer {
                  zero ? fmt::format(" (ZeRO-1: 1/{} of {:.1f} MB)", W, 2.0 * total * sizeof(float) / 1e6) : "");
     const fs::path metrics_path = fs::path(tc.out_dir) / "metrics.jsonl";
     if (start > 0) trim_metrics(metrics_path, start);
+    errno = 0;
     metrics.open(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
-    if (!metrics) throw std::runtime_error(fmt::format("{}: cannot write", metrics_path.string()));
+    if (!metrics)
+      throw std::runtime_error(fmt::format("{}: cannot write: {}", metrics_path.string(), std::strerror(errno)));
     // Every record goes to metrics.jsonl and, with train.tensorboard, each of its numbers to an
     // event file as a scalar ("train/loss", "eval/val_loss", …).
     if (!tc.tensorboard.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard);
