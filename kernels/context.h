@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -15,6 +16,15 @@ namespace t6 {
 enum class Device { cpu, cuda };
 
 struct CudaState;  // kernels/cuda/context.cu: device, stream, cuBLASLt handle and workspace
+
+// A buffer that does not fit in the memory left (host or GPU), said with the numbers; thrown by
+// Context::alloc before anything is touched (on the host, where the kernel's OOM killer would
+// otherwise end the process without a word while the zero-fill touches the pages).
+struct OutOfMemory : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// The host's memory available to a new allocation (Linux's MemAvailable), or 0 if unknown.
+size_t host_memory_available();
 
 struct Context {
   Device device = Device::cpu;

@@ -257,6 +257,18 @@ TEST(Train, ASignalDuringEvaluationCutsItShortAndSaves) {
   EXPECT_EQ(r.last_checkpoint, (std::filesystem::path(out) / "ckpt_10").string());
 }
 
+// A run far larger than the machine says so with the numbers before touching the memory (the
+// zero-fill of an overcommitted allocation would otherwise bring the OOM killer, without a word).
+TEST(Train, ARunThatCannotFitSaysSoWithTheNumbers) {
+  const std::string e = test::error_of([&] {
+    train(tiny_run(test::temp_dir("train_oom"), {"model.n_embd=65536", "model.n_layer=64", "data.val=null"}));
+  });
+  EXPECT_NE(e.find("cannot allocate"), std::string::npos) << e;
+  EXPECT_NE(e.find("GB available"), std::string::npos) << e;
+  EXPECT_NE(e.find("The run does not fit"), std::string::npos) << e;
+  EXPECT_NE(e.find("Lower train.batch_size"), std::string::npos) << e;
+}
+
 TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
   // No data is read (the shard paths may not even exist), no output is written, and the loss
   // is that of random tokens: near ln(vocab) for a fresh model.

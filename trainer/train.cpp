@@ -728,7 +728,18 @@ struct Trainer {
 template <class Model>
 TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& bench, Communicator* comm,
                 Communicator* dcomm, const Context& ctx) {
-  return Trainer<Model>(cfg, bench, comm, dcomm, ctx).run(resume);
+  std::unique_ptr<Trainer<Model>> trainer;
+  try {
+    trainer = std::make_unique<Trainer<Model>>(cfg, bench, comm, dcomm, ctx);
+  } catch (const OutOfMemory& e) {  // the memory is all planned here: say what the run needs and what helps
+    const size_t n = make_layout(cfg.model).total;
+    throw OutOfMemory(fmt::format(
+        "{}. The run does not fit: {} parameters take {:.2f} GB as fp32 weights, gradients and AdamW's two moments "
+        "(per rank; ZeRO-1 splits the moments), plus the activations of {}×{} tokens. Lower train.batch_size, set "
+        "train.recompute: true, or use more ranks with optim.zero: 1", e.what(), n, 16.0 * n / 1e9,
+        cfg.train.batch_size, cfg.model.block_size));
+  }
+  return trainer->run(resume);
 }
 
 }  // namespace

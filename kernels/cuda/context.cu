@@ -23,7 +23,16 @@ void fail(const char* what, const char* call, const char* file, int line) {
 
 void* alloc(const Context& ctx, size_t bytes) {
   void* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, bytes));
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // (clear it: the context stays usable)
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    throw OutOfMemory(fmt::format("GPU {}: cannot allocate {:.2f} GB: {:.2f} GB of its {:.2f} GB are free (this "
+                                  "process holds {:.2f} GB)", ctx.cuda->device, bytes / 1e9, free / 1e9, total / 1e9,
+                                  ctx.cuda->allocated / 1e9));
+  }
+  CUDA_CHECK(err);
   CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx.cuda->stream));
   CudaState& s = *ctx.cuda;
   s.sizes[p] = bytes;
