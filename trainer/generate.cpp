@@ -70,16 +70,22 @@ int32_t sample_token(const double* logits, int n, const GenerateOptions& o, std:
 
 namespace {
 
-// On the GPU, the cache's bytes against the free memory before anything is allocated (on the
-// CPU, the host's limit shows as std::bad_alloc).
+// The cache's bytes against the memory left (the GPU's free memory, or the host's available
+// memory), before anything is allocated.
 void check_cache_fits(const Context& ctx, int batch, int context, size_t bytes) {
-  if (ctx.device != Device::cuda) return;
-  const GpuMemory g = gpu_memory(ctx);
-  const size_t free = g.total > g.used ? g.total - g.used : 0;
+  size_t free = 0;
+  if (ctx.device == Device::cuda) {
+    const GpuMemory g = gpu_memory(ctx);
+    free = g.total > g.used ? g.total - g.used : 0;
+  } else {
+    free = host_memory_available();
+    if (free == 0) return;  // unknown here: the allocation will tell
+  }
   if (bytes > free)
     throw std::invalid_argument(fmt::format("the key/value cache for {} sequence(s) of {} positions ({:.2f} GB) does "
-                                            "not fit in the GPU's {:.2f} GB of free memory: lower the batch or the "
-                                            "context", batch, context, bytes / 1e9, free / 1e9));
+                                            "not fit in memory: {:.2f} GB {} available; lower the batch or the "
+                                            "context", batch, context, bytes / 1e9, free / 1e9,
+                                            ctx.device == Device::cuda ? "of the GPU's are" : "of the host's are"));
 }
 
 template <class A, class W>
@@ -104,7 +110,7 @@ std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg
   std::unique_ptr<KvCache<A>> cache;
   try {
     cache = std::make_unique<KvCache<A>>(model.make_cache(o.batch, context));
-  } catch (const std::bad_alloc&) {
+  } catch (const OutOfMemory&) {
     throw std::invalid_argument(fmt::format("the key/value cache for {} sequence(s) of {} positions ({:.2f} GB) does "
                                             "not fit in memory: lower the batch or the context",
                                             o.batch, context, cache_bytes / 1e9));
