@@ -76,6 +76,13 @@ DataLoader::DataLoader(const std::vector<std::string>& files, int batch, int seq
 
 DataLoader::~DataLoader() { stop_prefetch(); }
 
+std::string DataLoader::fingerprint() const {
+  std::string out;
+  for (const ShardReader& s : shards_)
+    out += fmt::format("{} {}\n", std::filesystem::path(s.path()).filename().string(), s.meta().num_tokens);
+  return out;
+}
+
 void DataLoader::restore(const LoaderState& s) {
   stop_prefetch();
   position_ = s.position;

@@ -55,6 +55,9 @@ class DataLoader {
   uint64_t total_tokens() const { return total_; }
   int64_t epoch() const { return (int64_t)(position_ / windows_); }
   const ShardMeta& meta() const { return shards_.front().meta(); }
+  // The data's identity, one line per shard in stream order: "file-name tokens". A checkpoint
+  // keeps it, so a resume can tell when the shards behind the stream changed.
+  std::string fingerprint() const;
 
  private:
   struct Batch {

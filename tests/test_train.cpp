@@ -269,6 +269,27 @@ TEST(Train, ARunThatCannotFitSaysSoWithTheNumbers) {
   EXPECT_NE(e.find("Lower train.batch_size"), std::string::npos) << e;
 }
 
+// A resume whose data.train shards differ from the checkpoint's (one added here) warns, shard
+// by shard; the same shards say nothing.
+TEST(Train, ResumingOnOtherDataWarnsShardByShard) {
+  const std::string dir = test::temp_dir("train_data_changed");
+  const std::string shard = test::source_path("data/sample/train_000000.h5");
+  std::filesystem::copy_file(shard, dir + "/extra_000000.h5");
+  train(tiny_run(dir + "/run", {"train.max_iters=4", "train.eval_interval=0", "data.val=null"}));
+  testing::internal::CaptureStdout();
+  train(tiny_run(dir + "/run", {"train.max_iters=6", "train.eval_interval=0", "data.val=null"}), "auto");
+  std::string log = testing::internal::GetCapturedStdout();
+  EXPECT_EQ(log.find("WARNING: data.train"), std::string::npos) << log;
+  testing::internal::CaptureStdout();
+  train(tiny_run(dir + "/run", {"train.max_iters=8", "train.eval_interval=0", "data.val=null",
+                                "data.train=[" + test::source_path("data/sample/train_*.h5") + ", " + dir +
+                                    "/extra_000000.h5]"}),
+        "auto");
+  log = testing::internal::GetCapturedStdout();
+  EXPECT_NE(log.find("WARNING: data.train is not the data the checkpoint was trained on"), std::string::npos) << log;
+  EXPECT_NE(log.find("  + extra_000000.h5 "), std::string::npos) << log;
+}
+
 TEST(Train, BenchmarkRunsOnRandomTokensAndWritesNothing) {
   // No data is read (the shard paths may not even exist), no output is written, and the loss
   // is that of random tokens: near ln(vocab) for a fresh model.

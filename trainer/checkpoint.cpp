@@ -73,6 +73,7 @@ void write_state_file(const std::string& path, const ParamLayout& layout, const 
     write_int_attr(file, "loader_seed", (int64_t)state.loader.seed);
     write_int_attr(file, "world_size", state.world_size);
     write_string_attr(file, "config", state.config_yaml);
+    write_string_attr(file, "data_fingerprint", state.data_fingerprint);
     const std::vector<float>* sources[] = {&state.params, &state.adam_m, &state.adam_v};
     for (int g = 0; g < 3; g++) {
       hid_t group = H5_CHECK(H5Gcreate2(file, kGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
@@ -197,6 +198,7 @@ TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout)
     state.loader.position = (uint64_t)read_int_attr(file, path, "loader_position");
     state.loader.seed = (uint64_t)read_int_attr(file, path, "loader_seed");
     state.world_size = (int)read_int_attr(file, path, "world_size");
+    if (H5Aexists(file, "data_fingerprint") > 0) state.data_fingerprint = read_string_attr(file, path, "data_fingerprint");
     std::vector<float>* targets[] = {&state.params, &state.adam_m, &state.adam_v};
     for (int g = 0; g < 3; g++) {
       targets[g]->assign(layout.total, 0.0f);

@@ -21,6 +21,7 @@ struct TrainingState {
   LoaderState loader;
   int world_size = 1;
   std::string config_yaml;      // the effective config of the run that saved it
+  std::string data_fingerprint; // DataLoader::fingerprint() of its training data ("" in older checkpoints)
 };
 
 // Writes `text` to path.tmp, fsyncs it and renames it to `path`: readers see the old file or

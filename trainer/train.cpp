@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -18,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <omp.h>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 
 #include "data/loader.h"
@@ -309,6 +311,7 @@ struct Trainer {
   TrainResult result;
   std::unique_ptr<OutDirLock> out_dir_lock;
   int resumed_world = 0;  // ranks of the run that wrote the checkpoint resumed from
+  std::string resumed_data;  // and its training data's fingerprint
   StopSignals signals;
   const FaultInjection faults;
   Outliers loss_history, norm_history;
@@ -412,6 +415,7 @@ struct Trainer {
       train_data->restore(resumed.loader);
       start = resumed.iter;
       resumed_world = resumed.world_size;
+      resumed_data = resumed.data_fingerprint;
     } else if (!mc.init_from.empty()) {  // a weights file, or a checkpoint directory (as t6-eval takes)
       model.params_from_host(fs::is_directory(mc.init_from) ? load_checkpoint(mc.init_from, model.layout).params
                                                             : load_weights(mc.init_from, model.layout));
@@ -436,6 +440,7 @@ struct Trainer {
                !resumed_from.empty() ? fmt::format("resumed from {} at step {}", resumed_from, start)
                : mc.init_from.empty() ? fmt::format("init from seed {}", mc.seed)
                                       : "init from " + mc.init_from);
+    if (!resumed_data.empty() && resumed_data != train_data->fingerprint()) warn_data_changed();
     if (resumed_world > 0 && resumed_world != W)
       fmt::print("resume: the checkpoint was written by {} rank(s); this run has {}: the data stream continues where "
                  "it stopped, split over {} rank(s)\n", resumed_world, W, W);
@@ -495,6 +500,7 @@ struct Trainer {
     s.loader = train_data->state();
     s.world_size = W;
     s.config_yaml = cfg.to_yaml();
+    s.data_fingerprint = train_data->fingerprint();
     if (root) {
       result.last_checkpoint = save_checkpoint(tc.out_dir, model.layout, s, cfg.checkpoint.keep);
       fmt::print("saved checkpoint {}\n", result.last_checkpoint);
@@ -664,6 +670,26 @@ struct Trainer {
                  step, result.last_checkpoint);
     result.interrupted = true;
     return false;
+  }
+
+  // The shards behind data.train differ from those of the checkpoint's run: the stream from
+  // here is not the one the run would have read (the window order depends on the total). Said
+  // loudly, shard by shard; not refused, since adding data to a run can be deliberate.
+  void warn_data_changed() const {
+    auto lines = [](const std::string& text) {
+      std::vector<std::string> out;
+      std::istringstream in(text);
+      for (std::string line; std::getline(in, line);) out.push_back(line);
+      return out;
+    };
+    const std::vector<std::string> before = lines(resumed_data), now = lines(train_data->fingerprint());
+    fmt::print("WARNING: data.train is not the data the checkpoint was trained on (shard, tokens):\n");
+    for (const std::string& l : before)
+      if (std::find(now.begin(), now.end(), l) == now.end()) fmt::print("  - {}\n", l);
+    for (const std::string& l : now)
+      if (std::find(before.begin(), before.end(), l) == before.end()) fmt::print("  + {}\n", l);
+    fmt::print("WARNING: the data order from here on differs from the run's; if that is not intended, point "
+               "data.train at the original shards\n");
   }
 
   // Identical parameters on every rank: the max and min of a checksum agree.
