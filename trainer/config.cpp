@@ -206,6 +206,7 @@ const std::vector<Key>& schema() {
       integer("train", "log_interval", FIELD(train.log_interval)),
       text("train", "out_dir", FIELD(train.out_dir), true),
       integer("train", "consistency_interval", FIELD(train.consistency_interval)),
+      number("train", "collective_timeout_s", FIELD(train.collective_timeout_s)),
       number("train", "skip_zscore_loss", FIELD(train.skip_zscore_loss)),
       number("train", "skip_zscore_grad", FIELD(train.skip_zscore_grad)),
       integer("train", "max_consecutive_skips", FIELD(train.max_consecutive_skips)),
@@ -318,6 +319,7 @@ void validate(const Config& c) {
   check(c.optim.grad_clip >= 0, "optim.grad_clip", fmt::format("must not be negative (0 = off), got {}", c.optim.grad_clip));
   check(c.optim.zero == 0 || c.optim.zero == 1, "optim.zero", fmt::format("must be 0 or 1 (ZeRO-1), got {}", c.optim.zero));
   check(c.train.consistency_interval >= 0, "train.consistency_interval", "must not be negative (0 = never)");
+  check(c.train.collective_timeout_s >= 0, "train.collective_timeout_s", "must not be negative (0 = never)");
   check(c.train.skip_zscore_loss >= 0, "train.skip_zscore_loss", "must not be negative (0 = off)");
   check(c.train.skip_zscore_grad >= 0, "train.skip_zscore_grad", "must not be negative (0 = off)");
   check(c.train.max_consecutive_skips > 0, "train.max_consecutive_skips", "must be positive");

@@ -44,6 +44,7 @@ struct TrainConfig {
   int64_t log_interval = 10;
   std::string out_dir;          // default: out/<config file name without .yaml>
   int64_t consistency_interval = 100;  // compare a parameter checksum across ranks this often; 0 = never
+  double collective_timeout_s = 600;   // a rank waiting this long in one MPI collective ends the job; 0 = never
   double skip_zscore_loss = 0;         // skip a step whose loss is this many std devs above the recent mean; 0 = off
   double skip_zscore_grad = 0;         // the same for the gradient norm
   int max_consecutive_skips = 10;      // then save the last good state and stop

@@ -4,11 +4,14 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
+#include <thread>
 
 namespace t6 {
 
@@ -58,6 +61,58 @@ size_t max_count() {
   return std::max<size_t>(n, 1);
 }
 
+// Ends the job when this rank has waited too long inside one collective: a peer that stopped
+// (SIGSTOP, a hung device) or died without MPI noticing would otherwise leave every other rank
+// waiting forever. A thread of its own looks twice a second; the collectives only set and
+// clear a start time. Exiting (not MPI_Abort, which only the main thread may call here) makes
+// mpirun end the other ranks.
+class CollectiveWatchdog {
+ public:
+  CollectiveWatchdog(int rank, int size) : rank_(rank), size_(size) {}
+  ~CollectiveWatchdog() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  void set_timeout(double seconds) {
+    timeout_ns_ = (int64_t)(seconds * 1e9);
+    if (seconds > 0 && !thread_.joinable()) thread_ = std::thread([this] { watch(); });
+  }
+  // While one lives, this rank is inside collective `what`.
+  struct Inside {
+    Inside(CollectiveWatchdog& w, const char* what) : w(w) {
+      w.what_ = what;
+      w.since_ns_ = now_ns();
+    }
+    ~Inside() { w.since_ns_ = 0; }
+    CollectiveWatchdog& w;
+  };
+
+ private:
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  void watch() {
+    while (!stop_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      const int64_t since = since_ns_, timeout = timeout_ns_;
+      if (since == 0 || timeout <= 0 || now_ns() - since < timeout) continue;
+      fmt::print(stderr,
+                 "t6-train: error on rank {} of {}: no progress for {:.0f} s inside {} (train.collective_timeout_s): "
+                 "another rank has stopped, died or hangs; ending the job so that it can be restarted with "
+                 "--resume auto\n", rank_, size_, (now_ns() - since) / 1e9, what_.load());
+      std::fflush(stderr);
+      std::fflush(stdout);
+      std::_Exit(1);
+    }
+  }
+  const int rank_, size_;
+  std::atomic<int64_t> since_ns_{0}, timeout_ns_{0};
+  std::atomic<const char*> what_{""};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
@@ -68,7 +123,9 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
     MPI_CHECK(MPI_Comm_rank(node, &local_rank_));
     MPI_CHECK(MPI_Comm_free(&node));
+    watchdog_ = std::make_unique<CollectiveWatchdog>(rank_, size_);
   }
+  void set_collective_timeout(double seconds) override { watchdog_->set_timeout(seconds); }
   int local_rank() const override { return local_rank_; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -85,6 +142,7 @@ class MpiCommunicator final : public Communicator {
   }
   void wait_all() override {
     if (pending_.empty()) return;
+    const CollectiveWatchdog::Inside inside(*watchdog_, "MPI_Waitall (the gradients' all-reduce)");
     MPI_CHECK(MPI_Waitall((int)pending_.size(), pending_.data(), MPI_STATUSES_IGNORE));
     pending_.clear();
   }
@@ -92,6 +150,7 @@ class MpiCommunicator final : public Communicator {
   // training step); past that (T6-xl's AdamW moments, gathered for a checkpoint, come close)
   // each shard is reduced to, or broadcast from, its rank in pieces.
   void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
+    const CollectiveWatchdog::Inside inside(*watchdog_, "MPI_Reduce_scatter");
     if (fits_int(counts)) {
       std::vector<int> c(counts.begin(), counts.end());
       MPI_CHECK(MPI_Reduce_scatter(in, out, c.data(), MPI_FLOAT, MPI_SUM, comm_));
@@ -106,6 +165,7 @@ class MpiCommunicator final : public Communicator {
     }
   }
   void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
+    const CollectiveWatchdog::Inside inside(*watchdog_, "MPI_Allgatherv");
     if (fits_int(counts)) {
       std::vector<int> c(counts.begin(), counts.end()), displs(counts.size(), 0);
       for (size_t r = 1; r < counts.size(); r++) displs[r] = displs[r - 1] + c[r - 1];
@@ -121,16 +181,21 @@ class MpiCommunicator final : public Communicator {
     }
   }
   void broadcast(void* data, size_t bytes, int root) override {
+    const CollectiveWatchdog::Inside inside(*watchdog_, "MPI_Bcast");
     for (size_t done = 0; done < bytes; done += max_count())
       MPI_CHECK(MPI_Bcast(static_cast<char*>(data) + done, (int)std::min(max_count(), bytes - done), MPI_BYTE, root, comm_));
   }
-  void barrier() override { MPI_CHECK(MPI_Barrier(comm_)); }
+  void barrier() override {
+    const CollectiveWatchdog::Inside inside(*watchdog_, "MPI_Barrier");
+    MPI_CHECK(MPI_Barrier(comm_));
+  }
 
  private:
   static bool fits_int(const std::vector<size_t>& counts) {
     return std::accumulate(counts.begin(), counts.end(), size_t{0}) <= std::min<size_t>(INT_MAX, max_count());
   }
   void reduce(void* data, size_t n, MPI_Datatype type, MPI_Op op) {
+    const CollectiveWatchdog::Inside inside(*watchdog_, "MPI_Allreduce");
     const size_t width = type == MPI_DOUBLE ? 8 : 4;
     for (size_t done = 0; done < n; done += max_count())
       MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + done * width, (int)std::min(max_count(), n - done),
@@ -140,6 +205,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1, local_rank_ = 0;
   std::vector<MPI_Request> pending_;
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
 };
 
 }  // namespace

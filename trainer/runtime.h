@@ -27,6 +27,9 @@ class Communicator {
   virtual void all_gather(const float* in, float* out, const std::vector<size_t>& counts) = 0;
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
+  // A rank that waits longer than this in one collective ends the job, saying where it waited
+  // (0: never). MPI's communicator watches; the others ignore it.
+  virtual void set_collective_timeout(double /*seconds*/) {}
 
   void broadcast_string(std::string& s, int root);
 };

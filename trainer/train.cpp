@@ -21,6 +21,7 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
@@ -161,11 +162,12 @@ void trim_metrics(const fs::path& path, int64_t start) {
 // Test hooks (tests/test_mpi.cpp): T6_TEST_NAN_STEP / T6_TEST_THROW_STEP, with
 // T6_TEST_FAULT_RANK, poison the gradients of, or throw on, one rank at one step.
 struct FaultInjection {
-  int64_t nan_step = -1, throw_step = -1, signal_eval_step = -1;
+  int64_t nan_step = -1, throw_step = -1, signal_eval_step = -1, hang_step = -1;
   int rank = 0;
   FaultInjection() {
     if (const char* v = std::getenv("T6_TEST_NAN_STEP")) nan_step = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_SIGTERM_IN_EVAL")) signal_eval_step = std::atoll(v);
+    if (const char* v = std::getenv("T6_TEST_HANG_STEP")) hang_step = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_THROW_STEP")) throw_step = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_FAULT_RANK")) rank = std::atoi(v);
   }
@@ -379,6 +381,7 @@ struct Trainer {
   }
 
   TrainResult run(const std::string& resume) {
+    comm->set_collective_timeout(tc.collective_timeout_s);
     if (root && !benchmarking) out_dir_lock = std::make_unique<OutDirLock>(tc.out_dir);  // one run per out_dir
     restore_or_init(resume);
     param_norm = std::sqrt(sum_squares(ctx, model.params.data(), total));  // the first update's yardstick
@@ -571,6 +574,8 @@ struct Trainer {
     }
     if (rank == faults.rank && step == faults.throw_step)
       throw std::runtime_error(fmt::format("injected failure at step {} (T6_TEST_THROW_STEP)", step));
+    if (rank == faults.rank && step == faults.hang_step)  // a rank that stops answering (T6_TEST_HANG_STEP)
+      std::this_thread::sleep_for(std::chrono::seconds(120));
     if (poison && !overlapped) poison_at(total / 2);
     return loss / accum;
   }
