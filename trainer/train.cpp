@@ -487,18 +487,25 @@ struct Trainer {
     tensorboard->flush();
   }
 
-  // Every rank takes part (ZeRO gathers the moments); rank 0 writes.
+  // Rank 0 writes, so it alone copies the state to the host; with ZeRO every rank sends it its
+  // shard of the moments (no rank but 0 holds more than its shard).
   void checkpoint(int64_t iter) {
     TrainingState s;
     s.iter = iter;
-    s.params = model.params_to_host();
-    s.adam_m.resize(total);
-    s.adam_v.resize(total);
-    optimizer.m.to_host(s.adam_m.data() + shard_begin, shard_size);
-    optimizer.v.to_host(s.adam_v.data() + shard_begin, shard_size);
+    if (root) {
+      s.params = model.params_to_host();
+      s.adam_m.resize(total);
+      s.adam_v.resize(total);
+    }
     if (zero) {
-      comm->all_gather(s.adam_m.data() + shard_begin, s.adam_m.data(), counts);
-      comm->all_gather(s.adam_v.data() + shard_begin, s.adam_v.data(), counts);
+      std::vector<float> mine(shard_size);
+      optimizer.m.to_host(mine.data(), shard_size);
+      comm->gather(mine.data(), s.adam_m.data(), counts, 0);
+      optimizer.v.to_host(mine.data(), shard_size);
+      comm->gather(mine.data(), s.adam_v.data(), counts, 0);
+    } else if (root) {
+      optimizer.m.to_host(s.adam_m.data(), total);
+      optimizer.v.to_host(s.adam_v.data(), total);
     }
     s.adam_steps = optimizer.steps;
     s.loader = train_data->state();
