@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <random>
 #include <thread>
 
@@ -19,6 +20,7 @@
 #include "model/safetensors.h"
 #include "test_util.h"
 #include "trainer/checkpoint.h"
+#include "trainer/tools.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
 
@@ -155,7 +157,7 @@ TEST(Resume, SigtermSavesAndExitsCleanly) {
 
 TEST(Crash, KillNineDuringSavesNeverLosesTheLastCheckpoint) {
   const std::string out = test::temp_dir("kill9"), straight = test::temp_dir("kill9_straight");
-  const auto args_base = cli_args(out, {"train.max_iters=30", "checkpoint.interval=1", "checkpoint.keep=2"});
+  const auto args_base = cli_args(out, {"train.max_iters=200", "checkpoint.interval=1", "checkpoint.keep=2"});
   std::mt19937 rng(11);
   int kills = 0;
   for (int round = 0; round < 8; round++) {
@@ -181,8 +183,8 @@ TEST(Crash, KillNineDuringSavesNeverLosesTheLastCheckpoint) {
   }
   EXPECT_GE(kills, 4);
   // Finishing the crashed run gives bitwise the run that never crashed.
-  train(tiny(out, {"train.max_iters=30", "checkpoint.interval=1", "checkpoint.keep=2"}), "auto");
-  train(tiny(straight, {"train.max_iters=30"}));
+  train(tiny(out, {"train.max_iters=200", "checkpoint.interval=1", "checkpoint.keep=2"}), "auto");
+  train(tiny(straight, {"train.max_iters=200"}));
   EXPECT_EQ(final_weights(out), final_weights(straight));
   EXPECT_EQ(metric_losses(out), metric_losses(straight));
 }
@@ -200,7 +202,8 @@ std::string resume_error(const Config& cfg, const std::string& resume) {
 
 TEST(Damaged, TruncatedCheckpointIsSkippedByAutoAndRefusedByPath) {
   const std::string out = run_with_checkpoints("truncated");
-  fs::resize_file(out + "/ckpt_6/state.h5", fs::file_size(out + "/ckpt_6/state.h5") / 2);
+  const std::string shard = out + "/ckpt_6/shard_00000.bin";
+  fs::resize_file(shard, fs::file_size(shard) / 2);
   testing::internal::CaptureStderr();
   const TrainResult r = train(tiny(out, {"train.max_iters=8", "checkpoint.interval=2"}), "auto");
   const std::string warnings = testing::internal::GetCapturedStderr();
@@ -209,35 +212,28 @@ TEST(Damaged, TruncatedCheckpointIsSkippedByAutoAndRefusedByPath) {
   EXPECT_NE(warnings.find("truncated or corrupt"), std::string::npos) << warnings;
 
   const std::string again = run_with_checkpoints("truncated_path");
-  fs::resize_file(again + "/ckpt_6/state.h5", 1000);
+  fs::resize_file(again + "/ckpt_6/manifest.json", 100);
   const std::string err = resume_error(tiny(again, {"train.max_iters=8"}), again + "/ckpt_6");
-  EXPECT_NE(err.find("ckpt_6/state.h5"), std::string::npos) << err;
+  EXPECT_NE(err.find("ckpt_6/manifest.json"), std::string::npos) << err;
   EXPECT_NE(err.find("truncated or corrupt"), std::string::npos) << err;
 }
 
 TEST(Damaged, FlippedByteFailsTheChecksum) {
   const std::string out = run_with_checkpoints("flipped");
-  const std::string file = out + "/ckpt_6/state.h5";
-  haddr_t offset;
-  {
-    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t d = H5Dopen2(f, "adam_v/transformer.h.1.mlp.c_fc2.weight", H5P_DEFAULT);
-    offset = H5Dget_offset(d);
-    H5Dclose(d);
-    H5Fclose(f);
-  }
-  {
+  const std::string file = out + "/ckpt_6/shard_00000.bin";
+  {  // one bit of the second moments (the third array of the shard)
     std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
-    io.seekg(offset + 101);
+    const std::streamoff at = (std::streamoff)(fs::file_size(file) / 3 * 2 + 101);
+    io.seekg(at);
     char c;
     io.read(&c, 1);
     c ^= 0x10;
-    io.seekp(offset + 101);
+    io.seekp(at);
     io.write(&c, 1);
   }
   const Config cfg = tiny(out, {"train.max_iters=8"});
   const std::string err = test::error_of([&] { load_checkpoint(out + "/ckpt_6", make_layout(cfg.model)); });
-  EXPECT_NE(err.find("adam_v/transformer.h.1.mlp.c_fc2.weight fails its checksum"), std::string::npos) << err;
+  EXPECT_NE(err.find("shard_00000.bin: adam_v fails its checksum"), std::string::npos) << err;
   testing::internal::CaptureStderr();
   EXPECT_EQ(train(cfg, "auto").steps.front().step, 4);  // auto falls back to ckpt_4
   EXPECT_NE(testing::internal::GetCapturedStderr().find("fails its checksum"), std::string::npos);
@@ -245,16 +241,34 @@ TEST(Damaged, FlippedByteFailsTheChecksum) {
 
 TEST(Damaged, WrongFormatVersionIsRefused) {
   const std::string out = run_with_checkpoints("version");
+  const std::string path = out + "/ckpt_6/manifest.json";
+  std::string text;
   {
-    hid_t f = H5Fopen((out + "/ckpt_6/state.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
-    const int64_t v = 99;
-    H5Awrite(a, H5T_NATIVE_INT64, &v);
-    H5Aclose(a);
-    H5Fclose(f);
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
   }
+  const size_t at = text.find("\"format_version\": 2");
+  ASSERT_NE(at, std::string::npos) << text.substr(0, 200);
+  text.replace(at, std::string("\"format_version\": 2").size(), "\"format_version\": 99");
+  std::ofstream(path) << text;
   const std::string err = resume_error(tiny(out, {"train.max_iters=8"}), out + "/ckpt_6");
-  EXPECT_NE(err.find("checkpoint format version 99, this build reads version 1"), std::string::npos) << err;
+  EXPECT_NE(err.find("checkpoint format version 99, this build reads versions 1 and 2"), std::string::npos) << err;
+}
+
+// Checkpoints of format 1 (one state.h5, written before the sharded format) still load: a tiny
+// run's checkpoint at its last step, made by commit f322761, against the weights it saved.
+TEST(Formats, VersionOneCheckpointsStillLoad) {
+  const std::string dir = test::source_path("tests/fixtures/ckpt_v1");
+  const WeightsAndConfig w = load_weights_and_config(dir);
+  EXPECT_EQ(w.config.model.n_embd, 16);
+  const ParamLayout layout = make_layout(w.config.model);
+  const TrainingState s = load_checkpoint(dir, layout);
+  EXPECT_EQ(s.iter, 3);
+  EXPECT_EQ(s.params, load_weights(test::source_path("tests/fixtures/ckpt_v1_weights.safetensors"), layout));
+  EXPECT_EQ(s.adam_m.size(), layout.total);
+  EXPECT_EQ(w.params, s.params);
 }
 
 TEST(Damaged, AnotherModelShapeIsRefusedListingTheKeys) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "data/mc_eval.h"
@@ -131,6 +132,62 @@ TEST(DataParallel, CheckpointOfTwoRanksResumesOnOneAndOnThreeWithAndWithoutZero)
     check(resumed, "1 rank");
     EXPECT_NE(log.find("resume: the checkpoint was written by 2 rank(s); this run has 1"), std::string::npos) << log;
     EXPECT_LT(max_abs_diff(weights(one), weights(straight)), 1e-5);
+  }
+  world->barrier();
+}
+
+// The sharded format (trainer/checkpoint.h): three ranks with ZeRO-1 each write their slice;
+// one rank, two ranks without ZeRO and four ranks with it continue from those slices, each
+// tracking the run that never stopped. Runs under mpirun -np 4 (ctest mpi_np4_sharded).
+TEST(ShardedCheckpoint, ThreeRanksResumeOnOneTwoAndFour) {
+  if (world_size() != 4) GTEST_SKIP() << "needs 4 ranks (ctest runs it with -np 4)";
+  // 24 sequences per step: 3 ranks × 2 × accumulation 4; the reference 1 × 2 × 12.
+  const std::string straight = shared_dir("sharded_ref"), three = shared_dir("sharded_three");
+  auto world = communicator(MPI_COMM_WORLD);
+  TrainResult reference;
+  if (world_rank() == 0) {
+    auto self = communicator(MPI_COMM_SELF);
+    reference = train(tiny(straight, 12, {"train.max_iters=8", "train.consistency_interval=0"}), "", self.get());
+  }
+  MPI_Comm trio;
+  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < 3 ? 0 : 1, world_rank(), &trio);
+  if (world_rank() < 3) {
+    auto comm = communicator(trio);
+    train(tiny(three, 4, {"train.max_iters=4", "optim.zero=1"}), "", comm.get());
+  }
+  MPI_Comm_free(&trio);
+  world->barrier();
+  if (world_rank() == 0) {  // three slices, and no rank held more than its own
+    const std::string ckpt = three + "/ckpt_4";
+    for (int r = 0; r < 3; r++) EXPECT_TRUE(std::filesystem::exists(ckpt + "/shard_0000" + std::to_string(r) + ".bin"));
+    EXPECT_TRUE(std::filesystem::exists(ckpt + "/manifest.json"));
+  }
+  world->barrier();
+  auto check = [&](const TrainResult& r, const std::string& out, const std::string& what) {
+    if (world_rank() != 0) return;
+    ASSERT_EQ(r.steps.size(), 4u) << what;
+    for (int i = 0; i < 4; i++)
+      EXPECT_NEAR(r.steps[i].loss, reference.steps[4 + i].loss, 1e-5 * reference.steps[4 + i].loss)
+          << what << " step " << 4 + i;
+    EXPECT_LT(max_abs_diff(weights(out), weights(straight)), 3e-5) << what;
+  };
+  const std::string from = three + "/ckpt_4";
+  {  // four ranks, ZeRO-1: 24 = 4 × 2 × 3
+    const std::string four = shared_dir("sharded_four");
+    check(train(tiny(four, 3, {"train.max_iters=8", "optim.zero=1"}), from, world.get()), four, "4 ranks");
+  }
+  const std::string two = shared_dir("sharded_two");  // (a collective of all ranks)
+  MPI_Comm pair;
+  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < 2 ? 0 : 1, world_rank(), &pair);
+  if (world_rank() < 2) {  // two ranks, no ZeRO: 24 = 2 × 2 × 6
+    auto comm = communicator(pair);
+    check(train(tiny(two, 6, {"train.max_iters=8"}), from, comm.get()), two, "2 ranks");
+  }
+  MPI_Comm_free(&pair);
+  if (world_rank() == 0) {  // one rank: 24 = 1 × 2 × 12
+    auto self = communicator(MPI_COMM_SELF);
+    const std::string one = test::temp_dir("sharded_one");
+    check(train(tiny(one, 12, {"train.max_iters=8"}), from, self.get()), one, "1 rank");
   }
   world->barrier();
 }

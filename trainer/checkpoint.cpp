@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "data/h5.h"
+#include <nlohmann/json.hpp>
 
 namespace t6 {
 
@@ -23,19 +24,22 @@ namespace {
 
 const char* kGroups[] = {"params", "adam_m", "adam_v"};
 
-}  // namespace
-
-uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count) {
+uint32_t crc32_span(const float* data, size_t count) {
   uLong crc = crc32(0L, Z_NULL, 0);
-  const auto* bytes = reinterpret_cast<const Bytef*>(data.data() + offset);
-  size_t left = count * sizeof(float);
-  while (left > 0) {  // zlib takes uInt lengths
+  const auto* bytes = reinterpret_cast<const Bytef*>(data);
+  for (size_t left = count * sizeof(float); left > 0;) {  // zlib takes uInt lengths
     const uInt n = (uInt)std::min<size_t>(left, 1u << 30);
     crc = crc32(crc, bytes, n);
     bytes += n;
     left -= n;
   }
   return (uint32_t)crc;
+}
+
+}  // namespace
+
+uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count) {
+  return crc32_span(data.data() + offset, count);
 }
 
 namespace {
@@ -60,40 +64,6 @@ int64_t iter_of(const fs::path& dir) {
   } catch (...) {
     return -1;
   }
-}
-
-void write_state_file(const std::string& path, const ParamLayout& layout, const TrainingState& state) {
-  std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hid_t file = create_in_memory(path);
-  try {
-    write_int_attr(file, "format_version", kCheckpointFormat);
-    write_int_attr(file, "iter", state.iter);
-    write_int_attr(file, "adam_steps", state.adam_steps);
-    write_int_attr(file, "loader_position", (int64_t)state.loader.position);
-    write_int_attr(file, "loader_seed", (int64_t)state.loader.seed);
-    write_int_attr(file, "world_size", state.world_size);
-    write_string_attr(file, "config", state.config_yaml);
-    write_string_attr(file, "data_fingerprint", state.data_fingerprint);
-    const std::vector<float>* sources[] = {&state.params, &state.adam_m, &state.adam_v};
-    for (int g = 0; g < 3; g++) {
-      hid_t group = H5_CHECK(H5Gcreate2(file, kGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-      for (const ParamInfo& p : layout.params) {
-        std::vector<hsize_t> dims(p.shape.begin(), p.shape.end());
-        hid_t space = H5_CHECK(H5Screate_simple((int)dims.size(), dims.data(), nullptr));
-        hid_t ds = H5_CHECK(H5Dcreate2(group, p.name.c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT,
-                                       H5P_DEFAULT));
-        H5_CHECK(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, sources[g]->data() + p.offset));
-        write_int_attr(ds, "crc32", crc32_of(*sources[g], p.offset, p.size));
-        H5_CHECK(H5Dclose(ds));
-        H5_CHECK(H5Sclose(space));
-      }
-      H5_CHECK(H5Gclose(group));
-    }
-  } catch (...) {
-    H5Fclose(file);
-    throw;
-  }
-  write_image_and_close(file, path);  // fsynced
 }
 
 }  // namespace
@@ -122,20 +92,80 @@ std::vector<std::string> list_checkpoints(const std::string& out_dir) {
   return dirs;
 }
 
-std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& state,
-                            int keep) {
-  const fs::path out(out_dir), final_dir = out / fmt::format("ckpt_{}", state.iter),
-                                tmp_dir = out / fmt::format(".ckpt_{}.tmp", state.iter);
+namespace {
+
+fs::path temp_dir_of(const std::string& out_dir, int64_t iter) {
+  return fs::path(out_dir) / fmt::format(".ckpt_{}.tmp", iter);
+}
+std::string shard_name(int rank) { return fmt::format("shard_{:05d}.bin", rank); }
+
+
+void write_all(int fd, const void* data, size_t bytes, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::write(fd, p, std::min<size_t>(bytes, 1u << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw std::runtime_error(fmt::format("{}: write failed ({})", path, std::strerror(errno)));
+    p += n;
+    bytes -= (size_t)n;
+  }
+}
+
+}  // namespace
+
+void begin_checkpoint(const std::string& out_dir, int64_t iter) {
+  const fs::path tmp = temp_dir_of(out_dir, iter);
+  fs::create_directories(out_dir);
+  fs::remove_all(tmp);  // the remains of a save that crashed
+  fs::create_directory(tmp);
+}
+
+SliceSums write_checkpoint_slice(const std::string& out_dir, int64_t iter, int rank, const StateSlice& slice) {
+  const std::string path = (temp_dir_of(out_dir, iter) / shard_name(rank)).string();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot create it ({})", path, std::strerror(errno)));
   try {
-    fs::create_directories(out);
-    fs::remove_all(tmp_dir);  // the remains of a save that crashed
-    fs::create_directory(tmp_dir);
-    write_state_file((tmp_dir / "state.h5").string(), layout, state);
+    for (const float* a : {slice.params, slice.adam_m, slice.adam_v}) write_all(fd, a, slice.count * sizeof(float), path);
+    if (::fsync(fd) != 0) throw std::runtime_error(fmt::format("{}: fsync failed ({})", path, std::strerror(errno)));
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (::close(fd) != 0) throw std::runtime_error(fmt::format("{}: write failed ({})", path, std::strerror(errno)));
+  return {crc32_span(slice.params, slice.count), crc32_span(slice.adam_m, slice.count), crc32_span(slice.adam_v, slice.count)};
+}
+
+std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& meta,
+                              const std::vector<size_t>& counts, const std::vector<SliceSums>& sums, int keep) {
+  const fs::path out(out_dir), final_dir = out / fmt::format("ckpt_{}", meta.iter), tmp_dir = temp_dir_of(out_dir, meta.iter);
+  try {
+    nlohmann::json tensors = nlohmann::json::array(), shards = nlohmann::json::array();
+    for (const ParamInfo& p : layout.params) tensors.push_back({p.name, p.shape, p.offset});
+    size_t begin = 0;
+    for (size_t r = 0; r < counts.size(); r++) {
+      shards.push_back({{"file", shard_name((int)r)}, {"begin", begin}, {"count", counts[r]},
+                        {"crc32", {sums[r].params, sums[r].adam_m, sums[r].adam_v}}});
+      begin += counts[r];
+    }
+    if (begin != layout.total)
+      throw std::logic_error(fmt::format("the shards cover {} of {} numbers", begin, layout.total));
+    const nlohmann::json manifest = {{"format_version", kCheckpointFormat},
+                                     {"iter", meta.iter},
+                                     {"adam_steps", meta.adam_steps},
+                                     {"loader_position", meta.loader.position},
+                                     {"loader_seed", meta.loader.seed},
+                                     {"world_size", meta.world_size},
+                                     {"total", layout.total},
+                                     {"arrays", {"params", "adam_m", "adam_v"}},
+                                     {"shards", shards},
+                                     {"tensors", tensors},
+                                     {"config", meta.config_yaml},
+                                     {"data_fingerprint", meta.data_fingerprint}};
+    write_file_atomically((tmp_dir / "manifest.json").string(), manifest.dump(1) + "\n");
     fsync_path(tmp_dir);
     fs::remove_all(final_dir);  // an older save of the same iteration (a resumed run repeating it)
     fs::rename(tmp_dir, final_dir);
     fsync_path(out);
-
     write_file_atomically((out / "latest").string(), final_dir.filename().string() + "\n");
     fsync_path(out);
   } catch (const std::exception& e) {
@@ -160,7 +190,25 @@ std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layou
   return final_dir.string();
 }
 
-static hid_t open_state(const std::string& path) {
+std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& state,
+                            int keep) {
+  const fs::path final_dir = fs::path(out_dir) / fmt::format("ckpt_{}", state.iter);
+  SliceSums sums;
+  try {
+    begin_checkpoint(out_dir, state.iter);
+    sums = write_checkpoint_slice(out_dir, state.iter, 0,
+                                  {0, layout.total, state.params.data(), state.adam_m.data(), state.adam_v.data()});
+  } catch (const std::exception& e) {
+    std::error_code ignored;
+    fs::remove_all(temp_dir_of(out_dir, state.iter), ignored);
+    throw std::runtime_error(fmt::format("saving checkpoint {} failed: {}", final_dir.string(), e.what()));
+  }
+  return commit_checkpoint(out_dir, layout, state, {layout.total}, {sums}, keep);
+}
+
+namespace {
+
+hid_t open_state(const std::string& path) {
   if (!fs::exists(path)) throw std::runtime_error(fmt::format("{}: missing (not a checkpoint directory?)", path));
   if (H5Fis_hdf5(path.c_str()) <= 0) throw std::runtime_error(fmt::format("{}: not an HDF5 file (truncated or corrupt)", path));
   hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, file_access_closing_everything());
@@ -168,14 +216,37 @@ static hid_t open_state(const std::string& path) {
   return file;
 }
 
-std::string checkpoint_config(const std::string& dir) {
+}  // namespace
+
+namespace {
+
+nlohmann::json read_manifest(const std::string& dir) {
+  const std::string path = dir + "/manifest.json";
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error(fmt::format("{}: cannot read it ({})", path, std::strerror(errno)));
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(f);
+    const int64_t version = m.at("format_version").get<int64_t>();
+    if (version != kCheckpointFormat)
+      throw std::runtime_error(fmt::format("{}: checkpoint format version {}, this build reads versions 1 and {}",
+                                           path, version, kCheckpointFormat));
+    (void)m.at("config").get<std::string>();
+  } catch (const nlohmann::json::exception&) {
+    throw std::runtime_error(fmt::format("{}: not a valid checkpoint manifest (truncated or corrupt)", path));
+  }
+  return m;
+}
+
+// Format 1: one state.h5 with a dataset per tensor and array (params/…, adam_m/…, adam_v/…).
+std::string config_v1(const std::string& dir) {
   const std::string path = dir + "/state.h5";
   std::lock_guard<std::mutex> lock(hdf5_mutex());
   hid_t file = open_state(path);
   try {
     const int64_t version = read_int_attr(file, path, "format_version");
-    if (version != kCheckpointFormat)
-      throw std::runtime_error(fmt::format("{}: checkpoint format version {}, this build reads version {}", path,
+    if (version != 1)
+      throw std::runtime_error(fmt::format("{}: checkpoint format version {}, this build reads versions 1 and {}", path,
                                            version, kCheckpointFormat));
     std::string config = read_string_attr(file, path, "config");
     H5Fclose(file);
@@ -186,9 +257,9 @@ std::string checkpoint_config(const std::string& dir) {
   }
 }
 
-TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout) {
+TrainingState load_v1(const std::string& dir, const ParamLayout& layout) {
   TrainingState state;
-  state.config_yaml = checkpoint_config(dir);  // also checks the format version
+  state.config_yaml = config_v1(dir);  // also checks the format version
   const std::string path = dir + "/state.h5";
   std::lock_guard<std::mutex> lock(hdf5_mutex());
   hid_t file = open_state(path);
@@ -232,6 +303,76 @@ TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout)
     throw;
   }
   return state;
+}
+
+TrainingState load_v2(const std::string& dir, const ParamLayout& layout) {
+  const nlohmann::json m = read_manifest(dir);
+  const std::string where = dir + "/manifest.json";
+  TrainingState state;
+  try {
+    state.config_yaml = m.at("config").get<std::string>();
+    state.iter = m.at("iter").get<int64_t>();
+    state.adam_steps = m.at("adam_steps").get<int64_t>();
+    state.loader.position = m.at("loader_position").get<uint64_t>();
+    state.loader.seed = m.at("loader_seed").get<uint64_t>();
+    state.world_size = m.at("world_size").get<int>();
+    state.data_fingerprint = m.value("data_fingerprint", "");
+    // The model's tensors, by name, shape and place in the flat arrays.
+    const auto& tensors = m.at("tensors");
+    bool same = tensors.size() == layout.params.size() && m.at("total").get<size_t>() == layout.total;
+    for (size_t i = 0; same && i < layout.params.size(); i++)
+      same = tensors[i].at(0).get<std::string>() == layout.params[i].name &&
+             tensors[i].at(1).get<std::vector<int64_t>>() == layout.params[i].shape &&
+             tensors[i].at(2).get<size_t>() == layout.params[i].offset;
+    if (!same)
+      throw std::runtime_error(fmt::format("{}: a checkpoint of another model (its tensors differ from the model's)",
+                                           where));
+    std::vector<float>* targets[] = {&state.params, &state.adam_m, &state.adam_v};
+    for (auto* t : targets) t->assign(layout.total, 0.0f);
+    size_t covered = 0;
+    for (const auto& sh : m.at("shards")) {
+      const std::string path = dir + "/" + sh.at("file").get<std::string>();
+      const size_t begin = sh.at("begin").get<size_t>(), count = sh.at("count").get<size_t>();
+      const auto crcs = sh.at("crc32").get<std::vector<uint32_t>>();
+      if (begin != covered || begin + count > layout.total || crcs.size() != 3)
+        throw std::runtime_error(fmt::format("{}: shard {} does not continue the ranges before it", where, path));
+      std::ifstream f(path, std::ios::binary);
+      if (!f) throw std::runtime_error(fmt::format("{}: missing ({})", path, std::strerror(errno)));
+      for (int g = 0; g < 3; g++) {
+        float* to = targets[g]->data() + begin;
+        if (!f.read(reinterpret_cast<char*>(to), (std::streamsize)(count * sizeof(float))))
+          throw std::runtime_error(fmt::format("{}: shorter than its {} × 3 numbers (truncated or corrupt)", path, count));
+        const uint32_t computed = crc32_span(to, count);
+        if (computed != crcs[g])
+          throw std::runtime_error(fmt::format("{}: {} fails its checksum (stored {:08x}, computed {:08x}): the file is "
+                                               "corrupt", path, kGroups[g], crcs[g], computed));
+      }
+      covered = begin + count;
+    }
+    if (covered != layout.total)
+      throw std::runtime_error(fmt::format("{}: the shards hold {} of the state's {} numbers", where, covered,
+                                           layout.total));
+  } catch (const nlohmann::json::exception&) {
+    throw std::runtime_error(fmt::format("{}: not a valid checkpoint manifest (truncated or corrupt)", where));
+  }
+  return state;
+}
+
+bool is_v1(const std::string& dir) { return !fs::exists(dir + "/manifest.json") && fs::exists(dir + "/state.h5"); }
+
+}  // namespace
+
+std::string checkpoint_config(const std::string& dir) {
+  if (is_v1(dir)) return config_v1(dir);
+  if (!fs::exists(dir + "/manifest.json"))
+    throw std::runtime_error(fmt::format("{}/manifest.json: missing (not a checkpoint directory?)", dir));
+  return read_manifest(dir).at("config").get<std::string>();
+}
+
+TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout) {
+  if (is_v1(dir)) return load_v1(dir, layout);
+  checkpoint_config(dir);  // (the manifest's presence and version)
+  return load_v2(dir, layout);
 }
 
 OutDirLock::OutDirLock(const std::string& out_dir) {

@@ -1,6 +1,9 @@
-// Checkpoints: out_dir/ckpt_<iter>/state.h5 holds everything a run needs to continue exactly
-// (README.md, "Checkpoints"). Written under a temporary name, fsynced and renamed, so a crash
-// mid-save never damages an existing checkpoint; every dataset carries a CRC-32.
+// Checkpoints (README.md, "Checkpoints"): out_dir/ckpt_<iter>/ holds everything a run needs to
+// continue exactly. Format 2: every rank writes its slice of the flat state (fp32 parameters and
+// AdamW's two moments) as shard_<rank>.bin, with no rank holding more than its slice; rank 0
+// then writes manifest.json (the run's metadata, the layout, each shard's range and CRC-32s).
+// All of it goes into .ckpt_<iter>.tmp/, fsynced, renamed into place last, so a crash at any
+// moment never damages an existing checkpoint. Format 1 (one state.h5) is still read.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,7 +14,7 @@
 
 namespace t6 {
 
-constexpr int64_t kCheckpointFormat = 1;
+constexpr int64_t kCheckpointFormat = 2;
 
 struct TrainingState {
   int64_t iter = 0;             // optimizer steps completed
@@ -24,6 +27,25 @@ struct TrainingState {
   std::string data_fingerprint; // DataLoader::fingerprint() of its training data ("" in older checkpoints)
 };
 
+// One rank's part of a save: [begin, begin + count) of each of the three flat arrays.
+struct StateSlice {
+  size_t begin = 0, count = 0;
+  const float *params = nullptr, *adam_m = nullptr, *adam_v = nullptr;
+};
+struct SliceSums {
+  uint32_t params = 0, adam_m = 0, adam_v = 0;
+};
+// A save by W ranks: rank 0 calls begin_checkpoint (the temporary directory) before any rank
+// writes; each rank writes its slice (any thread: no MPI, no HDF5); rank 0, given every rank's
+// sums, commits: the manifest, the rename, `latest`, then the pruning beyond `keep` (0: keep all).
+// `meta` supplies everything but the arrays. Returns the checkpoint's directory.
+void begin_checkpoint(const std::string& out_dir, int64_t iter);
+SliceSums write_checkpoint_slice(const std::string& out_dir, int64_t iter, int rank, const StateSlice& slice);
+std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& meta,
+                              const std::vector<size_t>& counts, const std::vector<SliceSums>& sums, int keep);
+// The three steps for one process holding the whole state.
+std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& state, int keep);
+
 // Writes `text` to path.tmp, fsyncs it and renames it to `path`: readers see the old file or
 // the whole new one, never a part.
 void write_file_atomically(const std::string& path, const std::string& text);
@@ -31,11 +53,8 @@ void write_file_atomically(const std::string& path, const std::string& text);
 // CRC-32 of data[offset, offset + count), any size.
 uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count);
 
-// Writes out_dir/ckpt_<iter>, then points out_dir/latest at it, then deletes the oldest
-// checkpoints beyond `keep` (0 keeps all). Returns the checkpoint's directory.
-std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& state, int keep);
-
-// Reads and verifies (format version, shapes, checksums) a checkpoint directory.
+// Reads and verifies (format version, the model's tensors, checksums) a checkpoint directory of
+// either format, assembling the whole state from its shards (so it resumes on any world size).
 TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout);
 
 // The effective config stored in a checkpoint, without reading the tensors.

@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 WeightsAndConfig load_weights_and_config(const std::string& source, const std::string& config_path) {
   WeightsAndConfig w;
   if (fs::is_directory(source)) {
-    w.config = load_config_text(checkpoint_config(source), source + "/state.h5");
+    w.config = load_config_text(checkpoint_config(source), source + " (its stored config)");
     if (!config_path.empty()) w.config = load_config(config_path);
     w.params = load_checkpoint(source, make_layout(w.config.model)).params;
     return w;

@@ -96,12 +96,14 @@ bool find_resume_state(const Config& cfg, const std::string& resume, const Param
       return false;
     }
   } else {
-    candidates = {fs::path(resume).filename() == "state.h5" ? fs::path(resume).parent_path().string() : resume};
+    candidates = {fs::path(resume).filename() == "state.h5" || fs::path(resume).filename() == "manifest.json"
+                      ? fs::path(resume).parent_path().string()
+                      : resume};
   }
   for (const std::string& dir : candidates) {
     Config saved;
     try {
-      saved = load_config_text(checkpoint_config(dir), dir + "/state.h5");
+      saved = load_config_text(checkpoint_config(dir), dir + " (its stored config)");
     } catch (const std::exception& e) {
       if (resume != "auto") throw;
       fmt::print(stderr, "resume: warning: skipping {}: {}\n", dir, e.what());
@@ -487,33 +489,38 @@ struct Trainer {
     tensorboard->flush();
   }
 
-  // Rank 0 writes, so it alone copies the state to the host; with ZeRO every rank sends it its
-  // shard of the moments (no rank but 0 holds more than its shard).
+  // A sharded save (trainer/checkpoint.h): every rank writes its slice of the parameters and
+  // moments (the ZeRO partition, or the same even split without ZeRO), so no rank holds more
+  // than its slice on the host; rank 0 commits once every slice is written.
   void checkpoint(int64_t iter) {
-    TrainingState s;
-    s.iter = iter;
-    if (root) {
-      s.params = model.params_to_host();
-      s.adam_m.resize(total);
-      s.adam_v.resize(total);
+    if (root) begin_checkpoint(tc.out_dir, iter);
+    comm->barrier();  // the temporary directory exists before any rank writes into it
+    const size_t begin = std::accumulate(counts.begin(), counts.begin() + rank, size_t{0}), n = counts[rank];
+    std::vector<float> params(n), m(n), v(n);
+    model.params.to_host(params.data(), n, begin);
+    optimizer.m.to_host(m.data(), n, zero ? 0 : begin);
+    optimizer.v.to_host(v.data(), n, zero ? 0 : begin);
+    SliceSums mine;
+    try {
+      mine = write_checkpoint_slice(tc.out_dir, iter, rank, {begin, n, params.data(), m.data(), v.data()});
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("saving checkpoint {}/ckpt_{} failed: {}", tc.out_dir, iter, e.what()));
     }
-    if (zero) {
-      std::vector<float> mine(shard_size);
-      optimizer.m.to_host(mine.data(), shard_size);
-      comm->gather(mine.data(), s.adam_m.data(), counts, 0);
-      optimizer.v.to_host(mine.data(), shard_size);
-      comm->gather(mine.data(), s.adam_v.data(), counts, 0);
-    } else if (root) {
-      optimizer.m.to_host(s.adam_m.data(), total);
-      optimizer.v.to_host(s.adam_v.data(), total);
-    }
-    s.adam_steps = optimizer.steps;
-    s.loader = train_data->state();
-    s.world_size = W;
-    s.config_yaml = cfg.to_yaml();
-    s.data_fingerprint = train_data->fingerprint();
+    std::vector<double> sums(3 * (size_t)W, 0.0);  // CRC-32s are exact in a double
+    sums[3 * rank] = mine.params, sums[3 * rank + 1] = mine.adam_m, sums[3 * rank + 2] = mine.adam_v;
+    comm->all_reduce_sum(sums.data(), sums.size());
     if (root) {
-      result.last_checkpoint = save_checkpoint(tc.out_dir, model.layout, s, cfg.checkpoint.keep);
+      std::vector<SliceSums> all(W);
+      for (int r = 0; r < W; r++)
+        all[r] = {(uint32_t)sums[3 * r], (uint32_t)sums[3 * r + 1], (uint32_t)sums[3 * r + 2]};
+      TrainingState meta;
+      meta.iter = iter;
+      meta.adam_steps = optimizer.steps;
+      meta.loader = train_data->state();
+      meta.world_size = W;
+      meta.config_yaml = cfg.to_yaml();
+      meta.data_fingerprint = train_data->fingerprint();
+      result.last_checkpoint = commit_checkpoint(tc.out_dir, model.layout, meta, counts, all, cfg.checkpoint.keep);
       fmt::print("saved checkpoint {}\n", result.last_checkpoint);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
