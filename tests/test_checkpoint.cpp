@@ -271,6 +271,24 @@ TEST(Formats, VersionOneCheckpointsStillLoad) {
   EXPECT_EQ(w.params, s.params);
 }
 
+// Saves are written beside training: each is committed later (at a step boundary where its
+// write is done, or at the next save), says how long training waited for the copy and how long
+// the write took, and every one of them ends up complete and loadable.
+TEST(Formats, SavesAreWrittenBesideTrainingAndAllComplete) {
+  const std::string out = test::temp_dir("async_saves");
+  testing::internal::CaptureStdout();
+  train(tiny(out, {"train.max_iters=9", "checkpoint.interval=2"}));
+  const std::string log = testing::internal::GetCapturedStdout();
+  const ParamLayout layout = make_layout(tiny(out).model);
+  for (int it : {2, 4, 6, 8, 9}) {
+    const std::string dir = out + "/ckpt_" + std::to_string(it);
+    EXPECT_NE(log.find("saved checkpoint " + dir + " (training waited "), std::string::npos) << log;
+    EXPECT_EQ(load_checkpoint(dir, layout).iter, it);
+  }
+  EXPECT_NE(log.find("the write took"), std::string::npos) << log;
+  EXPECT_LT(log.find("ckpt_2 (training"), log.find("ckpt_4 (training"));  // committed in order
+}
+
 TEST(Damaged, AnotherModelShapeIsRefusedListingTheKeys) {
   const std::string out = run_with_checkpoints("other_model");
   const std::string err = resume_error(tiny(out, {"train.max_iters=8", "model.n_layer=3", "model.n_head=2"}), "auto");

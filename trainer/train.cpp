@@ -14,6 +14,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <numeric>
 #include <nlohmann/json.hpp>
@@ -491,21 +492,59 @@ struct Trainer {
 
   // A sharded save (trainer/checkpoint.h): every rank writes its slice of the parameters and
   // moments (the ZeRO partition, or the same even split without ZeRO), so no rank holds more
-  // than its slice on the host; rank 0 commits once every slice is written.
-  void checkpoint(int64_t iter) {
+  // than its slice on the host. Training waits only for the copy to the host: the file is
+  // written on a thread while the next steps run, and the checkpoint is committed (rank 0's
+  // manifest, the rename, `latest`) at the first step boundary where every rank's write is done,
+  // or at the next save or the end of the run. At most one save is in flight. wait: commit now
+  // (a stop, the last step, giving up).
+  struct PendingSave {
+    int64_t iter = -1;
+    std::vector<float> params, m, v;  // the slice, alive until its write ends
+    std::future<SliceSums> sums;
+    double stall_ms = 0;
+    std::chrono::steady_clock::time_point started;
+  } pending;
+
+  void checkpoint(int64_t iter, bool wait = false) {
+    finish_save();
+    const auto start_time = std::chrono::steady_clock::now();
     if (root) begin_checkpoint(tc.out_dir, iter);
     comm->barrier();  // the temporary directory exists before any rank writes into it
     const size_t begin = std::accumulate(counts.begin(), counts.begin() + rank, size_t{0}), n = counts[rank];
-    std::vector<float> params(n), m(n), v(n);
-    model.params.to_host(params.data(), n, begin);
-    optimizer.m.to_host(m.data(), n, zero ? 0 : begin);
-    optimizer.v.to_host(v.data(), n, zero ? 0 : begin);
+    pending.params.resize(n), pending.m.resize(n), pending.v.resize(n);
+    model.params.to_host(pending.params.data(), n, begin);
+    optimizer.m.to_host(pending.m.data(), n, zero ? 0 : begin);
+    optimizer.v.to_host(pending.v.data(), n, zero ? 0 : begin);
+    const StateSlice slice{begin, n, pending.params.data(), pending.m.data(), pending.v.data()};
+    pending.iter = iter;
+    saved_meta.adam_steps = optimizer.steps;
+    saved_meta.loader = train_data->state();
+    pending.started = std::chrono::steady_clock::now();
+    pending.stall_ms = std::chrono::duration<double, std::milli>(pending.started - start_time).count();
+    pending.sums = std::async(std::launch::async, [out = tc.out_dir, iter, r = rank, slice] {
+      return write_checkpoint_slice(out, iter, r, slice);
+    });
+    if (wait) finish_save();
+  }
+
+  // Every rank's write done (or, with block false, all of them already done): the checksums go
+  // to rank 0, which commits. A write that failed throws here, on its rank.
+  void finish_save(bool block = true) {
+    if (pending.iter < 0) return;
+    if (!block) {
+      double busy = pending.sums.wait_for(std::chrono::seconds(0)) == std::future_status::ready ? 0 : 1;
+      comm->all_reduce_max(&busy, 1);
+      if (busy != 0) return;
+    }
+    const int64_t iter = pending.iter;
+    pending.iter = -1;
     SliceSums mine;
     try {
-      mine = write_checkpoint_slice(tc.out_dir, iter, rank, {begin, n, params.data(), m.data(), v.data()});
+      mine = pending.sums.get();
     } catch (const std::exception& e) {
       throw std::runtime_error(fmt::format("saving checkpoint {}/ckpt_{} failed: {}", tc.out_dir, iter, e.what()));
     }
+    const double write_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - pending.started).count();
     std::vector<double> sums(3 * (size_t)W, 0.0);  // CRC-32s are exact in a double
     sums[3 * rank] = mine.params, sums[3 * rank + 1] = mine.adam_m, sums[3 * rank + 2] = mine.adam_v;
     comm->all_reduce_sum(sums.data(), sums.size());
@@ -515,16 +554,18 @@ struct Trainer {
         all[r] = {(uint32_t)sums[3 * r], (uint32_t)sums[3 * r + 1], (uint32_t)sums[3 * r + 2]};
       TrainingState meta;
       meta.iter = iter;
-      meta.adam_steps = optimizer.steps;
-      meta.loader = train_data->state();
+      meta.adam_steps = saved_meta.adam_steps;
+      meta.loader = saved_meta.loader;
       meta.world_size = W;
       meta.config_yaml = cfg.to_yaml();
       meta.data_fingerprint = train_data->fingerprint();
       result.last_checkpoint = commit_checkpoint(tc.out_dir, model.layout, meta, counts, all, cfg.checkpoint.keep);
-      fmt::print("saved checkpoint {}\n", result.last_checkpoint);
+      fmt::print("saved checkpoint {} (training waited {:.0f} ms for the copy; the write took {:.2f} s beside it)\n",
+                 result.last_checkpoint, pending.stall_ms, write_s);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
   }
+  TrainingState saved_meta;  // adam_steps and the loader's state at the pending save
 
   // One optimizer step: the micro-batches' gradients summed over ranks, then the update, or a
   // skip when the loss or gradient norm is non-finite or an outlier. False: too many skips in a
@@ -619,6 +660,7 @@ struct Trainer {
       param_norm = norm;
       return true;
     }
+    finish_save();  // an earlier save is of good parameters: complete it
     result.gave_up = true;
     if (root)
       fmt::print("stopping: step {}'s update took the parameters' norm from {:.4g} to {:.4g}; they are not saved. "
@@ -643,7 +685,7 @@ struct Trainer {
       if (root) fmt::print("benchmark: stopping after {} consecutive skipped steps\n", consecutive_skips);
       return false;
     }
-    checkpoint(step);  // the parameters are still those of the last good step
+    checkpoint(step, /*wait=*/true);  // the parameters are still those of the last good step
     if (root)
       fmt::print("stopping: {} consecutive steps skipped (the last: {}). The last good state is in {}. Lower "
                  "optim.learning_rate or raise optim.warmup_iters, then continue with --resume auto.\n",
@@ -682,7 +724,9 @@ struct Trainer {
     }
     const bool stopping = stop != 0;
     if (last || stopping || (cfg.checkpoint.interval > 0 && (step + 1) % cfg.checkpoint.interval == 0))
-      checkpoint(step + 1);
+      checkpoint(step + 1, /*wait=*/last || stopping);
+    else
+      finish_save(/*block=*/false);  // commit an earlier save once every rank has written it
     if (!stopping || last) return true;
     if (root)
       fmt::print("stopped by {} after step {}, with checkpoint {} saved; to continue, run the same command "
