@@ -255,17 +255,21 @@ PrepareSummary prepare(const PrepareOptions& opt, const std::function<void(const
   // Shards are assembled out of sight and moved in at the end. Staging directories of runs
   // that were killed (their process is gone) are removed first.
   fs::create_directories(opt.out_dir);
+  // (Named with the host: a process of another machine sharing --out cannot be asked here.)
+  char host_name[256] = {};
+  gethostname(host_name, sizeof(host_name) - 1);
+  const std::string mine = fmt::format(".t6-prepare-{}-", host_name);
   for (const auto& e : fs::directory_iterator(opt.out_dir)) {
     const std::string name = e.path().filename().string();
-    if (!e.is_directory() || name.rfind(".t6-prepare-", 0) != 0) continue;
-    const long pid = std::atol(name.c_str() + 12);
+    if (!e.is_directory() || name.rfind(mine, 0) != 0) continue;
+    const long pid = std::atol(name.c_str() + mine.size());
     if (pid > 0 && ::kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
       std::error_code ignored;
       fs::remove_all(e.path(), ignored);
       summary.stale_staging++;
     }
   }
-  const fs::path staging = fs::path(opt.out_dir) / fmt::format(".t6-prepare-{}", getpid());
+  const fs::path staging = fs::path(opt.out_dir) / fmt::format("{}{}", mine, getpid());
   fs::create_directories(staging);
   const ShardMeta meta{0, tokenizer->vocab_size(), tokenizer->name(), tokenizer->eot_token()};
   ShardWriter train{staging.string(), "train", opt.shard_tokens, opt.compress, meta};

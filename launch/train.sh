@@ -50,14 +50,17 @@ for v in $(env | cut -d= -f1 | grep -E '^(OMP_|T6_|NCCL_|CUDA_VISIBLE_DEVICES$)'
 # it passes SIGUSR1 on to the ranks without ending the job. So SIGINT/SIGTERM to this script (a
 # scheduler's cancel or time limit) reach the ranks as SIGUSR1: they save a checkpoint and exit 0,
 # and so does this script. A second signal stops mpirun at once.
-"${mpi[@]}" "$bin" --config "$config" "${args[@]}" &
-pid=$!
+pid=""
 signals=0
 forward() {
   signals=$((signals + 1))
+  [ -n "$pid" ] || return 0  # (mpirun not started yet: the loop below sees the signal count)
   if [ $signals -eq 1 ]; then kill -USR1 "$pid" 2>/dev/null || true; else kill -TERM "$pid" 2>/dev/null || true; fi
 }
 trap forward INT TERM
+"${mpi[@]}" "$bin" --config "$config" "${args[@]}" &
+pid=$!
+[ $signals -eq 0 ] || kill -USR1 "$pid" 2>/dev/null || true
 while true; do
   rc=0
   wait "$pid" || rc=$?

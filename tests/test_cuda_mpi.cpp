@@ -53,7 +53,7 @@ void expect_same_run(const TrainResult& got, const TrainResult& want) {
 TEST(GpuDataParallel, RanksMatchOneGpuWithTheSameGlobalBatch) {
   REQUIRE_GPUS();
   const int W = world_size();
-  const std::string out = shared_dir("gpu_dp"), ref = out + "_ref";
+  const std::string out = shared_dir("gpu_dp"), ref = shared_dir("gpu_dp_ref");  // (both fresh: pids repeat)
   auto world = communicator(MPI_COMM_WORLD);
   const TrainResult parallel = train(small_run(out, 1), "", world.get());
   if (world_rank() == 0) {

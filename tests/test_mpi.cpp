@@ -60,7 +60,7 @@ void expect_same_run(const TrainResult& got, const TrainResult& want, const std:
 
 TEST(DataParallel, RanksMatchOneRankWithTheSameGlobalBatch) {
   const int W = world_size();
-  const std::string out = shared_dir("dp"), ref = out + "_ref";
+  const std::string out = shared_dir("dp"), ref = shared_dir("dp_ref");  // (both fresh: pids repeat)
   auto world = communicator(MPI_COMM_WORLD);
   const TrainResult parallel = train(tiny(out, 2, {"train.max_iters=10"}), "", world.get());
   if (world_rank() == 0) {
@@ -194,7 +194,7 @@ TEST(ShardedCheckpoint, ThreeRanksResumeOnOneTwoAndFour) {
 
 TEST(Stability, NanOnOneRankSkipsTheStepOnEveryRank) {
   const int W = world_size();
-  const std::string out = shared_dir("nan"), ref = out + "_ref";
+  const std::string out = shared_dir("nan"), ref = shared_dir("nan_ref");
   auto world = communicator(MPI_COMM_WORLD);
   setenv("T6_TEST_NAN_STEP", "3", 1);
   setenv("T6_TEST_FAULT_RANK", std::to_string(W - 1).c_str(), 1);  // the last rank's gradients

@@ -79,14 +79,18 @@ TEST(Prepare, ShardsInTheInputAndStagingOfKilledRunsAreLeftOut) {
   const pid_t child = fork();  // a pid that is surely gone: a child that has exited
   if (child == 0) _exit(0);
   waitpid(child, nullptr, 0);
-  std::filesystem::create_directories(fmt::format("{}/out/.t6-prepare-{}", dir, child));
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  std::filesystem::create_directories(fmt::format("{}/out/.t6-prepare-{}-{}", dir, host, child));
+  std::filesystem::create_directories(dir + "/out/.t6-prepare-elsewhere-1");  // another machine's: left alone
   PrepareOptions second = options(dir, {dir + "/in"});
   second.tokenizer = "byte";
   const PrepareSummary s2 = prepare(second);
   EXPECT_EQ(s2.skipped_hdf5, s1.train_shards + s1.val_shards);
   EXPECT_EQ(s2.tokens, s1.tokens);
   EXPECT_EQ(s2.stale_staging, 1);
-  EXPECT_FALSE(std::filesystem::exists(fmt::format("{}/out/.t6-prepare-{}", dir, child)));
+  EXPECT_FALSE(std::filesystem::exists(fmt::format("{}/out/.t6-prepare-{}-{}", dir, host, child)));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/out/.t6-prepare-elsewhere-1"));
   PrepareOptions named = options(dir + "/x", {dir + "/in/shards/train_000000.h5"});
   EXPECT_NE(test::error_of([&] { prepare(named); }).find("train_000000.h5: is an HDF5 file (a shard?), not text"),
             std::string::npos);

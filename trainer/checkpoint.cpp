@@ -113,6 +113,18 @@ void write_all(int fd, const void* data, size_t bytes, const std::string& path) 
 
 }  // namespace
 
+// A checkpoint directory goes out of the way under a temporary name first, so that a crash while
+// its files are being deleted never leaves a half-deleted ckpt_<iter> that looks complete (the
+// sweep of stale temporaries removes the rest).
+void retire(const fs::path& dir) {
+  if (!fs::exists(dir)) return;
+  const fs::path old = dir.parent_path() / ("." + dir.filename().string() + ".old");
+  std::error_code ignored;
+  fs::remove_all(old, ignored);
+  fs::rename(dir, old);
+  fs::remove_all(old, ignored);
+}
+
 void begin_checkpoint(const std::string& out_dir, int64_t iter) {
   const fs::path tmp = temp_dir_of(out_dir, iter);
   fs::create_directories(out_dir);
@@ -163,7 +175,7 @@ std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& lay
                                      {"data_fingerprint", meta.data_fingerprint}};
     write_file_atomically((tmp_dir / "manifest.json").string(), manifest.dump(1) + "\n");
     fsync_path(tmp_dir);
-    fs::remove_all(final_dir);  // an older save of the same iteration (a resumed run repeating it)
+    retire(final_dir);  // an older save of the same iteration (a resumed run repeating it)
     fs::rename(tmp_dir, final_dir);
     fsync_path(out);
     write_file_atomically((out / "latest").string(), final_dir.filename().string() + "\n");
@@ -178,8 +190,11 @@ std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& lay
   if (keep > 0) {
     const auto all = list_checkpoints(out_dir);
     for (size_t i = (size_t)keep; i < all.size(); i++) {
-      std::error_code ignored;
-      if (all[i] != final_dir.string()) fs::remove_all(all[i], ignored);
+      if (all[i] == final_dir.string()) continue;
+      try {
+        retire(all[i]);
+      } catch (const fs::filesystem_error&) {  // (pruning is best effort; the new checkpoint stands)
+      }
     }
   }
   for (const auto& e : fs::directory_iterator(out))  // stale temporaries of crashed saves
@@ -386,6 +401,11 @@ OutDirLock::OutDirLock(const std::string& out_dir) {
     const ssize_t n = ::pread(fd_, holder, sizeof(holder) - 1, 0);
     ::close(fd_);
     fd_ = -1;
+    if (err == ENOSYS || err == EOPNOTSUPP || err == ENOLCK) {  // a filesystem without locks (some Lustre, NFS)
+      fmt::print(stderr, "warning: {}: this filesystem does not support file locks ({}); nothing stops a second run "
+                 "on the same out_dir\n", path, std::strerror(err));
+      return;
+    }
     if (err != EWOULDBLOCK)
       throw std::runtime_error(fmt::format("{}: cannot lock it: {}", path, std::strerror(err)));
     std::string who = n > 0 ? std::string(holder, (size_t)n) : "an unknown process";

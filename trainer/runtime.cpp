@@ -32,19 +32,6 @@ void Communicator::broadcast_string(std::string& s, int root) {
   if (n) broadcast(s.data(), n, root);
 }
 
-void Communicator::gather(const float* in, float* out, const std::vector<size_t>& counts, int root) {
-  std::vector<float> piece;
-  size_t offset = 0;
-  for (int r = 0; r < size(); r++) {
-    float* to = rank() == root ? out + offset : nullptr;
-    if (r == rank()) piece.assign(in, in + counts[r]);
-    else piece.resize(counts[r]);
-    broadcast(piece.data(), counts[r] * sizeof(float), r);
-    if (to) std::memcpy(to, piece.data(), counts[r] * sizeof(float));
-    offset += counts[r];
-  }
-}
-
 namespace {
 
 class LocalCommunicator final : public Communicator {
@@ -190,26 +177,6 @@ class MpiCommunicator final : public Communicator {
     for (int r = 0; r < size_; r++) {
       if (r == rank_ && in != out + offset) std::memmove(out + offset, in, counts[r] * sizeof(float));
       broadcast(out + offset, counts[r] * sizeof(float), r);
-      offset += counts[r];
-    }
-  }
-  // One MPI_Gatherv while the counts fit an int; else each shard goes to the root in pieces.
-  void gather(const float* in, float* out, const std::vector<size_t>& counts, int root) override {
-    const CollectiveWatchdog::Inside inside(*watchdog_, "MPI_Gatherv");
-    if (fits_int(counts)) {
-      std::vector<int> c(counts.begin(), counts.end()), displs(counts.size(), 0);
-      for (size_t r = 1; r < counts.size(); r++) displs[r] = displs[r - 1] + c[r - 1];
-      MPI_CHECK(MPI_Gatherv(in, c[rank_], MPI_FLOAT, out, c.data(), displs.data(), MPI_FLOAT, root, comm_));
-      return;
-    }
-    size_t offset = 0;
-    for (int r = 0; r < size_; r++) {
-      for (size_t done = 0; done < counts[r]; done += max_count()) {
-        const int n = (int)std::min(max_count(), counts[r] - done);
-        if (r == root && rank_ == root) std::memmove(out + offset + done, in + done, n * sizeof(float));
-        else if (rank_ == root) MPI_CHECK(MPI_Recv(out + offset + done, n, MPI_FLOAT, r, 0, comm_, MPI_STATUS_IGNORE));
-        else if (rank_ == r) MPI_CHECK(MPI_Send(in + done, n, MPI_FLOAT, root, 0, comm_));
-      }
       offset += counts[r];
     }
   }

@@ -25,9 +25,6 @@ class Communicator {
   virtual void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) = 0;
   // in: this rank's range; out: the whole buffer, ranges in rank order.
   virtual void all_gather(const float* in, float* out, const std::vector<size_t>& counts) = 0;
-  // The same, into `root`'s out only (out is ignored elsewhere): what a checkpoint that one rank
-  // writes needs, without every rank holding the whole buffer. By default through broadcasts.
-  virtual void gather(const float* in, float* out, const std::vector<size_t>& counts, int root);
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
   // A rank that waits longer than this in one collective ends the job, saying where it waited

@@ -19,6 +19,7 @@
 #include <numeric>
 #include <nlohmann/json.hpp>
 #include <omp.h>
+#include <unistd.h>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -46,14 +47,19 @@ namespace fs = std::filesystem;
 namespace {
 
 // SIGINT/SIGTERM (and SIGUSR1: what launch/train.sh forwards through mpirun, which passes it on
-// without ending the job) ask the loop to stop after the current step; a second one stops at once.
+// without ending the job) ask the loop to stop after the current step; the same one again stops
+// at once.
 std::atomic<int> stop_signal{0};
 
 void on_stop_signal(int sig) {
-  if (stop_signal.exchange(sig) != 0) {
+  // The same signal a second time stops at once. Another one is the same request on another
+  // path (a scheduler signals every process while launch/train.sh forwards SIGUSR1): ignored.
+  const int first = stop_signal.exchange(sig);
+  if (first == sig) {
     std::signal(sig, SIG_DFL);
     std::raise(sig);
   }
+  if (first != 0) stop_signal = first;
 }
 
 struct StopSignals {
@@ -278,6 +284,7 @@ std::vector<size_t> shard_counts(size_t total, int W) {
 // gradient and parameter buffers (NCCL on GPUs, comm itself on the CPU).
 template <class Model>
 struct Trainer {
+  StopSignals signals;  // first: a stop asked for while the data and the model are set up is kept
   const Config& cfg;
   const ModelConfig& mc;
   const TrainConfig& tc;
@@ -318,7 +325,6 @@ struct Trainer {
   std::unique_ptr<OutDirLock> out_dir_lock;
   int resumed_world = 0;  // ranks of the run that wrote the checkpoint resumed from
   std::string resumed_data;  // and its training data's fingerprint
-  StopSignals signals;
   const FaultInjection faults;
   Outliers loss_history, norm_history;
   int consecutive_skips = 0;
@@ -356,6 +362,23 @@ struct Trainer {
     check_data_agrees();
   }
 
+  // Every rank writes its checkpoint shard into out_dir, which rank 0 then commits: all ranks
+  // must see the same directory (a shared filesystem across machines). Checked at the start, not
+  // at the first save hours later.
+  void check_out_dir_shared() {
+    if (W == 1) return;
+    const fs::path probe = fs::path(tc.out_dir) / fmt::format(".probe-{}", (long)getpid());
+    std::string name = probe.string();
+    if (root) write_file_atomically(name, "written by rank 0\n");
+    comm->broadcast_string(name, 0);
+    double missing = fs::exists(name) ? 0 : 1;
+    comm->all_reduce_max(&missing, 1);
+    if (root) fs::remove(name);
+    if (missing != 0)
+      throw std::runtime_error(fmt::format("train.out_dir {}: some rank cannot see the files rank 0 writes there; with "
+                                           "several machines it must be on a filesystem they all share", tc.out_dir));
+  }
+
   // What would otherwise fail only after training, or train on mismatched data without a word:
   // validation shards of another tokenizer, and the end-of-run sample's tokenizer and prompt.
   void check_data_agrees() const {
@@ -385,9 +408,10 @@ struct Trainer {
   }
 
   TrainResult run(const std::string& resume) {
-    comm->set_collective_timeout(tc.collective_timeout_s);
     if (root && !benchmarking) out_dir_lock = std::make_unique<OutDirLock>(tc.out_dir);  // one run per out_dir
-    restore_or_init(resume);
+    if (!benchmarking) check_out_dir_shared();
+    restore_or_init(resume);  // (not watched: every rank reads the checkpoint, as long as that takes)
+    comm->set_collective_timeout(tc.collective_timeout_s);
     param_norm = std::sqrt(sum_squares(ctx, model.params.data(), total));  // the first update's yardstick
     if (root) open_logs();
     epoch = train_data ? train_data->epoch() : 0;
