@@ -289,6 +289,35 @@ TEST(Formats, SavesAreWrittenBesideTrainingAndAllComplete) {
   EXPECT_LT(log.find("ckpt_2 (training"), log.find("ckpt_4 (training"));  // committed in order
 }
 
+// A ZeRO rank keeps only its shard of the moments when it loads (the whole state would not fit
+// 8 ranks of a node for T6-xl), yet every byte is still checked: a flipped bit outside the kept
+// range fails too.
+TEST(Formats, PartialLoadsKeepOneRangeOfTheMomentsAndCheckEverything) {
+  const std::string out = test::temp_dir("partial_load");
+  train(tiny(out, {"train.max_iters=2"}));
+  const ParamLayout layout = make_layout(tiny(out).model);
+  const TrainingState full = load_checkpoint(out + "/ckpt_2", layout);
+  const size_t begin = layout.total / 3, count = layout.total / 4;
+  const TrainingState part = load_checkpoint(out + "/ckpt_2", layout, begin, count);
+  EXPECT_EQ(part.params, full.params);
+  EXPECT_EQ(part.moments_begin, begin);
+  EXPECT_EQ(part.adam_m, std::vector<float>(full.adam_m.begin() + begin, full.adam_m.begin() + begin + count));
+  EXPECT_EQ(part.adam_v, std::vector<float>(full.adam_v.begin() + begin, full.adam_v.begin() + begin + count));
+  {  // the first moment of number 0, outside the kept range
+    const std::string file = out + "/ckpt_2/shard_00000.bin";
+    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+    const std::streamoff at = (std::streamoff)(layout.total * sizeof(float));
+    char c;
+    io.seekg(at);
+    io.read(&c, 1);
+    c ^= 0x01;
+    io.seekp(at);
+    io.write(&c, 1);
+  }
+  const std::string err = test::error_of([&] { load_checkpoint(out + "/ckpt_2", layout, begin, count); });
+  EXPECT_NE(err.find("adam_m fails its checksum"), std::string::npos) << err;
+}
+
 TEST(Damaged, AnotherModelShapeIsRefusedListingTheKeys) {
   const std::string out = run_with_checkpoints("other_model");
   const std::string err = resume_error(tiny(out, {"train.max_iters=8", "model.n_layer=3", "model.n_head=2"}), "auto");

@@ -320,7 +320,7 @@ TrainingState load_v1(const std::string& dir, const ParamLayout& layout) {
   return state;
 }
 
-TrainingState load_v2(const std::string& dir, const ParamLayout& layout) {
+TrainingState load_v2(const std::string& dir, const ParamLayout& layout, size_t mb, size_t mc) {
   const nlohmann::json m = read_manifest(dir);
   const std::string where = dir + "/manifest.json";
   TrainingState state;
@@ -342,8 +342,14 @@ TrainingState load_v2(const std::string& dir, const ParamLayout& layout) {
     if (!same)
       throw std::runtime_error(fmt::format("{}: a checkpoint of another model (its tensors differ from the model's)",
                                            where));
+    // The parameters whole; the moments from mb, mc of them.
+    state.moments_begin = mb;
+    state.params.assign(layout.total, 0.0f);
+    state.adam_m.assign(mc, 0.0f);
+    state.adam_v.assign(mc, 0.0f);
     std::vector<float>* targets[] = {&state.params, &state.adam_m, &state.adam_v};
-    for (auto* t : targets) t->assign(layout.total, 0.0f);
+    const size_t kept_begin[] = {0, mb, mb}, kept_end[] = {layout.total, mb + mc, mb + mc};
+    std::vector<float> piece;
     size_t covered = 0;
     for (const auto& sh : m.at("shards")) {
       const std::string path = dir + "/" + sh.at("file").get<std::string>();
@@ -354,10 +360,21 @@ TrainingState load_v2(const std::string& dir, const ParamLayout& layout) {
       std::ifstream f(path, std::ios::binary);
       if (!f) throw std::runtime_error(fmt::format("{}: missing ({})", path, std::strerror(errno)));
       for (int g = 0; g < 3; g++) {
-        float* to = targets[g]->data() + begin;
-        if (!f.read(reinterpret_cast<char*>(to), (std::streamsize)(count * sizeof(float))))
-          throw std::runtime_error(fmt::format("{}: shorter than its {} × 3 numbers (truncated or corrupt)", path, count));
-        const uint32_t computed = crc32_span(to, count);
+        // In pieces: every byte into the checksum, only the kept range into the state.
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (size_t done = 0; done < count;) {
+          const size_t n = std::min<size_t>(count - done, 1u << 24);
+          piece.resize(n);
+          if (!f.read(reinterpret_cast<char*>(piece.data()), (std::streamsize)(n * sizeof(float))))
+            throw std::runtime_error(fmt::format("{}: shorter than its {} × 3 numbers (truncated or corrupt)", path, count));
+          crc = crc32(crc, reinterpret_cast<const Bytef*>(piece.data()), (uInt)(n * sizeof(float)));
+          const size_t lo = std::max(begin + done, kept_begin[g]), hi = std::min(begin + done + n, kept_end[g]);
+          if (lo < hi)
+            std::copy(piece.begin() + (lo - begin - done), piece.begin() + (hi - begin - done),
+                      targets[g]->begin() + (lo - kept_begin[g]));
+          done += n;
+        }
+        const uint32_t computed = (uint32_t)crc;
         if (computed != crcs[g])
           throw std::runtime_error(fmt::format("{}: {} fails its checksum (stored {:08x}, computed {:08x}): the file is "
                                                "corrupt", path, kGroups[g], crcs[g], computed));
@@ -384,10 +401,19 @@ std::string checkpoint_config(const std::string& dir) {
   return read_manifest(dir).at("config").get<std::string>();
 }
 
-TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout) {
-  if (is_v1(dir)) return load_v1(dir, layout);
+TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout, size_t moments_begin,
+                              size_t moments_count) {
+  moments_begin = std::min(moments_begin, layout.total);
+  moments_count = std::min(moments_count, layout.total - moments_begin);
+  if (is_v1(dir)) {
+    TrainingState s = load_v1(dir, layout);
+    for (auto* m : {&s.adam_m, &s.adam_v})
+      *m = std::vector<float>(m->begin() + moments_begin, m->begin() + moments_begin + moments_count);
+    s.moments_begin = moments_begin;
+    return s;
+  }
   checkpoint_config(dir);  // (the manifest's presence and version)
-  return load_v2(dir, layout);
+  return load_v2(dir, layout, moments_begin, moments_count);
 }
 
 OutDirLock::OutDirLock(const std::string& out_dir) {

@@ -5,6 +5,7 @@
 // All of it goes into .ckpt_<iter>.tmp/, fsynced, renamed into place last, so a crash at any
 // moment never damages an existing checkpoint. Format 1 (one state.h5) is still read.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,7 +20,8 @@ constexpr int64_t kCheckpointFormat = 2;
 struct TrainingState {
   int64_t iter = 0;             // optimizer steps completed
   std::vector<float> params;    // layout order, fp32
-  std::vector<float> adam_m, adam_v;
+  std::vector<float> adam_m, adam_v;  // from moments_begin on (the whole arrays unless a range was asked for)
+  size_t moments_begin = 0;
   int64_t adam_steps = 0;
   LoaderState loader;
   int world_size = 1;
@@ -55,7 +57,10 @@ uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count);
 
 // Reads and verifies (format version, the model's tensors, checksums) a checkpoint directory of
 // either format, assembling the whole state from its shards (so it resumes on any world size).
-TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout);
+// With a range, only [moments_begin, moments_begin + moments_count) of the moments is kept (a
+// ZeRO rank's shard; every byte is still read and checksummed, in pieces).
+TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout, size_t moments_begin = 0,
+                              size_t moments_count = SIZE_MAX);
 
 // The effective config stored in a checkpoint, without reading the tensors.
 std::string checkpoint_config(const std::string& dir);

@@ -436,12 +436,14 @@ struct Trainer {
     if (!resume.empty()) {
       if (root) find_resume_state(cfg, resume, model.layout, resumed, resumed_from);
       comm->broadcast_string(resumed_from, 0);
-      if (!root && !resumed_from.empty()) resumed = load_checkpoint(resumed_from, model.layout);
+      if (!root && !resumed_from.empty())  // with ZeRO, only this rank's shard of the moments is kept
+        resumed = zero ? load_checkpoint(resumed_from, model.layout, shard_begin, shard_size)
+                       : load_checkpoint(resumed_from, model.layout);
     }
     if (!resumed_from.empty()) {
       model.params_from_host(resumed.params);
-      optimizer.m.from_host(resumed.adam_m.data() + shard_begin, shard_size);
-      optimizer.v.from_host(resumed.adam_v.data() + shard_begin, shard_size);
+      optimizer.m.from_host(resumed.adam_m.data() + (shard_begin - resumed.moments_begin), shard_size);
+      optimizer.v.from_host(resumed.adam_v.data() + (shard_begin - resumed.moments_begin), shard_size);
       optimizer.steps = resumed.adam_steps;
       train_data->restore(resumed.loader);
       start = resumed.iter;
