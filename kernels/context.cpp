@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -12,15 +13,47 @@
 
 namespace t6 {
 
+namespace {
+
+// What the process's cgroup (a Slurm job, a container) still allows, or SIZE_MAX if unlimited
+// or unknown: the limit less the usage, from cgroup v2 (memory.max) or v1 (memory.limit_in_bytes).
+size_t cgroup_memory_left() {
+  std::ifstream self("/proc/self/cgroup");
+  std::string line, limit_file, usage_file;
+  while (std::getline(self, line)) {
+    if (line.rfind("0::", 0) == 0 && limit_file.empty()) {
+      const std::string dir = "/sys/fs/cgroup" + line.substr(3);
+      limit_file = dir + "/memory.max", usage_file = dir + "/memory.current";
+    }
+    const size_t v1 = line.find(":memory:");
+    if (v1 != std::string::npos) {  // v1 names the memory controller's hierarchy itself
+      const std::string dir = "/sys/fs/cgroup/memory" + line.substr(v1 + 8);
+      limit_file = dir + "/memory.limit_in_bytes", usage_file = dir + "/memory.usage_in_bytes";
+    }
+  }
+  std::ifstream max_file(limit_file), current_file(usage_file);
+  std::string limit;
+  size_t current = 0;
+  if (!(max_file >> limit) || limit == "max" || !(current_file >> current)) return SIZE_MAX;
+  const size_t max = std::strtoull(limit.c_str(), nullptr, 10);  // (v1's "unlimited" is a huge number)
+  return max > current ? max - current : 0;
+}
+
+}  // namespace
+
 size_t host_memory_available() {
   std::ifstream f("/proc/meminfo");
   std::string key;
-  size_t kb = 0;
+  size_t kb = 0, available = 0;
   while (f >> key >> kb) {
-    if (key == "MemAvailable:") return kb * 1024;
+    if (key == "MemAvailable:") {
+      available = kb * 1024;
+      break;
+    }
     f.ignore(256, '\n');
   }
-  return 0;
+  if (available == 0) return 0;
+  return std::min(available, cgroup_memory_left());
 }
 
 void* Context::alloc(size_t bytes) const {

@@ -23,7 +23,8 @@ struct CudaState;  // kernels/cuda/context.cu: device, stream, cuBLASLt handle a
 struct OutOfMemory : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-// The host's memory available to a new allocation (Linux's MemAvailable), or 0 if unknown.
+// The host's memory available to a new allocation: Linux's MemAvailable, or less where the
+// process's cgroup (a Slurm job, a container) allows less; 0 if unknown.
 size_t host_memory_available();
 
 struct Context {
