@@ -1,7 +1,9 @@
 // The CUDA backend against the CPU backend (label `gpu`; every test skips, saying why, where
 // no GPU is visible). Ops run on fresh random inputs rounded to bf16; the reference is the CPU
 // op in double on the same rounded inputs, so the error measured is the GPU's own:
-// ‖gpu − cpu‖ / ‖cpu‖ < 1e-2 for bf16 paths, < 1e-5 for the fp32 optimizer paths.
+// ‖gpu − cpu‖ / ‖cpu‖ < 1e-2 for bf16 paths, < 1e-5 for the fp32 optimizer paths, and for
+// every op element by element too (close_elementwise / close_matrix), so that one wrong row,
+// head or column cannot hide in a norm.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -72,6 +74,32 @@ class Gpu : public ::testing::Test {
 
 constexpr double kBf16 = 1e-2, kFp32 = 1e-5;
 
+// Element by element: |got − want| ≤ arms·rms(want) + rtol·|want| (+1e-6), printing the first
+// mismatches with their place, so one wrong row or head cannot hide in a norm.
+::testing::AssertionResult close_elementwise(const Vec& got, const Vec& want, double rtol, double arms,
+                                             const std::function<std::string(size_t)>& where) {
+  double ss = 0;
+  for (double w : want) ss += w * w;
+  const double atol = arms * std::sqrt(ss / std::max<size_t>(want.size(), 1)) + 1e-6;
+  std::string msg;
+  size_t bad = 0;
+  for (size_t i = 0; i < want.size(); i++) {
+    const double err = std::fabs(got[i] - want[i]);
+    if (!(err <= atol + rtol * std::fabs(want[i])) && bad++ < 5)
+      msg += fmt::format("\n  at {}: got {:.6g}, want {:.6g}", where(i), got[i], want[i]);
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad << " of " << want.size() << " elements off" << msg;
+}
+
+// The same for a (rows × cols) matrix at the bf16 paths' tolerance (1e-2 of rms and of the
+// value: one element's rounding is at most 2^-8 of it; a wrong row or column is off by ≈ rms).
+::testing::AssertionResult close_matrix(const Vec& got, const Vec& want, size_t cols) {
+  return close_elementwise(got, want, 1e-2, 1e-2,
+                           [cols](size_t i) { return fmt::format("(row {}, column {})", i / cols, i % cols); });
+}
+
+
 TEST_F(Gpu, EmbeddingForwardBackward) {
   // Several blocks of vocabulary rows (128 each) and a skewed distribution: a few ids repeat
   // many times, most appear once or not at all.
@@ -90,6 +118,7 @@ TEST_F(Gpu, EmbeddingForwardBackward) {
   embedding_backward(ctx, g_dwte.data(), g_dout.data(), t.data(), N, C, V);
   EXPECT_EQ(test::rel_error(download(g_out), out), 0.0);
   EXPECT_LT(test::rel_error(download(g_dwte), dwte), kFp32);
+  EXPECT_TRUE(close_matrix(download(g_dwte), dwte, C));
   // The sums run in token order: a second pass adds exactly the same values again.
   const Vec once = download(g_dwte);
   g_dwte.zero();
@@ -109,6 +138,8 @@ TEST_F(Gpu, RmsNormPlainResidualAndBackward) {
     residual_rmsnorm_forward(ctx, gxo.data(), gh.data(), grstd.data(), gx.data(), gbr.data(), N, C, kRmsEps);
     EXPECT_LT(test::rel_error(download(gxo), xo), kBf16) << C;
     EXPECT_LT(test::rel_error(download(gh), h), kBf16) << C;
+    EXPECT_TRUE(close_matrix(download(gxo), xo, C)) << C;
+    EXPECT_TRUE(close_matrix(download(gh), h, C)) << C;
     EXPECT_LT(test::rel_error(download(grstd), rstd), kBf16) << C;
     // Plain form and backward from the GPU's own stored stream (what the model does).
     const Vec xs = download(gxo);
@@ -116,9 +147,11 @@ TEST_F(Gpu, RmsNormPlainResidualAndBackward) {
     rmsnorm_forward(cpu, h2.data(), rstd2.data(), xs.data(), N, C, kRmsEps);
     rmsnorm_forward(ctx, gh2.data(), grstd.data(), gxo.data(), N, C, kRmsEps);
     EXPECT_LT(test::rel_error(download(gh2), h2), kBf16) << C;
+    EXPECT_TRUE(close_matrix(download(gh2), h2, C)) << C;
     rmsnorm_backward(cpu, dx.data(), dy.data(), xs.data(), rstd2.data(), N, C);
     rmsnorm_backward(ctx, gdx.data(), gdy.data(), gxo.data(), grstd.data(), N, C);
     EXPECT_LT(test::rel_error(download(gdx), dx), kBf16) << C;
+    EXPECT_TRUE(close_matrix(download(gdx), dx, C)) << C;
   }
 }
 
@@ -141,6 +174,9 @@ TEST_F(Gpu, MatmulForwardBackward) {
     EXPECT_LT(test::rel_error(download(gout), out), kBf16) << at;
     EXPECT_LT(test::rel_error(download(gdx), dx), kBf16) << at;
     EXPECT_LT(test::rel_error(download(gdW), dW), kBf16) << at;
+    EXPECT_TRUE(close_matrix(download(gout), out, s.N)) << at;
+    EXPECT_TRUE(close_matrix(download(gdx), dx, s.K)) << at;
+    EXPECT_TRUE(close_matrix(download(gdW), dW, s.K)) << at;
   }
 }
 
@@ -195,6 +231,9 @@ TEST_F(Gpu, QkvForwardBackward) {
     EXPECT_LT(test::rel_error(download(o0), outs[0]), kBf16) << L.width;
     EXPECT_LT(test::rel_error(download(o1), outs[1]), kBf16) << L.width;
     EXPECT_LT(test::rel_error(download(o2), outs[2]), kBf16) << L.width;
+    EXPECT_TRUE(close_matrix(download(o0), outs[0], (size_t)L.heads[0] * D)) << L.width;
+    EXPECT_TRUE(close_matrix(download(o1), outs[1], (size_t)L.heads[1] * D)) << L.width;
+    EXPECT_TRUE(close_matrix(download(o2), outs[2], (size_t)L.heads[2] * D)) << L.width;
     // At a position offset (generation's decode step): RoPE's angles from t0 on.
     Vec shifted[3];
     for (int s = 0; s < 3; s++) shifted[s] = Vec(outs[s].size());
@@ -210,25 +249,8 @@ TEST_F(Gpu, QkvForwardBackward) {
       for (int c = 0; c < L.width; c++)
         used_got.push_back(got[(size_t)n * L.pitch + c]), used_want.push_back(dproj[(size_t)n * L.pitch + c]);
     EXPECT_LT(test::rel_error(used_got, used_want), kBf16) << L.width;
+    EXPECT_TRUE(close_matrix(used_got, used_want, L.width)) << L.width;
   }
-}
-
-// Element by element: |got − want| ≤ arms·rms(want) + rtol·|want| (+1e-6), printing the first
-// mismatches with their place, so one wrong row or head cannot hide in a norm.
-::testing::AssertionResult close_elementwise(const Vec& got, const Vec& want, double rtol, double arms,
-                                             const std::function<std::string(size_t)>& where) {
-  double ss = 0;
-  for (double w : want) ss += w * w;
-  const double atol = arms * std::sqrt(ss / std::max<size_t>(want.size(), 1)) + 1e-6;
-  std::string msg;
-  size_t bad = 0;
-  for (size_t i = 0; i < want.size(); i++) {
-    const double err = std::fabs(got[i] - want[i]);
-    if (!(err <= atol + rtol * std::fabs(want[i])) && bad++ < 5)
-      msg += fmt::format("\n  at {}: got {:.6g}, want {:.6g}", where(i), got[i], want[i]);
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << want.size() << " elements off" << msg;
 }
 
 struct AttentionCase { int B, T, H, Hkv, D; };
@@ -351,6 +373,8 @@ TEST_F(Gpu, SwigluForwardBackward) {
   swiglu_backward(ctx, gdfc.data(), gdo.data(), gfc.data(), N, F);
   EXPECT_LT(test::rel_error(download(gout), out), kBf16);
   EXPECT_LT(test::rel_error(download(gdfc), dfc), kBf16);
+  EXPECT_TRUE(close_matrix(download(gout), out, F));
+  EXPECT_TRUE(close_matrix(download(gdfc), dfc, 2 * F));
 }
 
 TEST_F(Gpu, ClassifierLossAndGradient) {
@@ -367,6 +391,7 @@ TEST_F(Gpu, ClassifierLossAndGradient) {
     classifier_forward_backward(ctx, gl.data(), gloss.data(), gt.data(), N, V, 100, 0.5);
     EXPECT_LT(test::rel_error(download(gloss), losses), 1e-5) << V;  // fp32 statistics on exact inputs
     EXPECT_LT(test::rel_error(download(gl), dlogits), kBf16) << V;
+    EXPECT_TRUE(close_matrix(download(gl), dlogits, V)) << V;
   }
 }
 
