@@ -18,6 +18,7 @@
 #include "model/t6.h"
 #include "test_util.h"
 #include "trainer/config.h"
+#include "trainer/tools.h"
 #include "trainer/train.h"
 
 namespace t6 {
@@ -581,6 +582,18 @@ INSTANTIATE_TEST_SUITE_P(Variants, GpuModel,
                          ::testing::Values(Attention::tpa, Attention::tpa_kvonly, Attention::mha, Attention::gqa,
                                            Attention::mqa),
                          [](const auto& info) { return std::string(attention_name(info.param)); });
+
+// t6-eval --device cuda: the same windows through the bf16 model give the fp32 CPU's loss
+// within bf16's accuracy.
+TEST_F(Gpu, EvaluationOnTheGpuMatchesTheCpu) {
+  WeightsAndConfig w;
+  w.config = load_config(test::source_path("configs/demo.yaml"));
+  w.params = init_params(w.config.model, make_layout(w.config.model), 5);
+  const std::vector<std::string> data = {test::source_path("data/sample/val_*.h5")};
+  const EvalResult cpu_r = evaluate_data(w, data, 8), gpu_r = evaluate_data(w, data, 8, ctx);
+  EXPECT_EQ(gpu_r.windows, cpu_r.windows);
+  EXPECT_NEAR(gpu_r.loss, cpu_r.loss, 1e-2 * cpu_r.loss);
+}
 
 TEST_F(Gpu, RecomputationKeepsLessWithTheSameResults) {
   ModelConfig c;

@@ -141,17 +141,32 @@ template double mean_loss(T6<float>&, DataLoader&, uint64_t, const std::function
 template double mean_loss(T6<bf16, float>&, DataLoader&, uint64_t, const std::function<bool()>&);
 #endif
 
-EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch) {
+namespace {
+
+template <class Model>
+EvalResult evaluate_with(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch,
+                         const Context& ctx) {
   const ModelConfig& m = w.config.model;
   DataLoader loader(expand_shards(data, "--data"), batch, m.block_size, false, 0, m.vocab_size, "--data");
-  const Context ctx;
-  T6<float> model(m, ctx, batch, m.block_size);
+  Model model(m, ctx, batch, m.block_size);
   model.params_from_host(w.params);
   EvalResult r;
   r.windows = loader.windows_per_epoch();
   r.tokens = r.windows * batch * m.block_size;
   r.loss = mean_loss(model, loader, r.windows);
   return r;
+}
+
+}  // namespace
+
+EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch,
+                         const Context& ctx) {
+  if (ctx.device == Device::cpu) return evaluate_with<T6<float>>(w, data, batch, ctx);
+#ifdef T6_WITH_CUDA
+  return evaluate_with<T6<bf16, float>>(w, data, batch, ctx);
+#else
+  throw std::invalid_argument("evaluation on the GPU: this build has no CUDA backend");
+#endif
 }
 
 }  // namespace t6

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+
+#include "kernels/context.h"
 #include <vector>
 
 #include "trainer/config.h"
@@ -48,6 +50,8 @@ struct EvalResult {
 };
 
 // Every window of the data once, in order, batch × block_size tokens at a time.
-EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch);
+// On ctx's device: the fp32 CPU reference, or bf16 on a GPU.
+EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch,
+                         const Context& ctx = Context{});
 
 }  // namespace t6
