@@ -586,7 +586,7 @@ struct Trainer {
       meta.config_yaml = cfg.to_yaml();
       meta.data_fingerprint = train_data->fingerprint();
       result.last_checkpoint = commit_checkpoint(tc.out_dir, model.layout, meta, counts, all, cfg.checkpoint.keep);
-      fmt::print("saved checkpoint {} (training waited {:.0f} ms for the copy; the write took {:.2f} s beside it)\n",
+      fmt::print("saved checkpoint {} (training waited {:.0f} ms for the copy; written beside it within {:.2f} s)\n",
                  result.last_checkpoint, pending.stall_ms, write_s);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
@@ -774,10 +774,12 @@ struct Trainer {
     };
     const std::vector<std::string> before = lines(resumed_data), now = lines(train_data->fingerprint());
     fmt::print("WARNING: data.train is not the data the checkpoint was trained on (shard, tokens):\n");
+    int listed = 0;
     for (const std::string& l : before)
-      if (std::find(now.begin(), now.end(), l) == now.end()) fmt::print("  - {}\n", l);
+      if (std::find(now.begin(), now.end(), l) == now.end()) fmt::print("  - {}\n", l), listed++;
     for (const std::string& l : now)
-      if (std::find(before.begin(), before.end(), l) == before.end()) fmt::print("  + {}\n", l);
+      if (std::find(before.begin(), before.end(), l) == before.end()) fmt::print("  + {}\n", l), listed++;
+    if (listed == 0) fmt::print("  (the same shards, in another order)\n");
     fmt::print("WARNING: the data order from here on differs from the run's; if that is not intended, point "
                "data.train at the original shards\n");
   }
