@@ -564,6 +564,9 @@ struct Trainer {
     }
     const int64_t iter = pending.iter;
     pending.iter = -1;
+    // A slow filesystem may hold a rank in its write for long while the others wait below for its
+    // checksums: not a hung peer, so the watchdog looks away until the save is committed.
+    comm->set_collective_timeout(0);
     SliceSums mine;
     try {
       mine = pending.sums.get();
@@ -590,6 +593,7 @@ struct Trainer {
                  result.last_checkpoint, pending.stall_ms, write_s);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
+    comm->set_collective_timeout(tc.collective_timeout_s);
   }
   TrainingState saved_meta;  // adam_steps and the loader's state at the pending save
 
