@@ -68,6 +68,25 @@ class Gpu : public ::testing::Test {
     for (size_t i = 0; i < h.size(); i++) v[i] = to_float(h[i]);
     return v;
   }
+  // A small model of each variant for the model-level tests (GQA with 2 KV heads).
+  static ModelConfig small_model(Attention attention, int block_size) {
+    ModelConfig c;
+    c.attention = attention;
+    c.n_layer = 2, c.n_embd = 256, c.n_head = 6, c.head_dim = 64, c.q_rank = 6, c.rank = 2;
+    c.n_kv_head = attention == Attention::gqa ? 2 : 0;
+    c.vocab_size = 1000, c.block_size = block_size;
+    return c;
+  }
+  // The spec's initialization, but c_proj random: its zero c_proj would hide the branches.
+  std::vector<float> live_weights(const ModelConfig& c, uint64_t seed) {
+    const ParamLayout layout = make_layout(c);
+    std::vector<float> params = init_params(c, layout, seed);
+    std::uniform_real_distribution<float> u(-0.05f, 0.05f);
+    for (const ParamInfo& p : layout.params)
+      if (p.name.find("c_proj") != std::string::npos)
+        for (size_t i = 0; i < p.size; i++) params[p.offset + i] = u(rng);
+    return params;
+  }
   Context ctx;
   const Context cpu;
   std::mt19937_64 rng{2024};
@@ -494,17 +513,9 @@ INSTANTIATE_TEST_SUITE_P(Caches, GpuDecode,
 class GpuGeneration : public Gpu, public ::testing::WithParamInterface<Attention> {};
 
 TEST_P(GpuGeneration, CachedEqualsTheFullForward) {
-  ModelConfig c;
-  c.attention = GetParam();
-  c.n_layer = 2, c.n_embd = 256, c.n_head = 6, c.head_dim = 64, c.q_rank = 6, c.rank = 2;
-  c.n_kv_head = c.attention == Attention::gqa ? 2 : 0;
-  c.vocab_size = 1000, c.block_size = 70;
+  const ModelConfig c = small_model(GetParam(), 70);
   const int L = c.block_size;
-  std::vector<float> params = init_params(c, make_layout(c), 11);
-  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
-  for (const ParamInfo& p : make_layout(c).params)  // non-zero c_proj, so the attention branches count
-    if (p.name.find("c_proj") != std::string::npos)
-      for (size_t i = 0; i < p.size; i++) params[p.offset + i] = u(rng);
+  const std::vector<float> params = live_weights(c, 11);
   std::vector<std::vector<int32_t>> seqs(2, std::vector<int32_t>(L));
   for (auto& s : seqs)
     for (int32_t& t : s) t = (int32_t)(rng() % c.vocab_size);
@@ -544,19 +555,11 @@ INSTANTIATE_TEST_SUITE_P(Variants, GpuGeneration,
 class GpuModel : public Gpu, public ::testing::WithParamInterface<Attention> {};
 
 TEST_P(GpuModel, OneStepMatchesTheCpu) {
-  ModelConfig c;
-  c.attention = GetParam();
-  c.n_layer = 2, c.n_embd = 256, c.n_head = 6, c.head_dim = 64, c.q_rank = 6, c.rank = 2;
-  c.n_kv_head = c.attention == Attention::gqa ? 2 : 0;
-  c.vocab_size = 1000, c.block_size = 160;
+  const ModelConfig c = small_model(GetParam(), 160);
   const int B = 3, T = 160;
   T6<float> ref(c, cpu, B, T);
   T6<bf16, float> gpu(c, ctx, B, T);
-  std::vector<float> params = init_params(c, ref.layout, 7);
-  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
-  for (const ParamInfo& p : ref.layout.params)  // the spec's zero c_proj would hide the branches' gradients
-    if (p.name.find("c_proj") != std::string::npos)
-      for (size_t i = 0; i < p.size; i++) params[p.offset + i] = u(rng);
+  const std::vector<float> params = live_weights(c, 7);
   ref.params_from_host(params);
   gpu.params_from_host(params);
   std::vector<int32_t> tokens(B * T), targets(B * T);

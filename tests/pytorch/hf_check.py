@@ -2,7 +2,7 @@
 
 usage: hf_check.py EXPORT_DIR TEXT_FILE BLOCK_SIZE
 Prints `hf_loss L` (the mean loss over the windows of TEXT_FILE that t6_reference.py and t6-eval
-use) and `hf_path real|stub`. With transformers installed it loads the folder through
+use) and `hf_path transformers|stand-in`. With transformers installed it loads the folder through
 AutoConfig / AutoModelForCausalLM (trust_remote_code, offline), checks that the output head is
 tied to the embedding, and that generate() returns the same greedy tokens with and without
 use_cache as a plain argmax loop; for a folder with tokenizer files, that AutoTokenizer encodes
@@ -23,10 +23,10 @@ sys.path.insert(0, HERE)
 from t6_reference import read_safetensors  # noqa: E402
 
 
-def install_stub():
+def install_stand_in():
     """The names modeling_t6.py imports from transformers, reduced to what its math needs."""
     tf = types.ModuleType("transformers")
-    tf.__version__ = "0.stub"
+    tf.__version__ = "0.stand-in"
 
     class PretrainedConfig:
         def __init__(self, **kwargs):
@@ -57,8 +57,8 @@ def install_stub():
     sys.modules["transformers"], sys.modules["transformers.modeling_outputs"] = tf, outputs
 
 
-def load_stub(export_dir):
-    install_stub()
+def load_with_stand_in(export_dir):
+    install_stand_in()
     spec = importlib.util.spec_from_file_location("modeling_t6", os.path.join(export_dir, "modeling_t6.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -129,7 +129,7 @@ def main():
         real = True
     except ImportError:
         real = False
-    model = load_real(export_dir) if real else load_stub(export_dir)
+    model = load_real(export_dir) if real else load_with_stand_in(export_dir)
     model.eval()
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "lm_head is not tied to wte"
     stream = list(open(text_file, "rb").read()) + [0]
@@ -139,7 +139,7 @@ def main():
         print("hf_generate equal with and without use_cache")
         if os.path.exists(os.path.join(export_dir, "vocab.json")):
             check_tokenizer(export_dir)
-    print(f"hf_path {'real' if real else 'stub'}")
+    print(f"hf_path {'transformers' if real else 'stand-in'}")
 
 
 if __name__ == "__main__":
