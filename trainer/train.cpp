@@ -525,6 +525,8 @@ struct Trainer {
   // (a stop, the last step, giving up).
   struct PendingSave {
     int64_t iter = -1;
+    int64_t adam_steps = 0;  // and the loader's state: the run's place when the slice was taken
+    LoaderState loader;
     std::vector<float> params, m, v;  // the slice, alive until its write ends
     std::future<SliceSums> sums;
     double stall_ms = 0;
@@ -543,8 +545,8 @@ struct Trainer {
     optimizer.v.to_host(pending.v.data(), n, zero ? 0 : begin);
     const StateSlice slice{begin, n, pending.params.data(), pending.m.data(), pending.v.data()};
     pending.iter = iter;
-    saved_meta.adam_steps = optimizer.steps;
-    saved_meta.loader = train_data->state();
+    pending.adam_steps = optimizer.steps;
+    pending.loader = train_data->state();
     pending.started = std::chrono::steady_clock::now();
     pending.stall_ms = std::chrono::duration<double, std::milli>(pending.started - start_time).count();
     pending.sums = std::async(std::launch::async, [out = tc.out_dir, iter, r = rank, slice] {
@@ -583,8 +585,8 @@ struct Trainer {
         all[r] = {(uint32_t)sums[3 * r], (uint32_t)sums[3 * r + 1], (uint32_t)sums[3 * r + 2]};
       TrainingState meta;
       meta.iter = iter;
-      meta.adam_steps = saved_meta.adam_steps;
-      meta.loader = saved_meta.loader;
+      meta.adam_steps = pending.adam_steps;
+      meta.loader = pending.loader;
       meta.world_size = W;
       meta.config_yaml = cfg.to_yaml();
       meta.data_fingerprint = train_data->fingerprint();
@@ -595,7 +597,6 @@ struct Trainer {
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
     comm->set_collective_timeout(tc.collective_timeout_s);
   }
-  TrainingState saved_meta;  // adam_steps and the loader's state at the pending save
 
   // One optimizer step: the micro-batches' gradients summed over ranks, then the update, or a
   // skip when the loss or gradient norm is non-finite or an outlier. False: too many skips in a
