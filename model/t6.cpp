@@ -373,7 +373,7 @@ void T6<A, P>::store_prompt(KvCache<A>& cache) {
 
 // forward() for one new row per sequence, reading every earlier position from the cache.
 template <class A, class P>
-std::vector<double> T6<A, P>::decode(const int32_t* tokens, KvCache<A>& cache) {
+const std::vector<double>& T6<A, P>::decode(const int32_t* tokens, KvCache<A>& cache) {
   const int B = cache.batch, pos = cache.len, C = cfg.n_embd, H = cfg.n_head, Hkv = cfg.kv_heads(),
             D = cfg.head_dim, F = cfg.mlp_hidden(), V = cfg.vocab_size;
   if (pos >= cache.context)
@@ -413,13 +413,15 @@ std::vector<double> T6<A, P>::decode(const int32_t* tokens, KvCache<A>& cache) {
     std::swap(d_.x, d_.x_next);
   }
   matmul_forward(ctx, d_.logits, d_.h, w_.wte, B, C, V);
-  std::vector<A> host((size_t)B * V);
-  ctx.to_host(host.data(), d_.logits, sizeof(A) * host.size());
+  decode_host_.resize((size_t)B * V);
+  decode_logits_.resize(decode_host_.size());
+  ctx.to_host(decode_host_.data(), d_.logits, sizeof(A) * decode_host_.size());
   cache.len = pos + 1;
-  std::vector<double> out(host.size());
-#pragma omp parallel for if (host.size() >= (1u << 16))
-  for (size_t i = 0; i < host.size(); i++) out[i] = (double)to_float(host[i]);
-  return out;
+  const A* host = decode_host_.data();
+  double* out = decode_logits_.data();
+#pragma omp parallel for if (decode_host_.size() >= (1u << 16))
+  for (size_t i = 0; i < decode_host_.size(); i++) out[i] = (double)to_float(host[i]);
+  return decode_logits_;
 }
 
 template <class A, class P>

@@ -52,10 +52,11 @@ class T6 {
   // on this model (batch 1, seq = the prompt's length), copies every layer's keys and values of
   // the prompt into each sequence of the cache. decode runs the next token of each sequence at
   // position cache.len through the layers, appends its keys and values, and returns the logits
-  // (batch × vocab_size, row-major).
+  // (batch × vocab_size, row-major), in a buffer the next decode() overwrites (kept, so that a
+  // step does not fault in megabytes of fresh host pages).
   KvCache<A> make_cache(int batch, int context) const { return KvCache<A>(ctx, qkv_, cfg.n_layer, batch, context); }
   void store_prompt(KvCache<A>& cache);
-  std::vector<double> decode(const int32_t* tokens, KvCache<A>& cache);
+  const std::vector<double>& decode(const int32_t* tokens, KvCache<A>& cache);
   std::vector<float> params_to_host() const;
   void params_from_host(const std::vector<float>& host);
   std::vector<float> grads_to_host() const;
@@ -133,6 +134,8 @@ class T6 {
   Buffer<A> decode_arena_;
   Buffer<P> decode_stats_;
   Buffer<int32_t> decode_tokens_;
+  std::vector<A> decode_host_;  // the logits as the device holds them
+  std::vector<double> decode_logits_;
 };
 
 extern template class T6<float>;

@@ -120,6 +120,7 @@ std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg
   st.cache_numbers_per_token = cache->numbers_per_position();
   std::vector<double> logits = model.logits_at(P - 1), all((size_t)o.batch * V);
   for (int b = 0; b < o.batch; b++) std::copy(logits.begin(), logits.end(), all.begin() + (size_t)b * V);
+  const double* rows = all.data();  // batch × V logits of the tokens to sample: `all`, or decode's buffer
   st.prefill_seconds = seconds_since(start);
 
   std::vector<std::mt19937_64> rngs;
@@ -129,8 +130,10 @@ std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg
   std::unique_ptr<T6<A, W>> window_model;  // for tokens past the context, made when needed
   std::vector<int32_t> window;
   for (int i = 0; i < o.max_new_tokens; i++) {
+    // Each sequence draws from its own generator, so the rows can be sampled side by side.
+#pragma omp parallel for if (o.batch > 1 && o.temperature != 0)
+    for (int b = 0; b < o.batch; b++) next[b] = sample_token(rows + (size_t)b * V, known, o, rngs[b]);
     for (int b = 0; b < o.batch; b++) {
-      next[b] = sample_token(all.data() + (size_t)b * V, known, o, rngs[b]);
       seqs[b].push_back(next[b]);
       out[b].push_back(next[b]);
       if (on_token) on_token(b, next[b]);
@@ -139,7 +142,7 @@ std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg
     if (i + 1 == o.max_new_tokens) break;
     start = std::chrono::steady_clock::now();
     if (cache->len < context) {  // the new tokens' logits from the cache
-      all = model.decode(next.data(), *cache);
+      rows = model.decode(next.data(), *cache).data();
       st.decode_passes++;
       st.decode_seconds += seconds_since(start);
       continue;
@@ -160,6 +163,7 @@ std::vector<std::vector<int32_t>> run(const Context& ctx, const ModelConfig& cfg
       logits = window_model->logits_at(len - 1);
       std::copy(logits.begin(), logits.end(), all.begin() + (size_t)b * V);
     }
+    rows = all.data();
     st.window_passes++;
     st.window_seconds += seconds_since(start);
   }

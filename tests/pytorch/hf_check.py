@@ -76,9 +76,11 @@ def load_real(export_dir):
 
     config = AutoConfig.from_pretrained(export_dir, trust_remote_code=True, local_files_only=True)
     assert config.model_type == "t6" and config.max_position_embeddings == config.block_size
-    model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, local_files_only=True,
-                                                 torch_dtype=torch.float32)
-    return model
+    import transformers
+    # transformers 5 renamed from_pretrained's torch_dtype to dtype (the old name warns).
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    return AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, local_files_only=True,
+                                                **{dtype_key: torch.float32})
 
 
 def mean_loss(model, stream, T):

@@ -5,11 +5,11 @@
 # t6-eval with the loss PyTorch computes for them. The exported folder's own Hugging Face model
 # (modeling_t6.py, through hf_check.py: transformers' Auto classes where transformers is
 # installed, else a stand-in for its base classes) must get that loss too.
-# Skipped (exit 77) without Debian's python3-torch.
-# Usage: roundtrip.sh BUILD_DIR SOURCE_DIR
+# Skipped (exit 77) without Debian's python3-torch (or the PyTorch of $T6_PYTHON, when set).
+# Usage: [T6_PYTHON=python3] roundtrip.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build="$1"; src="$2"
-py=/usr/bin/python3
+py="${T6_PYTHON:-/usr/bin/python3}"
 if ! "$py" -c "import torch, numpy" 2>/dev/null; then
   echo "SKIPPED: PyTorch is not installed (apt-get install python3-torch)"
   exit 77
