@@ -2,7 +2,7 @@
 
 usage: hf_check.py EXPORT_DIR TEXT_FILE BLOCK_SIZE
 Prints `hf_loss L` (the mean loss over the windows of TEXT_FILE that t6_reference.py and t6-eval
-use) and `hf_path transformers|stand-in`. With transformers installed it loads the folder through
+use, TEXT_FILE tokenized as t6-prepare does: bytes, or GPT-2 through the exported tokenizer) and `hf_path transformers|stand-in`. With transformers installed it loads the folder through
 AutoConfig / AutoModelForCausalLM (trust_remote_code, offline), checks that the output head is
 tied to the embedding, and that generate() returns the same greedy tokens with and without
 use_cache as a plain argmax loop; for a folder with tokenizer files, that AutoTokenizer encodes
@@ -134,12 +134,23 @@ def main():
     model = load_real(export_dir) if real else load_with_stand_in(export_dir)
     model.eval()
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "lm_head is not tied to wte"
-    stream = list(open(text_file, "rb").read()) + [0]
+    text = open(text_file, "rb").read()
+    gpt2 = os.path.exists(os.path.join(export_dir, "vocab.json"))
+    if gpt2 and not real:
+        print("SKIPPED: a GPT-2 export needs transformers' tokenizer to make the token stream")
+        sys.exit(77)
+    # The stream t6-prepare makes of a one-document file: its tokens, then end-of-text. For
+    # GPT-2, through the exported tokenizer (whose equality with ours check_tokenizer proves).
+    if gpt2:
+        from transformers import AutoTokenizer
+        stream = AutoTokenizer.from_pretrained(export_dir, local_files_only=True).encode(text.decode("utf-8")) + [50256]
+    else:
+        stream = list(text) + [0]
     print(f"hf_loss {mean_loss(model, stream, T):.8f}")
     if real:
         check_generate(model, stream[:5], 8)
         print("hf_generate equal with and without use_cache")
-        if os.path.exists(os.path.join(export_dir, "vocab.json")):
+        if gpt2:
             check_tokenizer(export_dir)
     print(f"hf_path {'transformers' if real else 'stand-in'}")
 
