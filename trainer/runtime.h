@@ -28,7 +28,7 @@ class Communicator {
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
   // A rank that waits longer than this in one collective ends the job, saying where it waited
-  // (0: never). MPI's communicator watches; the others ignore it.
+  // (0: never). MPI's and NCCL's communicators watch (NCCL's passes it on to its host one).
   virtual void set_collective_timeout(double /*seconds*/) {}
 
   void broadcast_string(std::string& s, int root);

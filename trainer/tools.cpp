@@ -111,7 +111,11 @@ ExportResult export_weights(const WeightsAndConfig& w, const std::string& out_di
     write_file_atomically(out_dir + "/merges.txt", read_text(std::string(kDefaultVocabDir) + "/vocab.bpe"));
     const nlohmann::json tok = {{"tokenizer_class", "GPT2Tokenizer"}, {"model_max_length", m.block_size},
                                 {"bos_token", "<|endoftext|>"},      {"eos_token", "<|endoftext|>"},
-                                {"unk_token", "<|endoftext|>"},      {"add_prefix_space", false}};
+                                {"unk_token", "<|endoftext|>"},      {"add_prefix_space", false},
+                                // t6-prepare reads "<|endoftext|>" inside a text as text (data/README.md);
+                                // Hugging Face would make it the special token: split it too, so the
+                                // model is given the tokens it was trained on.
+                                {"split_special_tokens", true}};
     write_file_atomically(out_dir + "/tokenizer_config.json", tok.dump(2) + "\n");
     const nlohmann::json special = {
         {"bos_token", "<|endoftext|>"}, {"eos_token", "<|endoftext|>"}, {"unk_token", "<|endoftext|>"}};

@@ -411,7 +411,7 @@ struct Trainer {
     if (root && !benchmarking) out_dir_lock = std::make_unique<OutDirLock>(tc.out_dir);  // one run per out_dir
     if (!benchmarking) check_out_dir_shared();
     restore_or_init(resume);  // (not watched: every rank reads the checkpoint, as long as that takes)
-    comm->set_collective_timeout(tc.collective_timeout_s);
+    dcomm->set_collective_timeout(tc.collective_timeout_s);  // (NCCL's watchdog passes it on to MPI's)
     param_norm = std::sqrt(sum_squares(ctx, model.params.data(), total));  // the first update's yardstick
     if (root) open_logs();
     epoch = train_data ? train_data->epoch() : 0;
@@ -568,7 +568,7 @@ struct Trainer {
     pending.iter = -1;
     // A slow filesystem may hold a rank in its write for long while the others wait below for its
     // checksums: not a hung peer, so the watchdog looks away until the save is committed.
-    comm->set_collective_timeout(0);
+    dcomm->set_collective_timeout(0);
     SliceSums mine;
     try {
       mine = pending.sums.get();
@@ -595,7 +595,7 @@ struct Trainer {
                  result.last_checkpoint, pending.stall_ms, write_s);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
-    comm->set_collective_timeout(tc.collective_timeout_s);
+    dcomm->set_collective_timeout(tc.collective_timeout_s);  // (NCCL's watchdog passes it on to MPI's)
   }
 
   // One optimizer step: the micro-batches' gradients summed over ranks, then the update, or a

@@ -110,7 +110,9 @@ def check_generate(model, prompt, n):
 def check_tokenizer(export_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(export_dir, local_files_only=True)
+    # trust_remote_code as lm-eval passes it: transformers 5 reads config.json (model_type t6,
+    # defined by the folder's own code) even for the tokenizer, and asks without it.
+    tok = AutoTokenizer.from_pretrained(export_dir, local_files_only=True, trust_remote_code=True)
     cases = json.load(open(os.path.join(HERE, "..", "tokenizer", "gpt2_vectors.json")))
     checked = 0
     for case in cases:
@@ -121,7 +123,10 @@ def check_tokenizer(export_dir):
         got = tok.encode(text)
         assert got == case["ids"], f"AutoTokenizer on {case['name']}: {got}, want {case['ids']}"
         checked += 1
-    print(f"hf_tokenizer {checked} vectors equal")
+    # The end-of-text marker inside a text is text, as t6-prepare encodes it (data/README.md).
+    marker = tok.encode("a <|endoftext|> b")
+    assert marker == [64, 1279, 91, 437, 1659, 5239, 91, 29, 275], f"<|endoftext|> inside a text gave {marker}"
+    print(f"hf_tokenizer {checked} vectors equal, <|endoftext|> in text split")
 
 
 def main():
@@ -143,7 +148,8 @@ def main():
     # GPT-2, through the exported tokenizer (whose equality with ours check_tokenizer proves).
     if gpt2:
         from transformers import AutoTokenizer
-        stream = AutoTokenizer.from_pretrained(export_dir, local_files_only=True).encode(text.decode("utf-8")) + [50256]
+        tok = AutoTokenizer.from_pretrained(export_dir, local_files_only=True, trust_remote_code=True)
+        stream = tok.encode(text.decode("utf-8")) + [50256]
     else:
         stream = list(text) + [0]
     print(f"hf_loss {mean_loss(model, stream, T):.8f}")
