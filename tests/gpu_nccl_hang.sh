@@ -17,7 +17,7 @@ log=$(timeout 100 mpirun -np 2 --bind-to none -x NCCL_NVLS_ENABLE -x T6_TEST_FAU
   --set "train.out_dir=$out/run" 2>&1)
 rc=$?
 took=$(( $(date +%s) - start ))
-echo "$log" | tail -5
+echo "$log" | grep -E "error on rank" | head -2
 echo "exit $rc after $took s"
 if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then echo "FAIL: the job did not end with an error (exit $rc)"; exit 1; fi
 echo "$log" | grep -qE "error on rank [01] of 2: no progress for [0-9]+ s inside NCCL" ||

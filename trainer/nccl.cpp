@@ -123,7 +123,7 @@ class NcclWatchdog {
 };
 
 // Test hook (tests/gpu_nccl_hang.sh): on rank T6_TEST_FAULT_RANK, the T6_TEST_NCCL_STALL_CALL-th
-// gradient all-reduce finds its stream held for two minutes, as behind a hung kernel.
+// collective finds its stream held for two minutes, as behind a hung kernel.
 int stall_call(int rank) {
   const char* call = std::getenv("T6_TEST_NCCL_STALL_CALL");
   const char* fault_rank = std::getenv("T6_TEST_FAULT_RANK");
@@ -166,15 +166,14 @@ class NcclCommunicator final : public Communicator {
 
   // Device buffers, on the compute stream.
   void all_reduce_sum(float* data, size_t n) override {
-    watchdog_->started("all-reduce");
+    begin("all-reduce", compute());
     NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, compute()));
     watchdog_->enqueued(compute());
   }
   void start_all_reduce_sum(float* data, size_t n) override {
     CUDA_CHECK(cudaEventRecord(ready_, compute()));
     CUDA_CHECK(cudaStreamWaitEvent(side_, ready_, 0));
-    if (stall_call_ > 0 && ++calls_ == stall_call_) CUDA_CHECK(cudaLaunchHostFunc(side_, hold_stream, nullptr));
-    watchdog_->started("all-reduce of the gradients");
+    begin("all-reduce of the gradients", side_);
     NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, side_));
     watchdog_->enqueued(side_);
     pending_ = true;
@@ -188,12 +187,12 @@ class NcclCommunicator final : public Communicator {
   // Shards that differ in size (the flat buffer does not divide evenly) go as one reduce or
   // broadcast per rank inside a group.
   void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
-    watchdog_->started("reduce-scatter");
+    begin("reduce-scatter", compute());
     reduce_scatter(in, out, counts);
     watchdog_->enqueued(compute());
   }
   void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
-    watchdog_->started("all-gather");
+    begin("all-gather", compute());
     gather(in, out, counts);
     watchdog_->enqueued(compute());
   }
@@ -206,6 +205,11 @@ class NcclCommunicator final : public Communicator {
 
  private:
   cudaStream_t compute() const { return ctx_.cuda->stream; }
+  // Before each collective: the watchdog's clock starts (and the test hook may hold the stream).
+  void begin(const char* what, cudaStream_t stream) {
+    if (stall_call_ > 0 && ++calls_ == stall_call_) CUDA_CHECK(cudaLaunchHostFunc(stream, hold_stream, nullptr));
+    watchdog_->started(what);
+  }
 
   void reduce_scatter(const float* in, float* out, const std::vector<size_t>& counts) {
     if (equal(counts)) {
