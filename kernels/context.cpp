@@ -107,4 +107,31 @@ void Context::synchronize() const {
   if (device == Device::cuda) cuda::synchronize(*this);
 }
 
+void* Context::alloc_pinned(size_t bytes) const {
+  if (bytes == 0) return nullptr;
+  if (device == Device::cuda) return cuda::alloc_pinned(*this, bytes);
+  void* p = std::malloc(bytes);
+  if (!p) throw OutOfMemory(fmt::format("cannot allocate {:.2f} GB on the host (the allocator refused)", bytes / 1e9));
+  return p;
+}
+
+void Context::release_pinned(void* ptr) const {
+  if (device == Device::cuda) cuda::release_pinned(*this, ptr);
+  else std::free(ptr);
+}
+
+void Context::snapshot_to_host(void* dst, const void* src, size_t bytes) const {
+  if (!bytes) return;
+  if (device == Device::cuda) cuda::snapshot_to_host(*this, dst, src, bytes);
+  else std::memcpy(dst, src, bytes);
+}
+
+void Context::snapshot_fence() const {
+  if (device == Device::cuda) cuda::snapshot_fence(*this);
+}
+
+void Context::snapshot_wait() const {
+  if (device == Device::cuda) cuda::snapshot_wait(*this);
+}
+
 }  // namespace t6

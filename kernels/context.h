@@ -38,6 +38,18 @@ struct Context {
   void zero(void* ptr, size_t bytes) const;
   void copy(void* dst, const void* src, size_t bytes) const;  // within this backend's memory
   void synchronize() const;  // waits for the device's queued work (nothing to do on the CPU)
+
+  // Host memory the device copies into directly (page-locked on the GPU, ordinary on the CPU).
+  void* alloc_pinned(size_t bytes) const;
+  void release_pinned(void* ptr) const;
+  // A copy of device memory for the host that does not hold the device up (a checkpoint's
+  // state): it runs on a stream of its own after the work queued so far, beside the work queued
+  // after it. snapshot_fence() makes the work queued next wait for it (call it before work
+  // that writes its source); snapshot_wait() waits for it on the host (any thread). dst should
+  // come from alloc_pinned. On the CPU the copy is made at once.
+  void snapshot_to_host(void* dst, const void* src, size_t bytes) const;
+  void snapshot_fence() const;
+  void snapshot_wait() const;
 };
 
 // GPUs this process can use: 0 when the build has no CUDA backend, or the machine no device or

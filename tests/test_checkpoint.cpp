@@ -272,7 +272,7 @@ TEST(Formats, VersionOneCheckpointsStillLoad) {
 }
 
 // Saves are written beside training: each is committed later (at a step boundary where its
-// write is done, or at the next save), says how long training waited for the copy and how long
+// write is done, or at the next save), says how long training paused to queue its copy and how long
 // the write took, and every one of them ends up complete and loadable.
 TEST(Formats, SavesAreWrittenBesideTrainingAndAllComplete) {
   const std::string out = test::temp_dir("async_saves");
@@ -282,7 +282,7 @@ TEST(Formats, SavesAreWrittenBesideTrainingAndAllComplete) {
   const ParamLayout layout = make_layout(tiny(out).model);
   for (int it : {2, 4, 6, 8, 9}) {
     const std::string dir = out + "/ckpt_" + std::to_string(it);
-    EXPECT_NE(log.find("saved checkpoint " + dir + " (training waited "), std::string::npos) << log;
+    EXPECT_NE(log.find("saved checkpoint " + dir + " (training paused "), std::string::npos) << log;
     EXPECT_EQ(load_checkpoint(dir, layout).iter, it);
   }
   EXPECT_NE(log.find("written beside it within"), std::string::npos) << log;

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -657,6 +658,50 @@ TEST_F(Gpu, DeterministicRunsRepeatBitwise) {
   for (size_t i = 0; i < 20; i++) {
     EXPECT_EQ(ra.steps[i].loss, rb.steps[i].loss) << "step " << i;
     EXPECT_EQ(ra.steps[i].grad_norm, rb.steps[i].grad_norm) << "step " << i;
+  }
+  EXPECT_TRUE(test::flat_weights(a + "/model.safetensors") == test::flat_weights(b + "/model.safetensors"));
+}
+
+// A checkpoint's copy runs beside the work queued after it (Context::snapshot_to_host), and
+// snapshot_fence orders what comes next after it: a buffer overwritten right after the fence
+// (a fast memset behind a copy of tens of milliseconds) still reaches the host as it was.
+TEST_F(Gpu, SnapshotsReachTheHostBeforeWorkAfterTheFence) {
+  const size_t n = size_t{128} << 20;  // 512 MB of floats
+  std::vector<float> want(n);
+  for (size_t i = 0; i < n; i++) want[i] = (float)(i % 1009 + 1);
+  Buffer<float> x(ctx, n);
+  x.from_host(want.data(), n);
+  float* host = static_cast<float*>(ctx.alloc_pinned(n * sizeof(float)));
+  ctx.snapshot_to_host(host, x.data(), n * sizeof(float));
+  ctx.snapshot_fence();
+  x.zero();
+  ctx.snapshot_wait();
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++)
+    if (host[i] != want[i] && bad++ < 5) ADD_FAILURE() << "element " << i << ": " << host[i] << ", want " << want[i];
+  EXPECT_EQ(bad, 0u);
+  std::vector<float> after(n);
+  x.to_host(after.data(), n);  // and the memset did run after it
+  EXPECT_EQ(*std::max_element(after.begin(), after.end()), 0.f);
+  ctx.release_pinned(host);
+}
+
+// A checkpoint taken mid-run (copied beside the next step, whose update waits for the copy)
+// holds exactly its step's state: resuming from it repeats the rest of the run bitwise.
+TEST_F(Gpu, ResumingAMidRunCheckpointRepeatsTheRunBitwise) {
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  if (major != 9) GTEST_SKIP() << "bitwise repeatable training needs Hopper's attention kernels (sm_90)";
+  const std::string a = test::temp_dir("mid_a"), b = test::temp_dir("mid_b");
+  const std::vector<std::string> extra = {"train.max_iters=12", "model.head_dim=64", "model.n_head=2",
+                                          "checkpoint.interval=4", "checkpoint.keep=0"};
+  const TrainResult straight = train(sample_run(a, "cuda", extra));
+  const TrainResult resumed = train(sample_run(b, "cuda", extra), a + "/ckpt_8");
+  ASSERT_EQ(straight.steps.size(), 12u);
+  ASSERT_EQ(resumed.steps.size(), 4u);
+  for (size_t i = 0; i < 4; i++) {
+    EXPECT_EQ(resumed.steps[i].loss, straight.steps[8 + i].loss) << "step " << 8 + i;
+    EXPECT_EQ(resumed.steps[i].grad_norm, straight.steps[8 + i].grad_norm) << "step " << 8 + i;
   }
   EXPECT_TRUE(test::flat_weights(a + "/model.safetensors") == test::flat_weights(b + "/model.safetensors"));
 }

@@ -516,18 +516,42 @@ struct Trainer {
     tensorboard->flush();
   }
 
+  // Page-locked host floats that the GPU copies into while training goes on; kept from one
+  // save to the next (pinning gigabytes takes a while).
+  struct PinnedFloats {
+    const Context* ctx = nullptr;
+    float* data = nullptr;
+    size_t n = 0;
+    PinnedFloats() = default;
+    PinnedFloats(const PinnedFloats&) = delete;
+    PinnedFloats& operator=(const PinnedFloats&) = delete;
+    ~PinnedFloats() { release(); }
+    void resize(const Context& c, size_t count) {
+      if (count == n && ctx == &c) return;
+      release();
+      data = static_cast<float*>(c.alloc_pinned(count * sizeof(float)));
+      ctx = &c, n = count;
+    }
+    void release() {
+      if (data) ctx->release_pinned(data);
+      data = nullptr, n = 0;
+    }
+  };
+
   // A sharded save (trainer/checkpoint.h): every rank writes its slice of the parameters and
   // moments (the ZeRO partition, or the same even split without ZeRO), so no rank holds more
-  // than its slice on the host. Training waits only for the copy to the host: the file is
-  // written on a thread while the next steps run, and the checkpoint is committed (rank 0's
-  // manifest, the rename, `latest`) at the first step boundary where every rank's write is done,
-  // or at the next save or the end of the run. At most one save is in flight. wait: commit now
-  // (a stop, the last step, giving up).
+  // than its slice on the host. Training does not wait for the copy: it runs on the device
+  // beside the next step's forward and backward (ctx.snapshot_to_host), and only that step's
+  // update waits for it to end. The file is written on a thread once the copy is there, while
+  // the next steps run, and the checkpoint is committed (rank 0's manifest, the rename,
+  // `latest`) at the first step boundary where every rank's write is done, or at the next save
+  // or the end of the run. At most one save is in flight. wait: commit now (a stop, the last
+  // step, giving up).
   struct PendingSave {
     int64_t iter = -1;
     int64_t adam_steps = 0;  // and the loader's state: the run's place when the slice was taken
     LoaderState loader;
-    std::vector<float> params, m, v;  // the slice, alive until its write ends
+    PinnedFloats params, m, v;  // the slice, alive until its write ends
     std::future<SliceSums> sums;
     double stall_ms = 0;
     std::chrono::steady_clock::time_point started;
@@ -539,17 +563,19 @@ struct Trainer {
     if (root) begin_checkpoint(tc.out_dir, iter);
     comm->barrier();  // the temporary directory exists before any rank writes into it
     const size_t begin = std::accumulate(counts.begin(), counts.begin() + rank, size_t{0}), n = counts[rank];
-    pending.params.resize(n), pending.m.resize(n), pending.v.resize(n);
-    model.params.to_host(pending.params.data(), n, begin);
-    optimizer.m.to_host(pending.m.data(), n, zero ? 0 : begin);
-    optimizer.v.to_host(pending.v.data(), n, zero ? 0 : begin);
-    const StateSlice slice{begin, n, pending.params.data(), pending.m.data(), pending.v.data()};
+    pending.params.resize(ctx, n), pending.m.resize(ctx, n), pending.v.resize(ctx, n);
+    const size_t moments = zero ? 0 : begin;  // (ZeRO's moments are the shard alone)
+    ctx.snapshot_to_host(pending.params.data, model.params.data() + begin, n * sizeof(float));
+    ctx.snapshot_to_host(pending.m.data, optimizer.m.data() + moments, n * sizeof(float));
+    ctx.snapshot_to_host(pending.v.data, optimizer.v.data() + moments, n * sizeof(float));
+    const StateSlice slice{begin, n, pending.params.data, pending.m.data, pending.v.data};
     pending.iter = iter;
     pending.adam_steps = optimizer.steps;
     pending.loader = train_data->state();
     pending.started = std::chrono::steady_clock::now();
     pending.stall_ms = std::chrono::duration<double, std::milli>(pending.started - start_time).count();
-    pending.sums = std::async(std::launch::async, [out = tc.out_dir, iter, r = rank, slice] {
+    pending.sums = std::async(std::launch::async, [&ctx = ctx, out = tc.out_dir, iter, r = rank, slice] {
+      ctx.snapshot_wait();
       return write_checkpoint_slice(out, iter, r, slice);
     });
     if (wait) finish_save();
@@ -591,7 +617,7 @@ struct Trainer {
       meta.config_yaml = cfg.to_yaml();
       meta.data_fingerprint = train_data->fingerprint();
       result.last_checkpoint = commit_checkpoint(tc.out_dir, model.layout, meta, counts, all, cfg.checkpoint.keep);
-      fmt::print("saved checkpoint {} (training waited {:.0f} ms for the copy; written beside it within {:.2f} s)\n",
+      fmt::print("saved checkpoint {} (training paused {:.0f} ms to queue its copy; written beside it within {:.2f} s)\n",
                  result.last_checkpoint, pending.stall_ms, write_s);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
@@ -623,6 +649,7 @@ struct Trainer {
       consecutive_skips = 0;
       loss_history.add(loss);
       norm_history.add(grad_norm);
+      ctx.snapshot_fence();  // a checkpoint's copy of the parameters and moments, if one runs, ends first
       optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(),
                      clip_factor(grad_norm, cfg.optim.grad_clip) / W);
       if (zero) dcomm->all_gather(model.params.data() + shard_begin, model.params.data(), counts);

@@ -72,6 +72,47 @@ void copy(const Context& ctx, void* dst, const void* src, size_t bytes) {
 
 void synchronize(const Context& ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx.cuda->stream)); }
 
+void* alloc_pinned(const Context&, size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    throw OutOfMemory(fmt::format("cannot pin {:.2f} GB of host memory for copies from the GPU ({:.2f} GB available)",
+                                  bytes / 1e9, host_memory_available() / 1e9));
+  }
+  CUDA_CHECK(err);
+  return p;
+}
+
+void release_pinned(const Context&, void* ptr) {
+  cudaFreeHost(ptr);  // (not checked: a destructor may run while an error propagates)
+}
+
+void snapshot_to_host(const Context& ctx, void* dst, const void* src, size_t bytes) {
+  CudaState& s = *ctx.cuda;
+  if (!s.snapshot_stream) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s.snapshot_stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&s.snapshot_after, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&s.snapshot_done, cudaEventDisableTiming));
+  }
+  CUDA_CHECK(cudaEventRecord(s.snapshot_after, s.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(s.snapshot_stream, s.snapshot_after, 0));
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s.snapshot_stream));
+  CUDA_CHECK(cudaEventRecord(s.snapshot_done, s.snapshot_stream));
+  s.snapshot_pending = true;
+}
+
+void snapshot_fence(const Context& ctx) {
+  CudaState& s = *ctx.cuda;
+  if (!s.snapshot_pending) return;
+  CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.snapshot_done, 0));
+  s.snapshot_pending = false;
+}
+
+void snapshot_wait(const Context& ctx) {
+  if (ctx.cuda->snapshot_done) CUDA_CHECK(cudaEventSynchronize(ctx.cuda->snapshot_done));
+}
+
 void* scratch(const Context& ctx, size_t bytes) {
   CudaState& s = *ctx.cuda;
   if (bytes > s.scratch_bytes) {
@@ -142,6 +183,9 @@ CudaState::~CudaState() {
   if (scratch) cudaFree(scratch);
   if (lt_workspace) cudaFree(lt_workspace);
   if (host_result) cudaFreeHost(host_result);
+  if (snapshot_stream) cudaStreamSynchronize(snapshot_stream), cudaStreamDestroy(snapshot_stream);
+  if (snapshot_after) cudaEventDestroy(snapshot_after);
+  if (snapshot_done) cudaEventDestroy(snapshot_done);
   if (lt) cublasLtDestroy(lt);
   if (stream) cudaStreamDestroy(stream);
 }

@@ -15,6 +15,11 @@ void from_host(const Context&, void* dst, const void* src, size_t bytes);
 void zero(const Context&, void* ptr, size_t bytes);
 void copy(const Context&, void* dst, const void* src, size_t bytes);
 void synchronize(const Context&);
+void* alloc_pinned(const Context&, size_t bytes);
+void release_pinned(const Context&, void* ptr);
+void snapshot_to_host(const Context&, void* dst, const void* src, size_t bytes);
+void snapshot_fence(const Context&);
+void snapshot_wait(const Context&);
 
 void scale(const Context&, float* x, double s, size_t n);
 void add_from_pitch(const Context&, float* dst, const float* src, int rows, int cols, int pitch);

@@ -30,6 +30,11 @@ void from_host(const Context&, void*, const void*, size_t) { no_cuda(); }
 void zero(const Context&, void*, size_t) { no_cuda(); }
 void copy(const Context&, void*, const void*, size_t) { no_cuda(); }
 void synchronize(const Context&) { no_cuda(); }
+void* alloc_pinned(const Context&, size_t) { no_cuda(); }
+void release_pinned(const Context&, void*) { no_cuda(); }
+void snapshot_to_host(const Context&, void*, const void*, size_t) { no_cuda(); }
+void snapshot_fence(const Context&) { no_cuda(); }
+void snapshot_wait(const Context&) { no_cuda(); }
 void scale(const Context&, float*, double, size_t) { no_cuda(); }
 void add_from_pitch(const Context&, float*, const float*, int, int, int) { no_cuda(); }
 double sum(const Context&, const float*, size_t) { no_cuda(); }

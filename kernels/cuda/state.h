@@ -35,6 +35,10 @@ struct CudaState {
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
   double* host_result = nullptr;  // pinned, for reductions' results
+  // Context::snapshot_to_host's stream, and its events: the work it follows, and its copies' end.
+  cudaStream_t snapshot_stream = nullptr;
+  cudaEvent_t snapshot_after = nullptr, snapshot_done = nullptr;
+  bool snapshot_pending = false;  // copies queued that no fence has ordered the stream after yet
   std::map<int, std::pair<void*, int>> rope_tables;  // cos/sin by D: (table, positions), grown on use (qkv.cu)
   size_t max_shared_per_block = 0;  // dynamic shared memory a block may opt into
   int sm_count = 0;
