@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -195,7 +196,10 @@ CudaState::~CudaState() {
 // train on its CPU.
 int cuda_device_count() {
   int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
+  cudaError_t e = cudaGetDeviceCount(&n);
+  // Test hook (tests/CMakeLists.txt, cli_broken_gpu_*): the count fails as with a driver that
+  // does not match the kernel module's version.
+  if (std::getenv("T6_TEST_CUDA_COUNT_FAILS")) e = cudaErrorSystemDriverMismatch;
   if (e == cudaSuccess) return n;
   cudaGetLastError();  // clear the sticky error
   // A driver this process could use: loaded (procfs) and reachable (a container without GPU
