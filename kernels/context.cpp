@@ -107,6 +107,16 @@ void Context::synchronize() const {
   if (device == Device::cuda) cuda::synchronize(*this);
 }
 
+TimelineRange::TimelineRange(const Context& ctx, const char* name) {
+  if (ctx.device != Device::cuda) return;
+  cuda::range_push(name);
+  pushed_ = true;
+}
+
+TimelineRange::~TimelineRange() {
+  if (pushed_) cuda::range_pop();
+}
+
 void* Context::alloc_pinned(size_t bytes) const {
   if (bytes == 0) return nullptr;
   if (device == Device::cuda) return cuda::alloc_pinned(*this, bytes);

@@ -135,6 +135,27 @@ const char* version_name(int v) {
   }
 }
 
+// The CPU reference in double for the first `batch` sequences of q, k, v, dout.
+struct AttentionReference {
+  Vec out, lse, dq, dk, dv;
+};
+AttentionReference attention_reference(const Vec& q, const Vec& k, const Vec& v, const Vec& dout, int batch, int T,
+                                       int H, int Hkv, int D) {
+  const size_t cq = (size_t)batch * T * H * D, ck = (size_t)batch * T * Hkv * D;
+  const Vec q_in(q.begin(), q.begin() + cq), k_in(k.begin(), k.begin() + ck), v_in(v.begin(), v.begin() + ck),
+      dout_in(dout.begin(), dout.begin() + cq);
+  AttentionReference r{Vec(cq), Vec((size_t)batch * H * T), Vec(cq), Vec(ck), Vec(ck)};
+  const Context cpu;
+  attention_forward(cpu, r.out.data(), r.lse.data(), q_in.data(), k_in.data(), v_in.data(), batch, T, H, Hkv, D);
+  // Backward reads the output as the GPU stores it (bf16): delta = rowsum(dO ⊙ O) inherits
+  // that rounding on every version alike, so the reference does too.
+  Vec out_bf16 = r.out;
+  for (double& x : out_bf16) x = to_float(to_bf16((float)x));
+  attention_backward(cpu, r.dq.data(), r.dk.data(), r.dv.data(), dout_in.data(), q_in.data(), k_in.data(),
+                     v_in.data(), out_bf16.data(), r.lse.data(), batch, T, H, Hkv, D);
+  return r;
+}
+
 int bench_attention(const Context& ctx, const BenchArgs& args) {
   const int B = args.get("B", 24), T = args.get("T", 1024), H = args.get("H", 34), Hkv = args.get("Hkv", H),
             D = args.get("D", 64), reps = args.get("reps", 20);
@@ -144,19 +165,8 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
   Rng rng;
   const Vec q = rng.bf16_values(nq, 2.0), k = rng.bf16_values(nk, 2.0), v = rng.bf16_values(nk, 1.0),
             dout = rng.bf16_values(nq, 1.0);
-  // The CPU reference in double for the first check_batch sequences.
   const size_t cq = (size_t)check_batch * T * H * D, ck = (size_t)check_batch * T * Hkv * D;
-  const Vec cq_in(q.begin(), q.begin() + cq), ck_in(k.begin(), k.begin() + ck), cv_in(v.begin(), v.begin() + ck),
-      cdo(dout.begin(), dout.begin() + cq);
-  Vec out(cq), lse((size_t)check_batch * H * T), dq(cq), dk(ck), dv(ck);
-  const Context cpu;
-  attention_forward(cpu, out.data(), lse.data(), cq_in.data(), ck_in.data(), cv_in.data(), check_batch, T, H, Hkv, D);
-  // Backward reads the output as the GPU stores it (bf16): delta = rowsum(dO ⊙ O) inherits
-  // that rounding on every version alike, so the reference does too.
-  Vec out_bf16 = out;
-  for (double& x : out_bf16) x = to_float(to_bf16((float)x));
-  attention_backward(cpu, dq.data(), dk.data(), dv.data(), cdo.data(), cq_in.data(), ck_in.data(), cv_in.data(),
-                     out_bf16.data(), lse.data(), check_batch, T, H, Hkv, D);
+  const auto [out, lse, dq, dk, dv] = attention_reference(q, k, v, dout, check_batch, T, H, Hkv, D);
   auto at_q = [&](size_t i) {
     return fmt::format("(b {}, t {}, h {}, d {})", i / ((size_t)T * H * D), i / (H * D) % T, i / D % H, i % D);
   };

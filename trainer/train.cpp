@@ -558,6 +558,7 @@ struct Trainer {
   } pending;
 
   void checkpoint(int64_t iter, bool wait = false) {
+    const TimelineRange in_checkpoint(ctx, "checkpoint");
     finish_save();
     const auto start_time = std::chrono::steady_clock::now();
     if (root) begin_checkpoint(tc.out_dir, iter);
@@ -628,6 +629,7 @@ struct Trainer {
   // skip when the loss or gradient norm is non-finite or an outlier. False: too many skips in a
   // row (a checkpoint of the last good state is saved, except in a benchmark).
   bool train_step(int64_t step) {
+    const TimelineRange in_step(ctx, fmt::format("step {}", step).c_str());
     const auto step_start = std::chrono::steady_clock::now();
     const double local_loss = accumulate_gradients(step);
     float* grads = reduce_gradients();
@@ -649,6 +651,7 @@ struct Trainer {
       consecutive_skips = 0;
       loss_history.add(loss);
       norm_history.add(grad_norm);
+      const TimelineRange in_update(ctx, "update");
       ctx.snapshot_fence();  // a checkpoint's copy of the parameters and moments, if one runs, ends first
       optimizer.step(model.params.data() + shard_begin, grads, lr, zero ? nullptr : model.bf16_weights(),
                      clip_factor(grad_norm, cfg.optim.grad_clip) / W);
@@ -676,7 +679,11 @@ struct Trainer {
     for (int micro = 0; micro < accum; micro++) {
       if (benchmarking) random_tokens.next(inputs.data(), targets.data(), inputs.size());
       else train_data->next(inputs.data(), targets.data());
-      loss += model.forward(inputs.data(), targets.data(), 1.0 / accum);
+      {
+        const TimelineRange in_forward(ctx, "forward");
+        loss += model.forward(inputs.data(), targets.data(), 1.0 / accum);
+      }
+      const TimelineRange in_backward(ctx, "backward");
       if (overlapped && micro + 1 == accum) {
         model.backward([&](size_t off, size_t n) {
           if (poison && off > 0) poison_at(off);  // before the range leaves this rank
@@ -696,6 +703,7 @@ struct Trainer {
 
   // Sums the gradients over ranks (ZeRO: this rank's shard of them); where they now are.
   float* reduce_gradients() {
+    const TimelineRange in_reduce(ctx, "gradient reduce");
     if (zero) {
       dcomm->reduce_scatter_sum(model.grads.data(), grad_shard.data(), counts);
       return grad_shard.data();
@@ -833,6 +841,7 @@ struct Trainer {
   }
 
   void evaluate_now(int64_t step) {
+    const TimelineRange in_evaluation(ctx, "evaluate");
     if (val_data) {
       if (step == faults.signal_eval_step) std::raise(SIGTERM);  // (a test's signal in mid-evaluation)
       const double val = evaluate(model, *val_data, tc.eval_iters);  // every rank the same: no communication

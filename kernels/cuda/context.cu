@@ -1,5 +1,6 @@
 // The CUDA context: device selection, stream, cuBLASLt handle, memory, and error reports.
 #include <fmt/format.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -72,6 +73,9 @@ void copy(const Context& ctx, void* dst, const void* src, size_t bytes) {
 }
 
 void synchronize(const Context& ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx.cuda->stream)); }
+
+void range_push(const char* name) { nvtxRangePushA(name); }
+void range_pop() { nvtxRangePop(); }
 
 void* alloc_pinned(const Context&, size_t bytes) {
   void* p = nullptr;

@@ -20,6 +20,8 @@ void release_pinned(const Context&, void* ptr);
 void snapshot_to_host(const Context&, void* dst, const void* src, size_t bytes);
 void snapshot_fence(const Context&);
 void snapshot_wait(const Context&);
+void range_push(const char* name);  // NVTX
+void range_pop();
 
 void scale(const Context&, float* x, double s, size_t n);
 void add_from_pitch(const Context&, float* dst, const float* src, int rows, int cols, int pitch);
