@@ -19,10 +19,12 @@ for ((round = 1; round <= rounds; round++)); do
   line="round $round:"
   for ((g = 0; g < W; g++)); do
     t=$(CUDA_VISIBLE_DEVICES=$g bench "$build/trainer/t6-train")
+    [ -n "$t" ] || { echo "FAIL: GPU $g alone gave no benchmark row"; exit 1; }
     alone[$g]="${alone[$g]:-} $t"
     line="$line GPU $g alone $t,"
   done
   t=$(bench mpirun -np "$W" --bind-to none -x NCCL_NVLS_ENABLE "$build/trainer/t6-train")
+  [ -n "$t" ] || { echo "FAIL: the $W-GPU run gave no benchmark row"; exit 1; }
   many="$many $t"
   echo "$line $W GPUs $t tokens/s per GPU"
 done

@@ -9,9 +9,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <random>
+#include <thread>
 
 #include "kernels/cuda/state.h"
 #include "kernels/ops.h"
@@ -664,8 +667,10 @@ TEST_F(Gpu, DeterministicRunsRepeatBitwise) {
 
 // A checkpoint's copy runs beside the work queued after it (Context::snapshot_to_host), and
 // snapshot_fence orders what comes next after it: a buffer overwritten right after the fence
-// (a fast memset behind a copy of tens of milliseconds) still reaches the host as it was.
-TEST_F(Gpu, SnapshotsReachTheHostBeforeWorkAfterTheFence) {
+// (a fast memset behind a copy of tens of milliseconds) still reaches the host as it was. And
+// the copy follows the work queued before it: behind a compute stream held for 200 ms, a
+// memset queued before the snapshot is what the host gets.
+TEST_F(Gpu, SnapshotsKeepTheirPlaceInTheStream) {
   const size_t n = size_t{128} << 20;  // 512 MB of floats
   std::vector<float> want(n);
   for (size_t i = 0; i < n; i++) want[i] = (float)(i % 1009 + 1);
@@ -683,11 +688,24 @@ TEST_F(Gpu, SnapshotsReachTheHostBeforeWorkAfterTheFence) {
   std::vector<float> after(n);
   x.to_host(after.data(), n);  // and the memset did run after it
   EXPECT_EQ(*std::max_element(after.begin(), after.end()), 0.f);
+
+  x.from_host(want.data(), n);
+  auto hold = [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(200)); };
+  ASSERT_EQ(cudaLaunchHostFunc(ctx.cuda->stream, hold, nullptr), cudaSuccess);
+  x.zero();
+  ctx.snapshot_to_host(host, x.data(), n * sizeof(float));
+  ctx.snapshot_wait();
+  bad = 0;
+  for (size_t i = 0; i < n; i++)
+    if (host[i] != 0.f && bad++ < 5) ADD_FAILURE() << "element " << i << ": " << host[i] << ", want 0 (the memset before)";
+  EXPECT_EQ(bad, 0u);
   ctx.release_pinned(host);
 }
 
 // A checkpoint taken mid-run (copied beside the next step, whose update waits for the copy)
-// holds exactly its step's state: resuming from it repeats the rest of the run bitwise.
+// holds exactly its step's state: resuming from it repeats the rest of the run bitwise. The
+// copies start 300 ms late (T6_TEST_SNAPSHOT_DELAY_MS), long after the next step's update is
+// queued: without the fence that update would overwrite the parameters first.
 TEST_F(Gpu, ResumingAMidRunCheckpointRepeatsTheRunBitwise) {
   int major = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
@@ -695,7 +713,9 @@ TEST_F(Gpu, ResumingAMidRunCheckpointRepeatsTheRunBitwise) {
   const std::string a = test::temp_dir("mid_a"), b = test::temp_dir("mid_b");
   const std::vector<std::string> extra = {"train.max_iters=12", "model.head_dim=64", "model.n_head=2",
                                           "checkpoint.interval=4", "checkpoint.keep=0"};
+  setenv("T6_TEST_SNAPSHOT_DELAY_MS", "300", 1);
   const TrainResult straight = train(sample_run(a, "cuda", extra));
+  unsetenv("T6_TEST_SNAPSHOT_DELAY_MS");
   const TrainResult resumed = train(sample_run(b, "cuda", extra), a + "/ckpt_8");
   ASSERT_EQ(straight.steps.size(), 12u);
   ASSERT_EQ(resumed.steps.size(), 4u);

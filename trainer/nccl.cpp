@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -69,6 +70,11 @@ class NcclWatchdog {
     std::lock_guard<std::mutex> lock(mutex_);
     CUDA_CHECK(cudaEventRecord(event_, stream));
     recorded_ = true;
+  }
+  // A call that failed (its error propagates): nothing of it is in flight to time.
+  void failed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    since_ns_ = 0;
   }
 
  private:
@@ -146,10 +152,16 @@ class NcclCommunicator final : public Communicator {
     stall_call_ = stall_call(host.rank());
   }
   ~NcclCommunicator() override {
-    // Best effort: the job may be ending because of an error elsewhere.
-    cudaStreamSynchronize(side_);
+    // Best effort. While an error propagates, a collective may still wait for a peer that is
+    // gone, and finishing it (or destroying the communicator, which waits for it) would hang:
+    // abort instead.
     watchdog_.reset();
-    ncclCommDestroy(comm_);
+    if (std::uncaught_exceptions() > 0) {
+      ncclCommAbort(comm_);
+    } else {
+      cudaStreamSynchronize(side_);
+      ncclCommDestroy(comm_);
+    }
     cudaEventDestroy(ready_);
     cudaEventDestroy(done_);
     cudaStreamDestroy(side_);
@@ -166,16 +178,14 @@ class NcclCommunicator final : public Communicator {
 
   // Device buffers, on the compute stream.
   void all_reduce_sum(float* data, size_t n) override {
-    begin("all-reduce", compute());
-    NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, compute()));
-    watchdog_->enqueued(compute());
+    watched("all-reduce", compute(),
+            [&] { NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, compute())); });
   }
   void start_all_reduce_sum(float* data, size_t n) override {
     CUDA_CHECK(cudaEventRecord(ready_, compute()));
     CUDA_CHECK(cudaStreamWaitEvent(side_, ready_, 0));
-    begin("all-reduce of the gradients", side_);
-    NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, side_));
-    watchdog_->enqueued(side_);
+    watched("all-reduce of the gradients", side_,
+            [&] { NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, side_)); });
     pending_ = true;
   }
   void wait_all() override {
@@ -187,14 +197,10 @@ class NcclCommunicator final : public Communicator {
   // Shards that differ in size (the flat buffer does not divide evenly) go as one reduce or
   // broadcast per rank inside a group.
   void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) override {
-    begin("reduce-scatter", compute());
-    reduce_scatter(in, out, counts);
-    watchdog_->enqueued(compute());
+    watched("reduce-scatter", compute(), [&] { reduce_scatter(in, out, counts); });
   }
   void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
-    begin("all-gather", compute());
-    gather(in, out, counts);
-    watchdog_->enqueued(compute());
+    watched("all-gather", compute(), [&] { gather(in, out, counts); });
   }
 
   // Host values go over MPI.
@@ -205,10 +211,19 @@ class NcclCommunicator final : public Communicator {
 
  private:
   cudaStream_t compute() const { return ctx_.cuda->stream; }
-  // Before each collective: the watchdog's clock starts (and the test hook may hold the stream).
-  void begin(const char* what, cudaStream_t stream) {
+  // Runs a collective's NCCL calls inside the watchdog's clock, which stops at an event queued
+  // after them (the test hook may hold the stream first).
+  template <class Calls>
+  void watched(const char* what, cudaStream_t stream, const Calls& calls) {
     if (stall_call_ > 0 && ++calls_ == stall_call_) CUDA_CHECK(cudaLaunchHostFunc(stream, hold_stream, nullptr));
     watchdog_->started(what);
+    try {
+      calls();
+    } catch (...) {
+      watchdog_->failed();
+      throw;
+    }
+    watchdog_->enqueued(stream);
   }
 
   void reduce_scatter(const float* in, float* out, const std::vector<size_t>& counts) {

@@ -559,8 +559,8 @@ struct Trainer {
 
   void checkpoint(int64_t iter, bool wait = false) {
     const TimelineRange in_checkpoint(ctx, "checkpoint");
+    const auto start_time = std::chrono::steady_clock::now();  // (the pause includes waiting for the last save)
     finish_save();
-    const auto start_time = std::chrono::steady_clock::now();
     if (root) begin_checkpoint(tc.out_dir, iter);
     comm->barrier();  // the temporary directory exists before any rank writes into it
     const size_t begin = std::accumulate(counts.begin(), counts.begin() + rank, size_t{0}), n = counts[rank];

@@ -3,10 +3,13 @@
 #include <nvtx3/nvToolsExt.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/state.h"
@@ -93,6 +96,13 @@ void release_pinned(const Context&, void* ptr) {
   cudaFreeHost(ptr);  // (not checked: a destructor may run while an error propagates)
 }
 
+// Test hook (tests/test_cuda.cpp): T6_TEST_SNAPSHOT_DELAY_MS holds the snapshot stream that
+// long before each copy, as a busy copy engine would, so that an update not ordered after the
+// copy overwrites its source first.
+void CUDART_CB hold_snapshot_stream(void* ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds((intptr_t)ms));
+}
+
 void snapshot_to_host(const Context& ctx, void* dst, const void* src, size_t bytes) {
   CudaState& s = *ctx.cuda;
   if (!s.snapshot_stream) {
@@ -102,6 +112,8 @@ void snapshot_to_host(const Context& ctx, void* dst, const void* src, size_t byt
   }
   CUDA_CHECK(cudaEventRecord(s.snapshot_after, s.stream));
   CUDA_CHECK(cudaStreamWaitEvent(s.snapshot_stream, s.snapshot_after, 0));
+  if (const char* delay = std::getenv("T6_TEST_SNAPSHOT_DELAY_MS"))
+    CUDA_CHECK(cudaLaunchHostFunc(s.snapshot_stream, hold_snapshot_stream, (void*)(intptr_t)std::atoi(delay)));
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s.snapshot_stream));
   CUDA_CHECK(cudaEventRecord(s.snapshot_done, s.snapshot_stream));
   s.snapshot_pending = true;
@@ -115,7 +127,10 @@ void snapshot_fence(const Context& ctx) {
 }
 
 void snapshot_wait(const Context& ctx) {
-  if (ctx.cuda->snapshot_done) CUDA_CHECK(cudaEventSynchronize(ctx.cuda->snapshot_done));
+  if (!ctx.cuda->snapshot_done) return;
+  // (Called from a writer thread: on the run's GPU, not a context made on GPU 0 for this thread.)
+  CUDA_CHECK(cudaSetDevice(ctx.cuda->device));
+  CUDA_CHECK(cudaEventSynchronize(ctx.cuda->snapshot_done));
 }
 
 void* scratch(const Context& ctx, size_t bytes) {

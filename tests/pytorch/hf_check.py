@@ -158,7 +158,7 @@ def main():
         print("hf_generate equal with and without use_cache")
         if gpt2:
             check_tokenizer(export_dir)
-    print(f"hf_path {'transformers' if real else 'stand-in'}")
+    print(f"hf_path {'transformers ' + transformers.__version__ if real else 'stand-in'}")
 
 
 if __name__ == "__main__":
