@@ -6,6 +6,7 @@
 //   t6-kernel-bench attention [--B 24 --T 1024 --H 34 --Hkv 34 --D 64] [--reps 20]
 //   t6-kernel-bench qkv [--config configs/t6-small-tpa.yaml --B 24 --T 1024] [--reps 20]
 //   t6-kernel-bench decode [--H 32 --D 64 --rank-k 1 --rank-v 1] [--B 1 --context 4096] [--reps 20]
+//   t6-kernel-bench embedding|rmsnorm|matmul|swiglu|classifier|adamw [--config ...] (kernel_bench_ops.cpp)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -26,105 +27,12 @@
 #include "model/t6.h"
 #include "trainer/args.h"
 #include "trainer/config.h"
+#include "trainer/kernel_bench.h"
 
 namespace t6 {
 namespace {
 
-using Vec = std::vector<double>;
-
-// The --name value pairs after the op name, kept as text: defaults depend on each other (Hkv
-// is H unless given; qkv's B and T come from the config), so numbers are read when asked for.
-struct BenchArgs {
-  std::map<std::string, std::string> kv;
-  int get(const std::string& k, int fallback) const {
-    auto it = kv.find(k);
-    if (it == kv.end()) return fallback;
-    char* end = nullptr;
-    const long v = std::strtol(it->second.c_str(), &end, 10);
-    if (it->second.empty() || *end || v < 1 || v > (1 << 30))
-      throw std::invalid_argument(fmt::format("--{} {}: expected a positive integer", k, it->second));
-    return (int)v;
-  }
-  std::string str(const std::string& k, const std::string& fallback) const {
-    auto it = kv.find(k);
-    return it == kv.end() ? fallback : it->second;
-  }
-};
-
-struct Rng {
-  std::mt19937_64 gen{1234};
-  Vec bf16_values(size_t n, double scale) {  // uniform, rounded to bf16 (both sides see these)
-    Vec v(n);
-    for (double& x : v) x = to_float(to_bf16((float)uniform(gen, -scale, scale)));
-    return v;
-  }
-};
-
-Buffer<bf16> upload(const Context& ctx, const Vec& v) {
-  std::vector<bf16> h(v.size());
-  for (size_t i = 0; i < v.size(); i++) h[i] = to_bf16((float)v[i]);
-  Buffer<bf16> b(ctx, v.size());
-  b.from_host(h.data(), h.size());
-  return b;
-}
-template <class T>
-Vec download(const Buffer<T>& b, size_t n = 0, size_t offset = 0) {
-  n = n ? n : b.size();
-  std::vector<T> h(n);
-  b.to_host(h.data(), n, offset);
-  Vec v(n);
-  for (size_t i = 0; i < n; i++) v[i] = to_float(h[i]);
-  return v;
-}
-Buffer<bf16> poisoned(const Context& ctx, size_t n) {
-  std::vector<bf16> h(n, bf16{0x7fc0});
-  Buffer<bf16> b(ctx, n);
-  b.from_host(h.data(), n);
-  return b;
-}
-
-// Element-wise |got − want| ≤ atol + rtol·|want| with atol = arms·rms(want) + 1e-6; returns
-// the worst ratio |got − want| / bound (≤ 1 passes) and prints the first mismatches.
-double compare(const std::string& what, const Vec& got, const Vec& want, double rtol, double arms,
-               const std::function<std::string(size_t)>& where) {
-  double ss = 0;
-  for (double w : want) ss += w * w;
-  const double atol = arms * std::sqrt(ss / std::max<size_t>(want.size(), 1)) + 1e-6;
-  double worst = 0;
-  int shown = 0;
-  for (size_t i = 0; i < want.size(); i++) {
-    const double bound = atol + rtol * std::fabs(want[i]), err = std::fabs(got[i] - want[i]);
-    const double ratio = std::isfinite(got[i]) ? err / bound : INFINITY;
-    worst = std::max(worst, ratio);
-    if (ratio > 1 && shown++ < 5)
-      fmt::print("  MISMATCH {} at {}: got {:.6g}, want {:.6g}\n", what, where(i), got[i], want[i]);
-  }
-  return worst;
-}
-
-// The median time of f over reps runs; before (not timed), if given, runs ahead of each.
-double median_ms(const Context& ctx, int reps, const std::function<void()>& f, const std::function<void()>& before = {}) {
-  cudaStream_t s = ctx.cuda->stream;
-  std::vector<float> ms;
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  f();  // warm-up: plans, tensor maps, first-touch
-  for (int r = 0; r < reps; r++) {
-    if (before) before();
-    CUDA_CHECK(cudaEventRecord(a, s));
-    f();
-    CUDA_CHECK(cudaEventRecord(b, s));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float t = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using namespace bench;
 
 const char* version_name(int v) {
   switch (v) {
@@ -375,7 +283,9 @@ int usage() {
              "usage: t6-kernel-bench attention [--B N --T N --H N --Hkv N --D N --reps N --check-batch N]\n"
              "       t6-kernel-bench qkv [--config FILE.yaml --B N --T N --reps N]\n"
              "       t6-kernel-bench decode [--H 32 --D 64 --rank-k 1 --rank-v 1 | --dense yes --Hkv N]\n"
-             "                              [--B N --context N (default: batch 1, 4, 16 × 4096, 32768, 131072)] [--reps N]\n");
+             "                              [--B N --context N (default: batch 1, 4, 16 × 4096, 32768, 131072)] [--reps N]\n"
+             "       t6-kernel-bench embedding|rmsnorm|matmul|swiglu|classifier|adamw [--config FILE.yaml --B N --T N]\n"
+             "                              [--check ROWS (default 256)] [--reps N]\n");
   return 2;
 }
 
@@ -386,9 +296,12 @@ int main(int argc, char** argv) {
   using namespace t6;
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0) return usage();
   const std::string op = argv[1];
+  const bool other = op == "embedding" || op == "rmsnorm" || op == "matmul" || op == "swiglu" || op == "classifier" ||
+                     op == "adamw";
   const std::vector<std::string> keys = op == "attention" ? std::vector<std::string>{"B", "T", "H", "Hkv", "D", "reps", "check-batch"}
                                         : op == "qkv"     ? std::vector<std::string>{"config", "B", "T", "reps"}
                                         : op == "decode"  ? std::vector<std::string>{"H", "D", "rank-k", "rank-v", "Hkv", "dense", "B", "context", "reps"}
+                                        : other           ? std::vector<std::string>{"config", "B", "T", "check", "reps"}
                                                           : std::vector<std::string>{};
   if (keys.empty()) return usage();
   try {
@@ -405,6 +318,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const Context ctx = make_cuda_context(0);
+    if (other) return bench_op(ctx, op, args);
     return op == "attention" ? bench_attention(ctx, args) : op == "qkv" ? bench_qkv(ctx, args) : bench_decode(ctx, args);
   } catch (const std::exception& e) {
     fmt::print(stderr, "t6-kernel-bench: error: {}\n", e.what());
