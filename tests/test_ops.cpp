@@ -309,5 +309,19 @@ TEST(Ops, ReductionsAndElementwise) {
   EXPECT_EQ(x, (Vec{-0.5, 1.0, -1.5}));
 }
 
+#ifdef T6_WITH_CUDA
+// Each op dispatches once, by the context's backend (kernels/dispatch.cpp): an element type the
+// backend does not compute in is an error naming the op, the backend and the type, not a call
+// into the other backend's kernels.
+TEST(Ops, ABackendWithoutTheElementTypeSaysSo) {
+  std::vector<bf16> x(4), y(8);
+  EXPECT_NE(test::error_of([&] { swiglu_forward(ctx, x.data(), y.data(), 1, 4); })
+                .find("swiglu_forward: the CPU backend has no bf16 version"),
+            std::string::npos);
+  std::vector<float> f(4);
+  EXPECT_NO_THROW(scale(ctx, f.data(), 2.0, 4));  // fp32 is the CPU's own type
+}
+#endif
+
 }  // namespace
 }  // namespace t6

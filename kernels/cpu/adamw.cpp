@@ -3,20 +3,15 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/cuda/dispatch.h"
-#include "kernels/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 template <class T>
-void adamw_update(const Context& ctx, T* params, const T* grads, T* m, T* v, size_t n, double lr, double beta1,
+void adamw_update(const Context&, T* params, const T* grads, T* m, T* v, size_t n, double lr, double beta1,
                   double beta2, double eps, double weight_decay, double bias1, double bias2, double grad_scale,
                   bf16* weights) {
-  if constexpr (std::is_same_v<T, float>)
-    if (ctx.device == Device::cuda)
-      return cuda::adamw_update(ctx, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, bias1, bias2,
-                                grad_scale, weights);
   if (weights) throw std::logic_error("adamw_update: bf16 compute weights exist only on the CUDA backend");
   const T decay = T(1.0 - lr * weight_decay);
   const T b1 = T(beta1), b2 = T(beta2), step_size = T(lr / bias1), bias2_sqrt = T(std::sqrt(bias2)), e = T(eps),
@@ -37,4 +32,4 @@ void adamw_update(const Context& ctx, T* params, const T* grads, T* m, T* v, siz
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

@@ -4,10 +4,10 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 namespace {
 
@@ -179,4 +179,4 @@ void attention_decode(const Context&, T* out, const T* q, const T* k_cache, cons
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

@@ -2,10 +2,10 @@
 // loss and overwrites them with dlogits, so the (N, V) matrix exists once.
 #include <cmath>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 template <class T, class P>
 void classifier_forward_backward(const Context&, T* logits, P* losses, const int32_t* targets, int N, int V,
@@ -40,4 +40,4 @@ void classifier_forward_backward(const Context&, T* logits, P* losses, const int
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

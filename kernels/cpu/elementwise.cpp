@@ -4,34 +4,27 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/cuda/dispatch.h"
-#include "kernels/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 template <class T>
-void scale(const Context& ctx, T* x, double s, size_t n) {
-  if constexpr (std::is_same_v<T, float>)
-    if (ctx.device == Device::cuda) return cuda::scale(ctx, x, s, n);
+void scale(const Context&, T* x, double s, size_t n) {
   const T st = T(s);
 #pragma omp parallel for if (n >= kParallelWork)
   for (size_t i = 0; i < n; i++) x[i] *= st;
 }
 
 template <class T>
-double sum(const Context& ctx, const T* x, size_t n) {
-  if constexpr (std::is_same_v<T, float>)
-    if (ctx.device == Device::cuda) return cuda::sum(ctx, x, n);
+double sum(const Context&, const T* x, size_t n) {
   double acc = 0;
   for (size_t i = 0; i < n; i++) acc += x[i];
   return acc;
 }
 
 template <class T>
-double sum_squares(const Context& ctx, const T* x, size_t n) {
-  if constexpr (std::is_same_v<T, float>)
-    if (ctx.device == Device::cuda) return cuda::sum_squares(ctx, x, n);
+double sum_squares(const Context&, const T* x, size_t n) {
   double acc = 0;
   for (size_t i = 0; i < n; i++) acc += (double)x[i] * x[i];
   return acc;
@@ -44,4 +37,4 @@ double sum_squares(const Context& ctx, const T* x, size_t n) {
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

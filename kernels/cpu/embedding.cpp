@@ -1,8 +1,8 @@
 #include <cstring>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 template <class T>
 void embedding_forward(const Context&, T* out, const int32_t* tokens, const T* wte, int N, int C) {
@@ -26,4 +26,4 @@ void embedding_backward(const Context&, P* dwte, const T* dout, const int32_t* t
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

@@ -4,10 +4,9 @@
 
 #include <type_traits>
 
-#include "kernels/cuda/dispatch.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, const float* A, int lda,
                  const float* B, int ldb, float beta, float* C, int ldc) {
@@ -43,9 +42,7 @@ void copy_to_pitch(const Context&, T* dst, const P* src, int rows, int cols, int
 }
 
 template <class P>
-void add_from_pitch(const Context& ctx, P* dst, const P* src, int rows, int cols, int pitch) {
-  if constexpr (std::is_same_v<P, float>)
-    if (ctx.device == Device::cuda) return cuda::add_from_pitch(ctx, dst, src, rows, cols, pitch);
+void add_from_pitch(const Context&, P* dst, const P* src, int rows, int cols, int pitch) {
   for (int r = 0; r < rows; r++)
     for (int c = 0; c < cols; c++) dst[(size_t)r * cols + c] += src[(size_t)r * pitch + c];
 }
@@ -59,4 +56,4 @@ void add_from_pitch(const Context& ctx, P* dst, const P* src, int rows, int cols
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

@@ -7,10 +7,11 @@
 #include <stdexcept>
 #include <vector>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/ops.h"
 
 namespace t6 {
+namespace cpu {
 
 namespace {
 
@@ -124,12 +125,16 @@ void qkv_backward(const Context&, T* dproj, const T* dq, const T* dk, const T* d
   }
 }
 
+}  // namespace cpu
+
 int kv_b_offset(const QkvLayout& L, int side) { return (L.heads[side] * L.rank[side] + 7) / 8 * 8; }
 
 int kv_record(const QkvLayout& L, int side) {
   const int R = L.rank[side];
   return R ? kv_b_offset(L, side) + R * L.D : L.heads[side] * L.D;
 }
+
+namespace cpu {
 
 template <class T>
 void kv_cache_store(const Context&, T* k_cache, T* v_cache, const T* proj, const QkvLayout& L, int B, int T_, int t0,
@@ -166,4 +171,5 @@ void kv_cache_store(const Context&, T* k_cache, T* v_cache, const T* proj, const
 INSTANTIATE(float)
 INSTANTIATE(double)
 
+}  // namespace cpu
 }  // namespace t6

@@ -1,9 +1,9 @@
 #include <cmath>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 template <class T>
 static void normalize_row(T* y, T* rstd, const T* x, int C, double eps) {
@@ -54,4 +54,4 @@ void rmsnorm_backward(const Context&, T* dinp, const T* dout, const T* inp, cons
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

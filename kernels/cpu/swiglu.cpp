@@ -1,9 +1,9 @@
 #include <cmath>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/ops.h"
 
-namespace t6 {
+namespace t6::cpu {
 
 template <class T>
 void swiglu_forward(const Context&, T* out, const T* fc, int N, int F, int ld_fc, int ld_out) {
@@ -42,4 +42,4 @@ void swiglu_backward(const Context&, T* dfc, const T* dout, const T* fc, int N, 
 INSTANTIATE(float)
 INSTANTIATE(double)
 
-}  // namespace t6
+}  // namespace t6::cpu

@@ -28,7 +28,8 @@ __global__ void adamw_kernel(float* params, const float* grads, float* m, float*
 
 }  // namespace
 
-void cuda::adamw_update(const Context& ctx, float* params, const float* grads, float* m, float* v, size_t n, double lr,
+template <>
+void cuda::adamw_update<float>(const Context& ctx, float* params, const float* grads, float* m, float* v, size_t n, double lr,
                         double beta1, double beta2, double eps, double weight_decay, double bias1, double bias2,
                         double grad_scale, bf16* weights) {
   T6_TIMED(ctx, "adamw");

@@ -365,7 +365,7 @@ bool use_sm90(const Context& ctx, const void* const* tensors, int n, int D) {
 }  // namespace
 
 template <>
-void attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, const bf16* q, const bf16* k,
+void cuda::attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, const bf16* q, const bf16* k,
                                     const bf16* v, int B, int T, int H, int Hkv, int D) {
   cuda::OpTimer timer(ctx, "attention forward", causal_flops(B, T, H, D));
   const void* tensors[] = {out, q, k, v};
@@ -380,7 +380,7 @@ void attention_forward<bf16, float>(const Context& ctx, bf16* out, float* lse, c
 }
 
 template <>
-void attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
+void cuda::attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
                                      const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                                      int B, int T, int H, int Hkv, int D) {
   cuda::OpTimer timer(ctx, "attention backward", 2.5 * causal_flops(B, T, H, D));

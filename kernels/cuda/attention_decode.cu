@@ -381,7 +381,7 @@ void decode(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache, c
 }  // namespace
 
 template <>
-void attention_decode<bf16>(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache,
+void cuda::attention_decode<bf16>(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache,
                             const QkvLayout& L, int B, int len, int context) {
   T6_TIMED(ctx, "attention decode");
   if (B < 1 || len < 1 || len > context)

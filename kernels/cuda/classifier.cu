@@ -67,7 +67,7 @@ __global__ void classifier_kernel(bf* logits, float* losses, const int32_t* targ
 }  // namespace
 
 template <>
-void classifier_forward_backward<bf16, float>(const Context& ctx, bf16* logits, float* losses, const int32_t* targets,
+void cuda::classifier_forward_backward<bf16, float>(const Context& ctx, bf16* logits, float* losses, const int32_t* targets,
                                               int N, int V, int n_valid, double dloss) {
   T6_TIMED(ctx, "classifier");
   const float g = n_valid > 0 ? (float)(dloss / n_valid) : 0.f;

@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include "kernels/cuda/dispatch.h"  // (the ops this backend specializes)
 #include "kernels/cuda/state.h"
 #include "kernels/ops.h"
 

@@ -66,14 +66,17 @@ double reduce(const Context& ctx, const float* x, size_t n) {
 
 }  // namespace
 
-void cuda::scale(const Context& ctx, float* x, double s, size_t n) {
+template <>
+void cuda::scale<float>(const Context& ctx, float* x, double s, size_t n) {
   T6_TIMED(ctx, "scale");
   scale_kernel<<<blocks_for(n, 256), 256, 0, stream(ctx)>>>(x, (float)s, n);
   CUDA_CHECK_LAUNCH();
 }
 
-double cuda::sum(const Context& ctx, const float* x, size_t n) { return reduce<false>(ctx, x, n); }
-double cuda::sum_squares(const Context& ctx, const float* x, size_t n) { return reduce<true>(ctx, x, n); }
+template <>
+double cuda::sum<float>(const Context& ctx, const float* x, size_t n) { return reduce<false>(ctx, x, n); }
+template <>
+double cuda::sum_squares<float>(const Context& ctx, const float* x, size_t n) { return reduce<true>(ctx, x, n); }
 
 void convert(const Context& ctx, bf16* out, const float* in, size_t n) {
   T6_TIMED(ctx, "convert to bf16");

@@ -42,14 +42,14 @@ __global__ void __launch_bounds__(kThreads) embedding_backward_kernel(float* dwt
 }  // namespace
 
 template <>
-void embedding_forward<bf16>(const Context& ctx, bf16* out, const int32_t* tokens, const bf16* wte, int N, int C) {
+void cuda::embedding_forward<bf16>(const Context& ctx, bf16* out, const int32_t* tokens, const bf16* wte, int N, int C) {
   T6_TIMED(ctx, "embedding forward");
   embedding_forward_kernel<<<blocks_for((size_t)N * C, 256), 256, 0, stream(ctx)>>>(dev(out), tokens, dev(wte), N, C);
   CUDA_CHECK_LAUNCH();
 }
 
 template <>
-void embedding_backward<bf16, float>(const Context& ctx, float* dwte, const bf16* dout, const int32_t* tokens, int N,
+void cuda::embedding_backward<bf16, float>(const Context& ctx, float* dwte, const bf16* dout, const int32_t* tokens, int N,
                                      int C, int V) {
   T6_TIMED(ctx, "embedding backward");
   embedding_backward_kernel<<<(V + kRows - 1) / kRows, kThreads, 0, stream(ctx)>>>(dwte, dev(dout), tokens, N, C);

@@ -122,7 +122,7 @@ void gemm(const Context& ctx, bool trans_a, bool trans_b, int m, int n, int k, c
 
 // out (M,N) = inp (M,K)·weight (N,K)ᵀ  ⇔  outᵀ (N×M) = weightᵀ… in column-major: C = Wᵀ_cm·inp_cm.
 template <>
-void matmul_forward<bf16>(const Context& ctx, bf16* out, const bf16* inp, const bf16* weight, int M, int K, int N,
+void cuda::matmul_forward<bf16>(const Context& ctx, bf16* out, const bf16* inp, const bf16* weight, int M, int K, int N,
                           int ld_in, int ld_out) {
   ld_in = ld_in ? ld_in : K, ld_out = ld_out ? ld_out : N;
   cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul forward {}×{}×{}", M, K, N); }, 2.0 * M * K * N);
@@ -131,7 +131,7 @@ void matmul_forward<bf16>(const Context& ctx, bf16* out, const bf16* inp, const 
 
 // dinp (M,K) = dout (M,N)·weight (N,K)
 template <>
-void matmul_backward_input<bf16>(const Context& ctx, bf16* dinp, const bf16* dout, const bf16* weight, int M, int K,
+void cuda::matmul_backward_input<bf16>(const Context& ctx, bf16* dinp, const bf16* dout, const bf16* weight, int M, int K,
                                  int N, int ld_in, int ld_out, bool accumulate) {
   cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (input) {}×{}×{}", M, K, N); },
                       2.0 * M * K * N);
@@ -141,7 +141,7 @@ void matmul_backward_input<bf16>(const Context& ctx, bf16* dinp, const bf16* dou
 
 // dweight (N,K) += dout (M,N)ᵀ·inp (M,K)
 template <>
-void matmul_backward_weight<bf16, float>(const Context& ctx, float* dweight, const bf16* dout, const bf16* inp, int M,
+void cuda::matmul_backward_weight<bf16, float>(const Context& ctx, float* dweight, const bf16* dout, const bf16* inp, int M,
                                          int K, int N, int ld_in, int ld_out) {
   cuda::OpTimer timer(ctx, [&] { return fmt::format("matmul backward (weight) {}×{}×{}", M, K, N); },
                       2.0 * M * K * N);
@@ -163,13 +163,14 @@ __global__ void add_from_pitch_kernel(float* dst, const float* src, int rows, in
 }  // namespace
 
 template <>
-void copy_to_pitch<bf16, float>(const Context& ctx, bf16* dst, const float* src, int rows, int cols, int pitch) {
+void cuda::copy_to_pitch<bf16, float>(const Context& ctx, bf16* dst, const float* src, int rows, int cols, int pitch) {
   T6_TIMED(ctx, "copy to pitch");
   copy_to_pitch_kernel<<<blocks_for((size_t)rows * cols, 256), 256, 0, stream(ctx)>>>(dev(dst), src, rows, cols, pitch);
   CUDA_CHECK_LAUNCH();
 }
 
-void cuda::add_from_pitch(const Context& ctx, float* dst, const float* src, int rows, int cols, int pitch) {
+template <>
+void cuda::add_from_pitch<float>(const Context& ctx, float* dst, const float* src, int rows, int cols, int pitch) {
   T6_TIMED(ctx, "add from pitch");
   add_from_pitch_kernel<<<blocks_for((size_t)rows * cols, 256), 256, 0, stream(ctx)>>>(dst, src, rows, cols, pitch);
   CUDA_CHECK_LAUNCH();

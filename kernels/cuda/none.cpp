@@ -37,12 +37,14 @@ void snapshot_fence(const Context&) { no_cuda(); }
 void snapshot_wait(const Context&) { no_cuda(); }
 void range_push(const char*) {}
 void range_pop() {}
-void scale(const Context&, float*, double, size_t) { no_cuda(); }
-void add_from_pitch(const Context&, float*, const float*, int, int, int) { no_cuda(); }
-double sum(const Context&, const float*, size_t) { no_cuda(); }
-double sum_squares(const Context&, const float*, size_t) { no_cuda(); }
-void adamw_update(const Context&, float*, const float*, float*, float*, size_t, double, double, double, double, double,
-                  double, double, double, bf16*) { no_cuda(); }
+// (The fp32 ops' CUDA branches are compiled for every build; the bf16 ops are instantiated only
+// where CUDA is, kernels/dispatch.cpp.)
+template <> void scale<float>(const Context&, float*, double, size_t) { no_cuda(); }
+template <> void add_from_pitch<float>(const Context&, float*, const float*, int, int, int) { no_cuda(); }
+template <> double sum<float>(const Context&, const float*, size_t) { no_cuda(); }
+template <> double sum_squares<float>(const Context&, const float*, size_t) { no_cuda(); }
+template <> void adamw_update<float>(const Context&, float*, const float*, float*, float*, size_t, double, double, double,
+                                     double, double, double, double, double, bf16*) { no_cuda(); }
 }  // namespace cuda
 
 }  // namespace t6

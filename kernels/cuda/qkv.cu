@@ -466,7 +466,7 @@ void check_pitch(const QkvLayout& L) {
 }  // namespace
 
 template <>
-void qkv_forward<bf16>(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L, int B,
+void cuda::qkv_forward<bf16>(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L, int B,
                        int T, int t0) {
   T6_TIMED(ctx, "qkv forward");
   check_pitch(L);
@@ -479,7 +479,7 @@ void qkv_forward<bf16>(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16
 }
 
 template <>
-void qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, const bf16* dv,
+void cuda::qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, const bf16* dv,
                         const bf16* proj, const QkvLayout& L, int B, int T) {
   T6_TIMED(ctx, "qkv backward");
   check_pitch(L);
@@ -492,7 +492,7 @@ void qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const b
 }
 
 template <>
-void kv_cache_store<bf16>(const Context& ctx, bf16* k_cache, bf16* v_cache, const bf16* proj, const QkvLayout& L,
+void cuda::kv_cache_store<bf16>(const Context& ctx, bf16* k_cache, bf16* v_cache, const bf16* proj, const QkvLayout& L,
                           int B, int T, int t0, int context) {
   T6_TIMED(ctx, "kv cache store");
   check_pitch(L);

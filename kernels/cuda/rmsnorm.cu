@@ -106,7 +106,7 @@ bool vectorized(int C, std::initializer_list<const void*> ptrs) {
 }  // namespace
 
 template <>
-void rmsnorm_forward<bf16, float>(const Context& ctx, bf16* out, float* rstd, const bf16* inp, int N, int C,
+void cuda::rmsnorm_forward<bf16, float>(const Context& ctx, bf16* out, float* rstd, const bf16* inp, int N, int C,
                                   double eps) {
   T6_TIMED(ctx, "rmsnorm forward");
   if (vectorized(C, {out, inp}))
@@ -117,7 +117,7 @@ void rmsnorm_forward<bf16, float>(const Context& ctx, bf16* out, float* rstd, co
 }
 
 template <>
-void residual_rmsnorm_forward<bf16, float>(const Context& ctx, bf16* x_out, bf16* out, float* rstd, const bf16* x,
+void cuda::residual_rmsnorm_forward<bf16, float>(const Context& ctx, bf16* x_out, bf16* out, float* rstd, const bf16* x,
                                            const bf16* branch, int N, int C, double eps) {
   T6_TIMED(ctx, "residual + rmsnorm forward");
   if (vectorized(C, {x_out, out, x, branch}))
@@ -130,7 +130,7 @@ void residual_rmsnorm_forward<bf16, float>(const Context& ctx, bf16* x_out, bf16
 }
 
 template <>
-void rmsnorm_backward<bf16, float>(const Context& ctx, bf16* dinp, const bf16* dout, const bf16* inp,
+void cuda::rmsnorm_backward<bf16, float>(const Context& ctx, bf16* dinp, const bf16* dout, const bf16* inp,
                                    const float* rstd, int N, int C) {
   T6_TIMED(ctx, "rmsnorm backward");
   if (vectorized(C, {dinp, dout, inp}))

@@ -70,7 +70,7 @@ dim3 grid(int N, int F, int W) { return dim3((F / W + kThreads - 1) / kThreads, 
 }  // namespace
 
 template <>
-void swiglu_forward<bf16>(const Context& ctx, bf16* out, const bf16* fc, int N, int F, int ld_fc, int ld_out) {
+void cuda::swiglu_forward<bf16>(const Context& ctx, bf16* out, const bf16* fc, int N, int F, int ld_fc, int ld_out) {
   T6_TIMED(ctx, "swiglu forward");
   ld_fc = ld_fc ? ld_fc : 2 * F, ld_out = ld_out ? ld_out : F;
   if (F % 2 == 0 && ld_fc % 2 == 0 && ld_out % 2 == 0)
@@ -81,7 +81,7 @@ void swiglu_forward<bf16>(const Context& ctx, bf16* out, const bf16* fc, int N, 
 }
 
 template <>
-void swiglu_backward<bf16>(const Context& ctx, bf16* dfc, const bf16* dout, const bf16* fc, int N, int F, int ld_fc,
+void cuda::swiglu_backward<bf16>(const Context& ctx, bf16* dfc, const bf16* dout, const bf16* fc, int N, int F, int ld_fc,
                            int ld_out) {
   T6_TIMED(ctx, "swiglu backward");
   ld_fc = ld_fc ? ld_fc : 2 * F, ld_out = ld_out ? ld_out : F;
