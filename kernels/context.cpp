@@ -56,20 +56,31 @@ size_t host_memory_available() {
   return std::min(available, cgroup_memory_left());
 }
 
+namespace {
+
+// Host memory, 64-byte aligned (BLAS and vectorized loops stay on their fast paths), refused up
+// front when it cannot fit; *rounded gets the size allocated.
+void* host_alloc(size_t bytes, size_t* rounded) {
+  *rounded = (bytes + 63) / 64 * 64;
+  if (*rounded >= (64u << 20)) {  // large ones only: reading /proc costs a little
+    const size_t available = host_memory_available();
+    if (available > 0 && *rounded > available)
+      throw OutOfMemory(fmt::format("cannot allocate {:.2f} GB on the host: {:.2f} GB available", *rounded / 1e9,
+                                    available / 1e9));
+  }
+  void* p = std::aligned_alloc(64, *rounded);
+  if (!p)
+    throw OutOfMemory(fmt::format("cannot allocate {:.2f} GB on the host (the allocator refused)", *rounded / 1e9));
+  return p;
+}
+
+}  // namespace
+
 void* Context::alloc(size_t bytes) const {
   if (bytes == 0) return nullptr;
   if (device == Device::cuda) return cuda::alloc(*this, bytes);
-  // 64-byte alignment keeps BLAS and vectorized loops on their fast paths.
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded >= (64u << 20)) {  // large ones only: reading /proc costs a little
-    const size_t available = host_memory_available();
-    if (available > 0 && rounded > available)
-      throw OutOfMemory(fmt::format("cannot allocate {:.2f} GB on the host: {:.2f} GB available", rounded / 1e9,
-                                    available / 1e9));
-  }
-  void* p = std::aligned_alloc(64, rounded);
-  if (!p)
-    throw OutOfMemory(fmt::format("cannot allocate {:.2f} GB on the host (the allocator refused)", rounded / 1e9));
+  size_t rounded = 0;
+  void* p = host_alloc(bytes, &rounded);
   std::memset(p, 0, rounded);
   return p;
 }
@@ -120,9 +131,8 @@ TimelineRange::~TimelineRange() {
 void* Context::alloc_pinned(size_t bytes) const {
   if (bytes == 0) return nullptr;
   if (device == Device::cuda) return cuda::alloc_pinned(*this, bytes);
-  void* p = std::malloc(bytes);
-  if (!p) throw OutOfMemory(fmt::format("cannot allocate {:.2f} GB on the host (the allocator refused)", bytes / 1e9));
-  return p;
+  size_t rounded = 0;
+  return host_alloc(bytes, &rounded);  // (not zeroed: the snapshot's copy writes all of it)
 }
 
 void Context::release_pinned(void* ptr) const {

@@ -118,7 +118,7 @@ void write_all(int fd, const void* data, size_t bytes, const std::string& path) 
 // sweep of stale temporaries removes the rest).
 void retire(const fs::path& dir) {
   if (!fs::exists(dir)) return;
-  const fs::path old = dir.parent_path() / ("." + dir.filename().string() + ".old");
+  const fs::path old = dir.parent_path() / fmt::format(".{}.old", dir.filename().string());
   std::error_code ignored;
   fs::remove_all(old, ignored);
   fs::rename(dir, old);

@@ -55,6 +55,12 @@ inline Buffer<bf16> upload(const Context& ctx, const Vec& v) {
   b.from_host(h.data(), h.size());
   return b;
 }
+inline Buffer<float> upload_f32(const Context& ctx, const Vec& v) {
+  const std::vector<float> h(v.begin(), v.end());
+  Buffer<float> b(ctx, v.size());
+  b.from_host(h.data(), h.size());
+  return b;
+}
 template <class T>
 Vec download(const Buffer<T>& b, size_t n = 0, size_t offset = 0) {
   n = n ? n : b.size();

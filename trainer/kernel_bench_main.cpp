@@ -14,8 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <map>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>

@@ -26,19 +26,13 @@ Sizes sizes(const Context& ctx, const BenchArgs& args) {
           args.get("reps", 20), gpu_name(ctx)};
 }
 
-Buffer<float> upload_f32(const Context& ctx, const Vec& v) {
-  const std::vector<float> h(v.begin(), v.end());
-  Buffer<float> b(ctx, v.size());
-  b.from_host(h.data(), h.size());
-  return b;
-}
-
 std::function<std::string(size_t)> at_matrix(size_t cols) {
   return [cols](size_t i) { return fmt::format("(row {}, column {})", i / cols, i % cols); };
 }
 
 // One table row per timed kernel; returns the exit code.
 struct Report {
+  explicit Report(std::string op) : op(std::move(op)) {}
   std::string op;
   double worst = 0;
   std::vector<std::string> rows;
@@ -66,19 +60,20 @@ std::vector<int32_t> random_tokens(Rng& rng, int n, int V) {
 }
 
 int embedding(const Context& ctx, const Sizes& s) {
-  Report r{"embedding"};
+  Report r("embedding");
   Rng rng;
   const Context cpu;
   const Vec wte = rng.bf16_values((size_t)s.V * s.C, 1.0);
   auto g_wte = upload(ctx, wte);
-  for (int N : {s.check, s.N}) {
+  for (bool checking : {true, false}) {
+    const int N = checking ? s.check : s.N;
     const std::vector<int32_t> tokens = random_tokens(rng, N, s.V);
     const Vec dout = rng.bf16_values((size_t)N * s.C, 1.0);
     Buffer<int32_t> t(ctx, N);
     t.from_host(tokens.data(), N);
     auto g_out = poisoned(ctx, (size_t)N * s.C), g_dout = upload(ctx, dout);
     Buffer<float> g_dwte(ctx, (size_t)s.V * s.C);
-    if (N == s.check) {
+    if (checking) {
       Vec out((size_t)N * s.C), dwte((size_t)s.V * s.C, 0.0);
       embedding_forward(cpu, out.data(), tokens.data(), wte.data(), N, s.C);
       embedding_backward(cpu, dwte.data(), dout.data(), tokens.data(), N, s.C, s.V);
@@ -99,17 +94,18 @@ int embedding(const Context& ctx, const Sizes& s) {
 }
 
 int rmsnorm(const Context& ctx, const Sizes& s) {
-  Report r{"rmsnorm"};
+  Report r("rmsnorm");
   Rng rng;
   const Context cpu;
-  for (int N : {s.check, s.N}) {
+  for (bool checking : {true, false}) {
+    const int N = checking ? s.check : s.N;
     const size_t n = (size_t)N * s.C;
     const Vec x = rng.bf16_values(n, 3.0), branch = rng.bf16_values(n, 1.0), dy = rng.bf16_values(n, 1.0),
               dx0 = rng.bf16_values(n, 1.0);
     auto gx = upload(ctx, x), gbr = upload(ctx, branch), gdy = upload(ctx, dy), gdx = upload(ctx, dx0);
     auto gxo = poisoned(ctx, n), gh = poisoned(ctx, n);
     Buffer<float> grstd(ctx, N);
-    if (N == s.check) {
+    if (checking) {
       Vec xo(n), h(n), rstd(N), dx = dx0;
       residual_rmsnorm_forward(cpu, xo.data(), h.data(), rstd.data(), x.data(), branch.data(), N, s.C, kRmsEps);
       residual_rmsnorm_forward(ctx, gxo.data(), gh.data(), grstd.data(), gx.data(), gbr.data(), N, s.C, kRmsEps);
@@ -135,18 +131,19 @@ int rmsnorm(const Context& ctx, const Sizes& s) {
 
 // The MLP's first product (C → 2F, fc1‖fc2 stacked) and its backward: the step's largest.
 int matmul(const Context& ctx, const Sizes& s) {
-  Report r{"matmul"};
+  Report r("matmul");
   Rng rng;
   const Context cpu;
   const int K = s.C, Nout = 2 * s.F;
   const Vec W = rng.bf16_values((size_t)Nout * K, 0.05);
   auto gW = upload(ctx, W);
-  for (int M : {s.check, s.N}) {
+  for (bool checking : {true, false}) {
+    const int M = checking ? s.check : s.N;
     const Vec x = rng.bf16_values((size_t)M * K, 1.0), dy = rng.bf16_values((size_t)M * Nout, 1.0);
     auto gx = upload(ctx, x), gdy = upload(ctx, dy), gout = poisoned(ctx, (size_t)M * Nout),
          gdx = poisoned(ctx, (size_t)M * K);
     Buffer<float> gdW(ctx, (size_t)Nout * K);
-    if (M == s.check) {
+    if (checking) {
       Vec out((size_t)M * Nout), dx((size_t)M * K), dW((size_t)Nout * K, 0.0);
       matmul_forward(cpu, out.data(), x.data(), W.data(), M, K, Nout);
       matmul_backward_input(cpu, dx.data(), dy.data(), W.data(), M, K, Nout);
@@ -174,14 +171,15 @@ int matmul(const Context& ctx, const Sizes& s) {
 }
 
 int swiglu(const Context& ctx, const Sizes& s) {
-  Report r{"swiglu"};
+  Report r("swiglu");
   Rng rng;
   const Context cpu;
-  for (int N : {s.check, s.N}) {
+  for (bool checking : {true, false}) {
+    const int N = checking ? s.check : s.N;
     const size_t n = (size_t)N * s.F;
     const Vec fc = rng.bf16_values(2 * n, 4.0), dout = rng.bf16_values(n, 1.0);
     auto gfc = upload(ctx, fc), gdo = upload(ctx, dout), gout = poisoned(ctx, n), gdfc = poisoned(ctx, 2 * n);
-    if (N == s.check) {
+    if (checking) {
       Vec out(n), dfc(2 * n);
       swiglu_forward(cpu, out.data(), fc.data(), N, s.F);
       swiglu_backward(cpu, dfc.data(), dout.data(), fc.data(), N, s.F);
@@ -202,11 +200,12 @@ int swiglu(const Context& ctx, const Sizes& s) {
 // Softmax cross-entropy over the vocabulary and its gradient, in place over the logits. The
 // timed call rewrites its own input (logits → gradients), which costs the same every time.
 int classifier(const Context& ctx, const Sizes& s) {
-  Report r{"classifier"};
+  Report r("classifier");
   Rng rng;
   const Context cpu;
   const int N = std::min(s.check, 64), Nt = std::min(s.N, 8192);  // (the model runs it in chunks)
-  for (int rows : {N, Nt}) {
+  for (bool checking : {true, false}) {
+    const int rows = checking ? N : Nt;
     std::vector<int32_t> targets = random_tokens(rng, rows, s.V);
     targets[rows - 1] = -1;  // an ignored position
     const Vec logits = rng.bf16_values((size_t)rows * s.V, 8.0);
@@ -214,7 +213,7 @@ int classifier(const Context& ctx, const Sizes& s) {
     gt.from_host(targets.data(), rows);
     auto gl = upload(ctx, logits);
     Buffer<float> gloss(ctx, rows);
-    if (rows == N) {
+    if (checking) {
       Vec dlogits = logits, losses(rows);
       classifier_forward_backward(cpu, dlogits.data(), losses.data(), targets.data(), rows, s.V, rows - 1, 1.0);
       classifier_forward_backward(ctx, gl.data(), gloss.data(), gt.data(), rows, s.V, rows - 1, 1.0);
@@ -231,17 +230,18 @@ int classifier(const Context& ctx, const Sizes& s) {
 
 // AdamW over fp32 parameters, gradients and moments, writing the bf16 copy too.
 int adamw(const Context& ctx, const Sizes& s) {
-  Report r{"adamw"};
+  Report r("adamw");
   Rng rng;
   const Context cpu;
   const size_t full = (size_t)12 * s.C * s.C * 12;  // about a T6-small's weights (12 layers of 12·C²)
-  for (size_t n : {(size_t)s.check * 1024, full}) {
+  for (bool checking : {true, false}) {
+    const size_t n = checking ? (size_t)s.check * 1024 : full;
     Vec p = rng.bf16_values(n, 1.0), g = rng.bf16_values(n, 0.01), m = rng.bf16_values(n, 0.001),
         v = rng.bf16_values(n, 1e-4);
     for (double& x : v) x = std::fabs(x);
     auto gp = upload_f32(ctx, p), gg = upload_f32(ctx, g), gm = upload_f32(ctx, m), gv = upload_f32(ctx, v);
     auto w = poisoned(ctx, n);
-    if (n != full) {
+    if (checking) {
       adamw_update(cpu, p.data(), g.data(), m.data(), v.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.19, 0.0975, 0.7);
       adamw_update(ctx, gp.data(), gg.data(), gm.data(), gv.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.19, 0.0975, 0.7,
                    w.data());

@@ -102,10 +102,7 @@ class NcclWatchdog {
     }
   }
   [[noreturn]] void fail(const std::string& why) {
-    fmt::print(stderr, "t6-train: error on rank {} of {}: {}; ending the job so that it can be restarted with --resume "
-                       "auto\n", rank_, size_, why);
-    std::fflush(stderr);
-    std::fflush(stdout);
+    print_watchdog_verdict(rank_, size_, why);
     // Aborting releases the collective kernels and NCCL's threads; should it hang itself, the
     // process ends anyway.
     std::thread([] {

@@ -97,12 +97,9 @@ class CollectiveWatchdog {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
       const int64_t since = since_ns_, timeout = timeout_ns_;
       if (since == 0 || timeout <= 0 || now_ns() - since < timeout) continue;
-      fmt::print(stderr,
-                 "t6-train: error on rank {} of {}: no progress for {:.0f} s inside {} (train.collective_timeout_s): "
-                 "another rank has stopped, died or hangs; ending the job so that it can be restarted with "
-                 "--resume auto\n", rank_, size_, (now_ns() - since) / 1e9, what_.load());
-      std::fflush(stderr);
-      std::fflush(stdout);
+      print_watchdog_verdict(rank_, size_,
+                             fmt::format("no progress for {:.0f} s inside {} (train.collective_timeout_s): another "
+                                         "rank has stopped, died or hangs", (now_ns() - since) / 1e9, what_.load()));
       std::_Exit(1);
     }
   }
@@ -112,6 +109,17 @@ class CollectiveWatchdog {
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+}  // namespace
+
+void print_watchdog_verdict(int rank, int size, const std::string& why) {
+  fmt::print(stderr, "t6-train: error on rank {} of {}: {}; ending the job so that it can be restarted with --resume "
+                     "auto\n", rank, size, why);
+  std::fflush(stderr);
+  std::fflush(stdout);
+}
+
+namespace {
 
 class MpiCommunicator final : public Communicator {
  public:

@@ -51,5 +51,8 @@ Runtime init_runtime(int* argc, char*** argv);
 void finalize_runtime(Runtime& rt);
 // Ends the whole job after an error on this rank: no other rank is left waiting.
 [[noreturn]] void abort_job(const Runtime& rt, int code);
+// A collective watchdog's verdict (MPI's in runtime.cpp, NCCL's in nccl.cpp), on stderr and
+// flushed, just before that watchdog's thread ends the process.
+void print_watchdog_verdict(int rank, int size, const std::string& why);
 
 }  // namespace t6
