@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include "data/mc_eval.h"
@@ -34,6 +35,17 @@ Config tiny(const std::string& out, int accum, std::vector<std::string> extra = 
                                "checkpoint.interval=0", "train.consistency_interval=1", "data.val=null",
                                "model.block_size=32"});
   return load_config(test::source_path("configs/demo.yaml"), test::tiny_overrides(out, extra));
+}
+
+// Runs f on world ranks 0 … n − 1 with a communicator of their own (the other ranks skip it).
+void on_first_ranks(int n, const std::function<void(Communicator*)>& f) {
+  MPI_Comm sub;
+  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < n ? 0 : 1, world_rank(), &sub);
+  if (world_rank() < n) {
+    auto comm = communicator(sub);
+    f(comm.get());
+  }
+  MPI_Comm_free(&sub);
 }
 
 std::vector<float> weights(const std::string& out_dir) { return test::flat_weights(out_dir + "/model.safetensors"); }
@@ -101,13 +113,7 @@ TEST(DataParallel, CheckpointOfTwoRanksResumesOnOneAndOnThreeWithAndWithoutZero)
   }
   // Ranks 0 and 1 train 4 steps with ZeRO-1 (so the saved moments are gathered shards) and
   // checkpoint; any others wait.
-  MPI_Comm pair;
-  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < 2 ? 0 : 1, world_rank(), &pair);
-  if (world_rank() < 2) {
-    auto comm = communicator(pair);
-    train(tiny(two, 3, {"train.max_iters=4", "optim.zero=1"}), "", comm.get());
-  }
-  MPI_Comm_free(&pair);
+  on_first_ranks(2, [&](Communicator* comm) { train(tiny(two, 3, {"train.max_iters=4", "optim.zero=1"}), "", comm); });
   world->barrier();
 
   auto check = [&](const TrainResult& r, const std::string& what) {
@@ -149,13 +155,9 @@ TEST(ShardedCheckpoint, ThreeRanksResumeOnOneTwoAndFour) {
     auto self = communicator(MPI_COMM_SELF);
     reference = train(tiny(straight, 12, {"train.max_iters=8", "train.consistency_interval=0"}), "", self.get());
   }
-  MPI_Comm trio;
-  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < 3 ? 0 : 1, world_rank(), &trio);
-  if (world_rank() < 3) {
-    auto comm = communicator(trio);
-    train(tiny(three, 4, {"train.max_iters=4", "optim.zero=1"}), "", comm.get());
-  }
-  MPI_Comm_free(&trio);
+  on_first_ranks(3, [&](Communicator* comm) {
+    train(tiny(three, 4, {"train.max_iters=4", "optim.zero=1"}), "", comm);
+  });
   world->barrier();
   if (world_rank() == 0) {  // three slices, and no rank held more than its own
     const std::string ckpt = three + "/ckpt_4";
@@ -177,13 +179,9 @@ TEST(ShardedCheckpoint, ThreeRanksResumeOnOneTwoAndFour) {
     check(train(tiny(four, 3, {"train.max_iters=8", "optim.zero=1"}), from, world.get()), four, "4 ranks");
   }
   const std::string two = shared_dir("sharded_two");  // (a collective of all ranks)
-  MPI_Comm pair;
-  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < 2 ? 0 : 1, world_rank(), &pair);
-  if (world_rank() < 2) {  // two ranks, no ZeRO: 24 = 2 × 2 × 6
-    auto comm = communicator(pair);
-    check(train(tiny(two, 6, {"train.max_iters=8"}), from, comm.get()), two, "2 ranks");
-  }
-  MPI_Comm_free(&pair);
+  on_first_ranks(2, [&](Communicator* comm) {  // two ranks, no ZeRO: 24 = 2 × 2 × 6
+    check(train(tiny(two, 6, {"train.max_iters=8"}), from, comm), two, "2 ranks");
+  });
   if (world_rank() == 0) {  // one rank: 24 = 1 × 2 × 12
     auto self = communicator(MPI_COMM_SELF);
     const std::string one = test::temp_dir("sharded_one");
