@@ -305,7 +305,7 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
   auto at_lse = [=](size_t i) { return fmt::format("(b {}, h {}, t {})", i / ((size_t)H * T), i / T % H, i % T); };
   auto gq = upload(q), gk = upload(k), gv = upload(v), gdo = upload(dout);
   int versions = 0;
-  // mma.sync; Hopper's in the deterministic order and in arrival order; Hopper's without turns.
+  // mma.sync; Hopper's in the deterministic order and in arrival order; Hopper's, a block per tile.
   const std::pair<int, bool> runs[] = {{1, true}, {2, true}, {2, false}, {3, true}};
   for (const auto& [version, deterministic] : runs) {
     ctx.cuda->attention_version = version;
@@ -321,7 +321,7 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
                        gout.data(), glse.data(), B, T, H, Hkv, D);
     versions++;
     SCOPED_TRACE(version == 1 ? "mma.sync kernels"
-                 : version == 3 ? "Hopper kernels, no turns"
+                 : version == 3 ? "Hopper kernels, a forward block per tile"
                  : deterministic ? "Hopper kernels, deterministic" : "Hopper kernels, arrival order");
     EXPECT_TRUE(close_elementwise(download(gout), out, 2e-2, 2e-2, at(H))) << "out";
     EXPECT_TRUE(close_elementwise(download(glse), lse, 1e-3, 1e-3, at_lse)) << "lse";
@@ -352,7 +352,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuAttention,
                                            AttentionCase{2, 129, 4, 2, 32},    // head_dim 32 (mma.sync only), GQA
                                            AttentionCase{1, 1024, 2, 2, 64},   // the paper's T
                                            AttentionCase{1, 2048, 1, 1, 64},   // one head, longer
-                                           AttentionCase{1, 4096, 1, 1, 64}),  // the longest rows
+                                           AttentionCase{1, 4096, 1, 1, 64},   // the longest rows
+                                           AttentionCase{2, 520, 47, 47, 64}), // 470 query tiles: several per block
                          [](const auto& info) {
                            const AttentionCase& c = info.param;
                            return fmt::format("B{}_T{}_H{}_Hkv{}_D{}", c.B, c.T, c.H, c.Hkv, c.D);
