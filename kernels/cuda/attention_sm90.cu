@@ -17,8 +17,9 @@
 // memory, and walks the 64-query tiles at or after them for every query head of its group:
 // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q (A from
 // registers), and dQ = dS·K from dSᵀ staged in shared memory. dQ tiles are added into an
-// fp32 buffer by bulk reductions (one 64×D tile per step, not per-element atomics); in the
-// deterministic mode each (head, query tile) takes its key tiles' additions in a fixed order.
+// fp32 buffer by bulk reductions (one 64×D tile per step, not per-element atomics), issued by
+// writer threads, one per staging buffer; in the deterministic mode each (head, query tile)
+// takes its key tiles' additions in a fixed order.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -350,14 +351,17 @@ __global__ void dq_convert_kernel(bf* dq, const float* acc, int B, int T, int Tp
   }
 }
 
+// dQ tiles wait in shared memory for their bulk reduction: one stage per writer thread (a lane
+// of each of the producer warpgroup's spare warps), as many as fit (D 128: two).
 template <int D>
 struct BwdSmem {
+  static constexpr int dq_stages = D == 64 ? 3 : 2;
   static constexpr int kv_bytes = kBwdN * D * 2, q_bytes = kBwdM * D * 2, stat_bytes = kBwdM * 4;
   static constexpr int ds_bytes = kBwdN * kBwdM * 2, dq_bytes = kBwdM * D * 4;
   static constexpr int k = 0, v = kv_bytes, q = 2 * kv_bytes, dout = q + 2 * q_bytes, ds = dout + 2 * q_bytes,
-                       dq = ds + 2 * ds_bytes, lse = dq + 2 * dq_bytes, delta = lse + 2 * stat_bytes,
+                       dq = ds + 2 * ds_bytes, lse = dq + dq_stages * dq_bytes, delta = lse + 2 * stat_bytes,
                        bars = delta + 2 * stat_bytes;
-  static constexpr int total = bars + 9 * 8 + 1024;
+  static constexpr int total = bars + (5 + 2 * dq_stages) * 8 + 1024;
 };
 
 struct BwdArgs {
@@ -382,7 +386,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
   // kv_full: K and V are in; full/empty: a stage of Q, dO, lse, delta; staged/free: a dQ tile
   // is in its staging buffer, and has been read out by the reduction.
-  uint64_t *kv_full = bars, *full = bars + 1, *empty = bars + 3, *staged = bars + 5, *free = bars + 7;
+  constexpr int kDqStages = L::dq_stages;
+  uint64_t *kv_full = bars, *full = bars + 1, *empty = bars + 3, *staged = bars + 5, *free = staged + kDqStages;
 
   const int ntiles_k = gridDim.x;
   const int n = ntiles_k - 1 - blockIdx.x;  // key tile: the later (shorter) ones first, see `order`
@@ -394,10 +399,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
-    for (int s = 0; s < 2; s++) {
-      mbar_init(full + s, 1), mbar_init(empty + s, 128 * kConsumers);
-      mbar_init(staged + s, 128 * kConsumers), mbar_init(free + s, 1);
-    }
+    for (int s = 0; s < 2; s++) mbar_init(full + s, 1), mbar_init(empty + s, 128 * kConsumers);
+    for (int s = 0; s < kDqStages; s++) mbar_init(staged + s, 128 * kConsumers), mbar_init(free + s, 1);
     mbar_init_fence();
   }
   __syncthreads();
@@ -422,9 +425,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         bulk_load(smem + L::lse + s * L::stat_bytes, a.lse2 + stat, L::stat_bytes, full + s);
         bulk_load(smem + L::delta + s * L::stat_bytes, a.delta + stat, L::stat_bytes, full + s);
       }
-    } else if (threadIdx.x == 32) {  // the dQ writer: adds each staged tile into the fp32 sums
-      for (int i = 0; i < steps; i++) {
-        const int h = kvh * group + i / per_head, m = first + i % per_head, s = i & 1, phase = (i >> 1) & 1;
+    } else if (threadIdx.x % 32 == 0 && threadIdx.x / 32 <= kDqStages) {
+      // dQ writer s adds the tiles staged in stage s (steps s, s + stages, …) into the fp32
+      // sums. In the deterministic mode a writer waits for its tile's turn and then for its
+      // addition to land; with one writer per stage, those waits overlap.
+      const int s = threadIdx.x / 32 - 1;
+      for (int i = s; i < steps; i += kDqStages) {
+        const int h = kvh * group + i / per_head, m = first + i % per_head, phase = (i / kDqStages) & 1;
         mbar_wait(staged + s, phase);
         const size_t tile = ((size_t)b * a.H + h) * (a.Tp / kBwdM) + m;
         int* turn = a.order ? a.order + tile : nullptr;
@@ -574,10 +581,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_regs(pa);
     fence_regs(dsa);
     mbar_arrive(empty + s);
-    // This consumer's columns of the dQ tile into staging buffer s, once the writer has read
-    // out what was there two steps ago; the layout is the fp32 sums' (see dq_convert_kernel).
-    if (i >= 2) mbar_wait(free + s, phase ^ 1);
-    float* stage = reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes) + q_row * 64 + 2 * tig;
+    // This consumer's columns of the dQ tile into its staging buffer, once the writer has read
+    // out what was there kDqStages steps ago; the layout is the fp32 sums' (see dq_convert_kernel).
+    const int qs = i % kDqStages;
+    if (i >= kDqStages) mbar_wait(free + qs, ((i / kDqStages) & 1) ^ 1);
+    float* stage = reinterpret_cast<float*>(smem + L::dq + qs * L::dq_bytes) + q_row * 64 + 2 * tig;
 #pragma unroll
     for (int j = 0; j < kDqN / 8; j++) {
       const int col = cw * kDqN + 8 * j, block = col / 64, g = col % 64 / 8;
@@ -587,7 +595,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             make_float2(dq[4 * j + 2 * i2], dq[4 * j + 2 * i2 + 1]);
     }
     fence_async_shared();
-    mbar_arrive(staged + s);
+    mbar_arrive(staged + qs);
   }
   const size_t kstride = (size_t)a.Hkv * D;
 #pragma unroll
