@@ -36,6 +36,7 @@ std::vector<float> init_params(const ModelConfig& cfg, const ParamLayout& layout
   std::vector<float> params(layout.total, 0.0f);
   std::mt19937_64 rng(seed);
   for (const ParamInfo& p : layout.params) {
+    if (p.padding) continue;  // zero, and no draws: the random stream is the same with or without padding
     const double bound = init_bound(cfg, p.name);
     if (bound == 0.0) continue;
     for (size_t i = 0; i < p.size; i++) params[p.offset + i] = (float)uniform(rng, -bound, bound);

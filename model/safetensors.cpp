@@ -132,11 +132,17 @@ std::map<std::string, HostTensor> read_safetensors(const std::string& path) {
 
 void save_weights(const std::string& path, const ParamLayout& layout, const std::vector<float>& flat,
                   const std::map<std::string, std::string>& metadata) {
+  if (flat.size() != layout.total)
+    throw std::invalid_argument(fmt::format("{}: {} numbers given for a layout of {}", path, flat.size(), layout.total));
+  // The model's tensors back to back, in layout order; the layout's padding is no tensor.
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  for (const ParamInfo& p : layout.params)
-    header[p.name] = {{"dtype", "F32"}, {"shape", p.shape},
-                      {"data_offsets", {p.offset * 4, (p.offset + p.size) * 4}}};
+  size_t at = 0;
+  for (const ParamInfo& p : layout.params) {
+    if (p.padding) continue;
+    header[p.name] = {{"dtype", "F32"}, {"shape", p.shape}, {"data_offsets", {at * 4, (at + p.size) * 4}}};
+    at += p.size;
+  }
   std::string text = header.dump();
   text.resize((text.size() + 7) / 8 * 8, ' ');  // the format allows space padding; keeps data 8-byte aligned
   const uint64_t len = text.size();
@@ -144,8 +150,9 @@ void save_weights(const std::string& path, const ParamLayout& layout, const std:
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw std::runtime_error(fmt::format("{}: cannot write ({})", tmp, std::strerror(errno)));
-  bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, len, f) == len &&
-            std::fwrite(flat.data(), 4, layout.total, f) == layout.total;
+  bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, len, f) == len;
+  for (const ParamInfo& p : layout.params)
+    if (!p.padding) ok = ok && std::fwrite(flat.data() + p.offset, 4, p.size, f) == p.size;
   ok = std::fflush(f) == 0 && ok;
   ok = fsync(fileno(f)) == 0 && ok;
   ok = std::fclose(f) == 0 && ok;
@@ -171,8 +178,9 @@ std::vector<float> load_weights(const std::string& path, const ParamLayout& layo
   }
 
   std::vector<std::string> problems;
-  std::vector<float> flat(layout.total);
+  std::vector<float> flat(layout.total);  // (the padding stays zero)
   for (const ParamInfo& p : layout.params) {
+    if (p.padding) continue;
     auto it = tensors.find(p.name);
     if (it == tensors.end()) {
       problems.push_back(fmt::format("missing     {} (expected shape {})", p.name, p.shape));

@@ -12,8 +12,6 @@ namespace t6 {
 
 namespace {
 
-int round8(int n) { return (n + 7) / 8 * 8; }
-
 // The q/k/v projections' names within a layer (q, k, v): one dense matrix, or factors A and B.
 const char* const kFactorA[3] = {"attn.c_qkv.W_A_q.weight", "attn.c_qkv.W_A_k.weight", "attn.c_qkv.W_A_v.weight"};
 const char* const kFactorB[3] = {"attn.c_qkv.W_B_q.weight", "attn.c_qkv.W_B_k.weight", "attn.c_qkv.W_B_v.weight"};
@@ -53,11 +51,23 @@ std::pair<size_t, size_t> contiguous_range(const ParamLayout& layout, const std:
   return {first, size};
 }
 
+// The rounded-up products over a stacked matrix of `rows` rows (pitch = round8(rows)) read
+// pitch − rows rows past its end, at `end`: these must be the layout's padding entry `name`,
+// of exactly that size (none when rows is a multiple of 8).
+void check_padding(const ParamLayout& layout, const std::string& name, size_t end, int rows, int cols) {
+  const size_t want = (size_t)(round8(rows) - rows) * cols;
+  const ParamInfo* p = layout.find(name);
+  const bool ok = want == 0 ? p == nullptr : p && p->padding && p->offset == end && p->size == want;
+  if (!ok)
+    throw std::logic_error(fmt::format("parameter layout: {} must be padding of {} numbers right after the stacked "
+                                       "matrix it pads (the model's rounded-up products read it)", name, want));
+}
+
 }  // namespace
 
-// Each layer's parameters in layout order are: the q/k/v projections, attn.c_proj, c_fc1,
-// c_fc2, mlp.c_proj. Stacked, the projections are one matrix (one matmul); so are c_fc1 and
-// c_fc2. This records the q/k/v sections' columns in the stacked product, by name.
+// Each layer's parameters in layout order are: the q/k/v projections, their padding, attn.c_proj,
+// c_fc1, c_fc2, their padding, mlp.c_proj. Stacked, the projections are one matrix (one matmul);
+// so are c_fc1 and c_fc2. This records the q/k/v sections' columns in the stacked product, by name.
 QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
   const size_t C = cfg.n_embd;
   const auto [first, size] = contiguous_range(layout, qkv_names(cfg, 0));
@@ -78,6 +88,19 @@ QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout) {
   }
   q.pitch = round8(q.width);
   return q;
+}
+
+void check_stacked_layout(const ModelConfig& cfg, const ParamLayout& layout) {
+  const int C = cfg.n_embd, F = cfg.mlp_hidden();
+  for (int l = 0; l < cfg.n_layer; l++) {
+    const auto [qkv_first, qkv_size] = contiguous_range(layout, qkv_names(cfg, l));
+    const auto [fc_first, fc_size] =
+        contiguous_range(layout, {layer_param(l, "mlp.c_fc1.weight"), layer_param(l, "mlp.c_fc2.weight")});
+    if (fc_first != layout.at(layer_param(l, "mlp.c_fc1.weight")).offset)
+      throw std::logic_error("parameter layout: mlp.c_fc1 must come before c_fc2 (they are one stacked matrix)");
+    check_padding(layout, layer_param(l, kQkvPadding), qkv_first + qkv_size, (int)(qkv_size / C), C);
+    check_padding(layout, layer_param(l, kFcPadding), fc_first + fc_size, 2 * F, C);
+  }
 }
 
 template <class A, class P>
@@ -103,23 +126,7 @@ T6<A, P>::T6(const ModelConfig& config, const Context& context, int batch, int s
   fc_pitch_ = round8(2 * cfg.mlp_hidden());
   g_pitch_ = round8(cfg.mlp_hidden());
   pad_mlp_proj_ = g_pitch_ != cfg.mlp_hidden();
-  // The rounded-up products read past a weight into the tensor after it (attn.c_proj after
-  // the stacked projection, mlp.c_proj after c_fc): only where that tensor is large enough.
-  // Each layer's stacked matrices are checked by name: the q/k/v projections and c_fc1 then
-  // c_fc2 lie together, and what follows them (for the reads past their end) is named.
-  const int F = cfg.mlp_hidden();
-  bool qkv_then_proj = true, fc_then_proj = true;
-  for (int l = 0; l < cfg.n_layer; l++) {
-    const auto [qkv_first, qkv_size] = contiguous_range(layout, qkv_names(cfg, l));
-    const auto [fc_first, fc_size] =
-        contiguous_range(layout, {layer_param(l, "mlp.c_fc1.weight"), layer_param(l, "mlp.c_fc2.weight")});
-    if (fc_first != layout.at(layer_param(l, "mlp.c_fc1.weight")).offset)
-      throw std::logic_error("parameter layout: mlp.c_fc1 must come before c_fc2 (they are one stacked matrix)");
-    qkv_then_proj = qkv_then_proj && layout.at(layer_param(l, "attn.c_proj.weight")).offset == qkv_first + qkv_size;
-    fc_then_proj = fc_then_proj && layout.at(layer_param(l, "mlp.c_proj.weight")).offset == fc_first + fc_size;
-  }
-  attn_rows_ = qkv_then_proj && qkv_.pitch - qkv_.width <= cfg.n_head * cfg.head_dim ? qkv_.pitch : qkv_.width;
-  fc_rows_ = fc_then_proj && fc_pitch_ - 2 * F <= F ? fc_pitch_ : 2 * F;
+  check_stacked_layout(cfg, layout);
   params = Buffer<P>(ctx, layout.total);
   grads = Buffer<P>(ctx, layout.total);
   if constexpr (std::is_same_v<A, P>) {
@@ -253,14 +260,14 @@ double T6<A, P>::forward(const int32_t* tokens, const int32_t* targets, double d
     const bool last = l + 1 == cfg.n_layer;
 
     // The stacked projection's output width is rounded up to its pitch: the extra rows read
-    // past attn_in are attn.c_proj's (which follows it), and land in the padding.
-    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, attn_rows_, C, qkv_.pitch);
+    // the layout's padding after attn_in (zeros), and land in the activation's padding.
+    matmul_forward(ctx, a.proj, a.h1, w.attn_in, N_, C, qkv_.pitch, C, qkv_.pitch);
     qkv_forward(ctx, a.q, a.k, a.v, a.proj, qkv_, B_, T_);
     attention_forward(ctx, a.y, a.lse, a.q, a.k, a.v, B_, T_, H, Hkv, D);
     matmul_forward(ctx, s_.branch, a.y, w.attn_proj, N_, H * D, C);
     residual_rmsnorm_forward(ctx, a.x_mid, a.h2, a.rstd2, a.x, s_.branch, N_, C, kRmsEps);
 
-    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, fc_rows_, C, fc_pitch_);  // likewise: c_proj follows c_fc2
+    matmul_forward(ctx, a.fc, a.h2, w.fc, N_, C, fc_pitch_, C, fc_pitch_);  // likewise: padding follows c_fc2
     swiglu_forward(ctx, a.g, a.fc, N_, F, fc_pitch_, g_pitch_);
     matmul_forward(ctx, s_.branch, a.g, w.mlp_proj, N_, mlp_k(), C, g_pitch_, C);
     residual_rmsnorm_forward(ctx, last ? x_final_ : acts_[l + 1].x, last ? h_final_ : acts_[l + 1].h1,
@@ -304,7 +311,7 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     matmul_backward_input(ctx, s_.dg, s_.dx, w.mlp_proj, N_, mlp_k(), C, g_pitch_, C);
     weight_grad(g.mlp_proj, s_.dx, this->g(l), F, C, g_pitch_, C);
     swiglu_backward(ctx, s_.dfc, s_.dg, a.fc, N_, F, fc_pitch_, g_pitch_);
-    matmul_backward_input(ctx, s_.dh, s_.dfc, w.fc, N_, C, fc_rows_, C, fc_pitch_);
+    matmul_backward_input(ctx, s_.dh, s_.dfc, w.fc, N_, C, fc_pitch_, C, fc_pitch_);
     weight_grad(g.fc, s_.dfc, h2(l), C, 2 * F, C, fc_pitch_);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x_mid, a.rstd2, N_, C);
 
@@ -313,7 +320,7 @@ void T6<A, P>::backward(const std::function<void(size_t, size_t)>& grads_ready) 
     matmul_backward_weight(ctx, g.attn_proj, s_.dx, a.y, N_, H * D, C);
     attention_backward(ctx, s_.dq, s_.dk, s_.dv, s_.dy, a.q, a.k, a.v, a.y, a.lse, B_, T_, H, Hkv, D);
     qkv_backward(ctx, s_.dproj, s_.dq, s_.dk, s_.dv, a.proj, qkv_, B_, T_);
-    matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, attn_rows_, C, qkv_.pitch);
+    matmul_backward_input(ctx, s_.dh, s_.dproj, w.attn_in, N_, C, qkv_.pitch, C, qkv_.pitch);
     weight_grad(g.attn_in, s_.dproj, h1(l), C, qkv_.width, C, qkv_.pitch);
     rmsnorm_backward(ctx, s_.dx, s_.dh, a.x, a.rstd1, N_, C);
     if (grads_ready) grads_ready(layer_ranges_[l].first, layer_ranges_[l].second);
@@ -400,13 +407,13 @@ const std::vector<double>& T6<A, P>::decode(const int32_t* tokens, KvCache<A>& c
   for (int l = 0; l < cfg.n_layer; l++) {
     const Layer<const A>& w = w_.layers[l];
     A *k = cache.k[l].data(), *v = cache.v[l].data();
-    matmul_forward(ctx, d_.proj, d_.h, w.attn_in, B, C, attn_rows_, C, qkv_.pitch);
+    matmul_forward(ctx, d_.proj, d_.h, w.attn_in, B, C, qkv_.pitch, C, qkv_.pitch);
     qkv_forward(ctx, d_.q, d_.k, d_.v, d_.proj, qkv_, B, 1, pos);  // q at its position (k, v unused)
     kv_cache_store(ctx, k, v, d_.proj, qkv_, B, 1, pos, cache.context);
     attention_decode(ctx, d_.y, d_.q, k, v, qkv_, B, pos + 1, cache.context);
     matmul_forward(ctx, d_.branch, d_.y, w.attn_proj, B, H * D, C);
     residual_rmsnorm_forward(ctx, d_.x_mid, d_.h2, d_.rstd, d_.x, d_.branch, B, C, kRmsEps);
-    matmul_forward(ctx, d_.fc, d_.h2, w.fc, B, C, fc_rows_, C, fc_pitch_);
+    matmul_forward(ctx, d_.fc, d_.h2, w.fc, B, C, fc_pitch_, C, fc_pitch_);
     swiglu_forward(ctx, d_.g, d_.fc, B, F, fc_pitch_, g_pitch_);
     matmul_forward(ctx, d_.branch, d_.g, w.mlp_proj, B, mlp_k(), C, g_pitch_, C);
     residual_rmsnorm_forward(ctx, d_.x_next, d_.h, d_.rstd, d_.x_mid, d_.branch, B, C, kRmsEps);

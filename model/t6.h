@@ -24,6 +24,12 @@ constexpr double kRmsEps = 1.1920928955078125e-07;
 // Where q, k and v sit in a row of the stacked input projection (rows padded to a multiple of 8).
 QkvLayout qkv_layout(const ModelConfig& cfg, const ParamLayout& layout);
 
+// The products over each layer's stacked q/k/v projections and over c_fc1‖c_fc2 run over a
+// multiple of 8 output rows, reading the layout's padding after them. Throws std::logic_error
+// unless, in every layer, the stacked tensors lie together (c_fc1 before c_fc2), each followed
+// directly by its padding entry of the right size (none where the rows are a multiple of 8).
+void check_stacked_layout(const ModelConfig& cfg, const ParamLayout& layout);
+
 template <class A, class P = A>
 class T6 {
  public:
@@ -106,9 +112,11 @@ class T6 {
   // Row pitches of the activations whose widths need not be multiples of 8 (the stacked
   // projection's output, c_fc's, SwiGLU's): padded so every row stays 16-byte aligned.
   int fc_pitch_, g_pitch_;  // the stacked projection's is qkv_.pitch
-  int attn_rows_, fc_rows_;  // the stacked projection's and c_fc's output widths as computed (≤ their pitches)
   // mlp.c_proj is (C, F): when F is not a multiple of 8 its compute copy is kept with rows
-  // padded to g_pitch_ (zeros in the padding).
+  // padded to g_pitch_ (zeros in the padding). Unlike the stacked matrices' padding (rows after
+  // the matrix, in the layout) this is padding inside each row: in the layout it would make the
+  // reference tensor a strided one that exports, checkpoints, init and the tests would all have
+  // to step over.
   bool pad_mlp_proj_;
   Buffer<A> mlp_proj_padded_;
   Buffer<P> dweight_padded_;  // weight gradients of widths not a multiple of 8 form here first

@@ -271,6 +271,73 @@ TEST(Formats, VersionOneCheckpointsStillLoad) {
   EXPECT_EQ(w.params, s.params);
 }
 
+// Checkpoints written before the layout had padding entries (their manifests list none, their
+// arrays hold none) still load, by name, with the padding zero, whole or as a ZeRO rank's range
+// of the moments; and resuming from one gives bitwise the run that never stopped. (q_rank 3:
+// 140 q/k/v rows, so both kinds of padding are there.)
+TEST(Formats, CheckpointsWithoutPaddingEntriesStillLoadAndResume) {
+  const std::string a = test::temp_dir("pad_straight"), old = test::temp_dir("pad_old"),
+                    b = test::temp_dir("pad_resumed");
+  const std::vector<std::string> q3 = {"model.q_rank=3"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), q3.begin(), q3.end());
+    return extra;
+  };
+  const TrainResult straight = train(tiny(a, with({"train.max_iters=6", "checkpoint.interval=3"})));
+  const ParamLayout layout = make_layout(tiny(a, q3).model), packed = test::without_padding(layout);
+  ASSERT_NE(layout.find(layer_param(0, "attn.qkv_padding")), nullptr);
+  ASSERT_NE(layout.find(layer_param(0, "mlp.fc_padding")), nullptr);
+  const TrainingState now = load_checkpoint(a + "/ckpt_3", layout);
+
+  // ckpt_3 as a build before the padding entries wrote it.
+  TrainingState before = now;
+  before.params = test::without_padding(layout, now.params);
+  before.adam_m = test::without_padding(layout, now.adam_m);
+  before.adam_v = test::without_padding(layout, now.adam_v);
+  const std::string dir = save_checkpoint(old, packed, before, 0);
+  const auto manifest = nlohmann::json::parse(read_file(dir + "/manifest.json"));
+  ASSERT_EQ(manifest["total"].get<size_t>(), packed.total);
+  ASSERT_EQ(manifest["tensors"].size(), packed.params.size());
+  ASSERT_LT(packed.total, layout.total);
+
+  const TrainingState loaded = load_checkpoint(dir, layout);
+  EXPECT_EQ(loaded.params, now.params);  // (the padding zero in both)
+  EXPECT_EQ(loaded.adam_m, now.adam_m);
+  EXPECT_EQ(loaded.adam_v, now.adam_v);
+  const size_t begin = layout.total / 3, count = layout.total / 2;  // across several padding entries
+  const TrainingState part = load_checkpoint(dir, layout, begin, count);
+  EXPECT_EQ(part.adam_m, std::vector<float>(now.adam_m.begin() + begin, now.adam_m.begin() + begin + count));
+  EXPECT_EQ(part.adam_v, std::vector<float>(now.adam_v.begin() + begin, now.adam_v.begin() + begin + count));
+
+  const TrainResult resumed = train(tiny(b, with({"train.max_iters=6"})), dir);
+  ASSERT_EQ(resumed.steps.size(), 3u);
+  for (size_t i = 0; i < 3; i++) EXPECT_EQ(resumed.steps[i].loss, straight.steps[3 + i].loss) << "step " << 3 + i;
+  EXPECT_EQ(final_weights(b), final_weights(a));  // bitwise
+}
+
+// A checkpoint's tensors are matched to the model's by name and shape: one it lacks is refused,
+// naming it.
+TEST(Damaged, CheckpointLackingATensorIsRefused) {
+  const std::string out = test::temp_dir("lacking");
+  const Config cfg = tiny(out);
+  const ParamLayout layout = make_layout(cfg.model);
+  TrainingState s;
+  s.params.assign(layout.total, 0.5f);
+  s.adam_m.assign(layout.total, 0.25f);
+  s.adam_v.assign(layout.total, 0.125f);
+  s.config_yaml = cfg.to_yaml();
+  ParamLayout renamed = layout;
+  renamed.params.clear();
+  for (ParamInfo p : layout.params) {
+    if (p.name == "transformer.h.0.attn.c_qkv.W_A_q.weight") p.name = "transformer.h.0.attn.c_qkv.W_A_z.weight";
+    renamed.params.push_back(p);
+  }
+  const std::string dir = save_checkpoint(out, renamed, s, 0);
+  const std::string err = test::error_of([&] { load_checkpoint(dir, layout); });
+  EXPECT_NE(err.find("a checkpoint of another model (its tensors differ from the model's: it has "
+                     "transformer.h.0.attn.c_qkv.W_A_z.weight, the model has not)"), std::string::npos) << err;
+}
+
 // Saves are written beside training: each is committed later (at a step boundary where its
 // write is done, or at the next save), says how long training paused to queue its copy and how long
 // the write took, and every one of them ends up complete and loadable.

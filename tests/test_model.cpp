@@ -2,6 +2,7 @@
 // variant, parameter counts against docs/model.md, and the initial distributions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include <array>
@@ -96,7 +97,7 @@ TEST(Model, ParameterCountsOfThePaperSizesEqualTheSpec) {
   };
   for (const auto& [file, count] : table) {
     const Config cfg = load_config(test::source_path(file));
-    EXPECT_EQ(make_layout(cfg.model).total, count) << file;
+    EXPECT_EQ(make_layout(cfg.model).parameter_count(), count) << file;
   }
 }
 
@@ -197,6 +198,108 @@ TEST(Random, UniformBelowIsInRangeAndUnbiased) {
   int low = 0;
   for (int i = 0; i < 20000; i++) low += uniform_below(rng, big) < big / 2;
   EXPECT_NEAR(low / 20000.0, 0.5, 0.02);
+}
+
+// The rounded-up products over the stacked q/k/v projections and c_fc1‖c_fc2 read padding that
+// the layout owns: an entry right after each, where its rows are not a multiple of 8 (tiny: 60
+// q/k/v rows and 2·42 c_fc rows, 4 more each), which is no parameter (not counted in N, so MFU
+// is that of the model) and which init leaves zero without drawing numbers for it.
+TEST(Model, PaddingFollowsTheStackedMatricesAndIsNoParameter) {
+  const ModelConfig cfg = tiny(Attention::tpa);
+  const ParamLayout layout = make_layout(cfg);
+  auto end_of = [&](const std::string& name) { return layout.at(name).offset + layout.at(name).size; };
+  for (int l = 0; l < cfg.n_layer; l++) {
+    const ParamInfo& qkv = layout.at(layer_param(l, "attn.qkv_padding"));
+    EXPECT_TRUE(qkv.padding);
+    EXPECT_EQ(qkv.shape, (std::vector<int64_t>{64 - 60, 16}));
+    EXPECT_EQ(qkv.offset, end_of(layer_param(l, "attn.c_qkv.W_B_v.weight")));  // the last of the stacked ones
+    EXPECT_EQ(layout.at(layer_param(l, "attn.c_proj.weight")).offset, qkv.offset + qkv.size);
+    const ParamInfo& fc = layout.at(layer_param(l, "mlp.fc_padding"));
+    EXPECT_TRUE(fc.padding);
+    EXPECT_EQ(fc.shape, (std::vector<int64_t>{88 - 84, 16}));
+    EXPECT_EQ(fc.offset, end_of(layer_param(l, "mlp.c_fc2.weight")));
+    EXPECT_EQ(layout.at(layer_param(l, "mlp.c_proj.weight")).offset, fc.offset + fc.size);
+  }
+  const size_t padding = 2 * 2 * (4 * 16);  // two layers, two entries, 4 rows of 16
+  EXPECT_EQ(std::count_if(layout.params.begin(), layout.params.end(), [](const ParamInfo& p) { return p.padding; }), 4);
+  EXPECT_EQ(layout.parameter_count(), layout.total - padding);
+  EXPECT_EQ(layout.parameter_count(), test::without_padding(layout).total);
+  EXPECT_EQ(flops_per_token(cfg), 6.0 * (double)layout.parameter_count() + 12.0 * 2 * 4 * 6 * 5);
+
+  // Init: the padding zero, every tensor the numbers the layout without padding gets.
+  const std::vector<float> init = init_params(cfg, layout, 7);
+  EXPECT_EQ(test::without_padding(layout, init), init_params(cfg, test::without_padding(layout), 7));
+  for (const ParamInfo& p : layout.params) {
+    if (!p.padding) continue;
+    EXPECT_EQ(std::vector<float>(init.begin() + p.offset, init.begin() + p.offset + p.size),
+              std::vector<float>(p.size, 0.0f)) << p.name;
+  }
+
+  // T6-medium: 2·2730 c_fc rows, 4 of padding; 47·(6 + 2 + 2) + 64·(6 + 2 + 2) = 1110 q/k/v rows, 2.
+  const ParamLayout medium = make_layout(load_config(test::source_path("configs/t6-medium-tpa.yaml")).model);
+  EXPECT_EQ(medium.at(layer_param(23, "mlp.fc_padding")).shape, (std::vector<int64_t>{5464 - 5460, 1024}));
+  EXPECT_EQ(medium.at(layer_param(23, "attn.qkv_padding")).shape, (std::vector<int64_t>{1112 - 1110, 1024}));
+  // Widths that are multiples of 8 get none (mha: 3·4·6 = 72 q/k/v rows; C = 48: 2·128 c_fc rows).
+  ModelConfig even = tiny(Attention::mha);
+  even.n_embd = 48;
+  const ParamLayout e = make_layout(even);
+  EXPECT_EQ(e.parameter_count(), e.total);
+  EXPECT_TRUE(std::none_of(e.params.begin(), e.params.end(), [](const ParamInfo& p) { return p.padding; }));
+}
+
+// The padding's gradient is zero (the rounded-up weight gradients drop their extra rows), so
+// AdamW, weight decay included, keeps it at zero; and what it holds never reaches the loss.
+TEST(Model, PaddingGetsNoGradientAndDoesNotChangeTheLoss) {
+  const Context ctx;
+  const ModelConfig cfg = tiny(Attention::tpa);
+  const int B = 2, T = 5;
+  T6<double> model(cfg, ctx, B, T);
+  std::vector<float> p = init_params(cfg, model.layout, 3);
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<float> u(-0.3f, 0.3f);
+  for (const ParamInfo& info : model.layout.params)  // no zero c_proj, which would stop the gradients
+    if (!info.padding)
+      for (size_t i = 0; i < info.size; i++) p[info.offset + i] += u(rng);
+  model.params_from_host(p);
+  const std::vector<int32_t> tokens = {1, 4, 4, 0, 10, 7, 2, 9, 3, 3}, targets = {4, 4, 0, -1, 7, 2, 9, 3, 3, 5};
+  model.zero_grads();
+  const double loss = model.forward(tokens.data(), targets.data(), 1.0);
+  model.backward();
+  const std::vector<float> grads = model.grads_to_host();
+  size_t checked = 0;
+  for (const ParamInfo& info : model.layout.params) {
+    if (!info.padding) continue;
+    checked += info.size;
+    EXPECT_EQ(std::vector<float>(grads.begin() + info.offset, grads.begin() + info.offset + info.size),
+              std::vector<float>(info.size, 0.0f)) << info.name;
+    for (size_t i = 0; i < info.size; i++) p[info.offset + i] = 1.0f;  // garbage for the second pass
+  }
+  EXPECT_EQ(checked, 2u * 2 * 4 * 16);
+  model.params_from_host(p);
+  EXPECT_EQ(model.forward(tokens.data(), targets.data()), loss);
+}
+
+// The model checks the padding that its products read: moved away from the end of its stacked
+// matrix (here swapped with the tensor after it) or missing (a layout from before the padding
+// entries), it is an error, not a product that reads another tensor.
+TEST(Model, PaddingMustFollowItsStackedMatrix) {
+  const ModelConfig cfg = tiny(Attention::tpa);
+  ParamLayout layout = make_layout(cfg);
+  EXPECT_NO_THROW(check_stacked_layout(cfg, layout));
+  ParamInfo* pad = nullptr;
+  ParamInfo* proj = nullptr;
+  for (ParamInfo& p : layout.params) {
+    if (p.name == layer_param(1, "mlp.fc_padding")) pad = &p;
+    if (p.name == layer_param(1, "mlp.c_proj.weight")) proj = &p;
+  }
+  ASSERT_TRUE(pad && proj);
+  proj->offset = pad->offset;
+  pad->offset = proj->offset + proj->size;
+  const std::string moved = test::error_of([&] { check_stacked_layout(cfg, layout); });
+  EXPECT_NE(moved.find("transformer.h.1.mlp.fc_padding must be padding of 64 numbers right after the stacked matrix"),
+            std::string::npos) << moved;
+  const std::string missing = test::error_of([&] { check_stacked_layout(cfg, test::without_padding(make_layout(cfg))); });
+  EXPECT_NE(missing.find("transformer.h.0.attn.qkv_padding must be padding"), std::string::npos) << missing;
 }
 
 }  // namespace

@@ -344,6 +344,39 @@ TEST(Train, MultipleChoiceDuringTrainingEqualsScoringTheSavedWeights) {
   EXPECT_EQ(s.acc_norm, r.mc_acc_norm);
 }
 
+// The layout's padding (docs/model.md; q_rank 3 makes 140 q/k/v rows, n_embd 64 makes 2·170
+// c_fc rows) stays zero through training with weight decay, moments included, and is not in the
+// exported weights, whose tensors are the checkpoint's numbers exactly.
+TEST(Train, PaddingStaysZeroAndIsNotExported) {
+  const std::string out = test::temp_dir("train_padding");
+  const Config cfg = tiny_run(out, {"train.max_iters=4", "checkpoint.interval=4", "model.q_rank=3"});
+  ASSERT_GT(cfg.optim.adamw.weight_decay, 0.0);
+  train(cfg);
+  const ParamLayout layout = make_layout(cfg.model);
+  const TrainingState s = load_checkpoint(out + "/ckpt_4", layout);
+  int entries = 0;
+  for (const ParamInfo& p : layout.params) {
+    if (!p.padding) continue;
+    entries++;
+    for (const std::vector<float>* a : {&s.params, &s.adam_m, &s.adam_v})
+      EXPECT_EQ(std::vector<float>(a->begin() + p.offset, a->begin() + p.offset + p.size),
+                std::vector<float>(p.size, 0.0f)) << p.name;
+  }
+  EXPECT_EQ(entries, 2 * cfg.model.n_layer);
+  const auto exported = read_safetensors(out + "/model.safetensors");
+  EXPECT_EQ(exported.size(), test::without_padding(layout).params.size());
+  for (const ParamInfo& p : layout.params) {
+    if (p.padding) {
+      EXPECT_EQ(exported.count(p.name), 0u) << p.name;
+      continue;
+    }
+    ASSERT_EQ(exported.count(p.name), 1u) << p.name;
+    EXPECT_EQ(exported.at(p.name).shape, p.shape) << p.name;
+    EXPECT_EQ(exported.at(p.name).data, std::vector<float>(s.params.begin() + p.offset, s.params.begin() + p.offset + p.size))
+        << p.name;
+  }
+}
+
 TEST(Train, TensorBoardChecksumIsCrc32c) {
   EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);  // CRC-32C's published check value
   EXPECT_EQ(crc32c("", 0), 0u);

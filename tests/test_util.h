@@ -68,4 +68,25 @@ double rel_error(const A& a, const B& b) {
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// The layout without its padding entries, the other tensors packed back to back: the layout
+// before the padding entries existed, as checkpoints of then and safetensors files have it.
+inline ParamLayout without_padding(const ParamLayout& layout) {
+  ParamLayout packed;
+  for (const ParamInfo& p : layout.params) {
+    if (p.padding) continue;
+    packed.params.push_back({p.name, p.shape, packed.total, p.size});
+    packed.total += p.size;
+  }
+  return packed;
+}
+
+// A flat array of `layout` in without_padding(layout)'s order (its padding dropped).
+template <class T>
+std::vector<T> without_padding(const ParamLayout& layout, const std::vector<T>& flat) {
+  std::vector<T> packed;
+  for (const ParamInfo& p : layout.params)
+    if (!p.padding) packed.insert(packed.end(), flat.begin() + p.offset, flat.begin() + p.offset + p.size);
+  return packed;
+}
+
 }  // namespace t6::test

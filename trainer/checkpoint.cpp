@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -289,6 +290,7 @@ TrainingState load_v1(const std::string& dir, const ParamLayout& layout) {
     for (int g = 0; g < 3; g++) {
       targets[g]->assign(layout.total, 0.0f);
       for (const ParamInfo& p : layout.params) {
+        if (p.padding) continue;  // (format 1 predates the padding entries: it stays zero)
         const std::string name = std::string(kGroups[g]) + "/" + p.name;
         if (H5Lexists(file, kGroups[g], H5P_DEFAULT) <= 0 || H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0)
           throw std::runtime_error(fmt::format("{}: no dataset {} (a checkpoint of another model?)", path, name));
@@ -320,6 +322,72 @@ TrainingState load_v1(const std::string& dir, const ParamLayout& layout) {
   return state;
 }
 
+// A run of a checkpoint's flat arrays and where it goes in the model's.
+struct Segment {
+  size_t from, to, size;  // the checkpoint's offset, the model's, elements
+};
+
+// The checkpoint's tensors (the manifest's [name, shape, offset] of each) matched to the model's
+// by name and shape, sorted by their place in the checkpoint: anything else is a checkpoint of
+// another model. The model's padding entries may be absent (checkpoints written before the
+// layout had them, whose arrays hold no padding): that padding stays zero. Tensors that are
+// neighbours in both merge, so a checkpoint of the model's own layout is one segment.
+std::vector<Segment> map_tensors(const nlohmann::json& tensors, size_t stored_total, const ParamLayout& layout,
+                                 const std::string& where) {
+  auto refuse = [&](const std::string& why) {
+    return std::runtime_error(
+        fmt::format("{}: a checkpoint of another model (its tensors differ from the model's: {})", where, why));
+  };
+  std::vector<Segment> segments;
+  std::vector<bool> found(layout.params.size(), false);
+  for (const auto& t : tensors) {
+    const std::string name = t.at(0).get<std::string>();
+    const auto shape = t.at(1).get<std::vector<int64_t>>();
+    const size_t offset = t.at(2).get<size_t>();
+    const ParamInfo* p = layout.find(name);
+    if (!p) throw refuse(fmt::format("it has {}, the model has not", name));
+    if (p->shape != shape) throw refuse(fmt::format("{} has shape {}, the model's {}", name, shape, p->shape));
+    const size_t i = (size_t)(p - layout.params.data());
+    if (found[i]) throw refuse(fmt::format("it lists {} twice", name));
+    if (offset > stored_total || p->size > stored_total - offset)
+      throw refuse(fmt::format("{} lies past the end of its {} numbers", name, stored_total));
+    found[i] = true;
+    segments.push_back({offset, p->offset, p->size});
+  }
+  for (size_t i = 0; i < layout.params.size(); i++)
+    if (!found[i] && !layout.params[i].padding) throw refuse(fmt::format("it lacks {}", layout.params[i].name));
+  std::sort(segments.begin(), segments.end(), [](const Segment& a, const Segment& b) { return a.from < b.from; });
+  std::vector<Segment> merged;
+  for (const Segment& s : segments) {
+    if (!merged.empty() && merged.back().from + merged.back().size > s.from)
+      throw refuse("two of its tensors overlap");
+    if (!merged.empty() && merged.back().from + merged.back().size == s.from &&
+        merged.back().to + merged.back().size == s.to)
+      merged.back().size += s.size;
+    else
+      merged.push_back(s);
+  }
+  return merged;
+}
+
+// Copies piece, the checkpoint's numbers [at, at + piece.size()) of one array, to where the
+// segments put them in the model's array, keeping only the model's range [keep, keep + out.size()).
+void scatter(const std::vector<Segment>& segments, const std::vector<float>& piece, size_t at, size_t keep,
+             std::vector<float>& out) {
+  const size_t end = at + piece.size();
+  // The first segment that ends past `at` (segments are sorted and do not overlap).
+  auto s = std::upper_bound(segments.begin(), segments.end(), at,
+                            [](size_t x, const Segment& seg) { return x < seg.from + seg.size; });
+  for (; s != segments.end() && s->from < end; ++s) {
+    const size_t lo = std::max(at, s->from), hi = std::min(end, s->from + s->size);  // the checkpoint's
+    const size_t to_lo = std::max(s->to + (lo - s->from), keep),                      // the model's, kept
+        to_hi = std::min(s->to + (hi - s->from), keep + out.size());
+    if (to_lo >= to_hi) continue;
+    const size_t src = to_lo - s->to + s->from - at;
+    std::copy(piece.begin() + src, piece.begin() + src + (to_hi - to_lo), out.begin() + (to_lo - keep));
+  }
+}
+
 TrainingState load_v2(const std::string& dir, const ParamLayout& layout, size_t mb, size_t mc) {
   const nlohmann::json m = read_manifest(dir);
   const std::string where = dir + "/manifest.json";
@@ -332,30 +400,23 @@ TrainingState load_v2(const std::string& dir, const ParamLayout& layout, size_t 
     state.loader.seed = m.at("loader_seed").get<uint64_t>();
     state.world_size = m.at("world_size").get<int>();
     state.data_fingerprint = m.value("data_fingerprint", "");
-    // The model's tensors, by name, shape and place in the flat arrays.
-    const auto& tensors = m.at("tensors");
-    bool same = tensors.size() == layout.params.size() && m.at("total").get<size_t>() == layout.total;
-    for (size_t i = 0; same && i < layout.params.size(); i++)
-      same = tensors[i].at(0).get<std::string>() == layout.params[i].name &&
-             tensors[i].at(1).get<std::vector<int64_t>>() == layout.params[i].shape &&
-             tensors[i].at(2).get<size_t>() == layout.params[i].offset;
-    if (!same)
-      throw std::runtime_error(fmt::format("{}: a checkpoint of another model (its tensors differ from the model's)",
-                                           where));
-    // The parameters whole; the moments from mb, mc of them.
+    // The model's tensors, by name and shape, and where each lies in the checkpoint's arrays.
+    const size_t stored_total = m.at("total").get<size_t>();
+    const std::vector<Segment> segments = map_tensors(m.at("tensors"), stored_total, layout, where);
+    // The parameters whole; the moments from mb, mc of them (the model's places).
     state.moments_begin = mb;
     state.params.assign(layout.total, 0.0f);
     state.adam_m.assign(mc, 0.0f);
     state.adam_v.assign(mc, 0.0f);
     std::vector<float>* targets[] = {&state.params, &state.adam_m, &state.adam_v};
-    const size_t kept_begin[] = {0, mb, mb}, kept_end[] = {layout.total, mb + mc, mb + mc};
+    const size_t kept_begin[] = {0, mb, mb};
     std::vector<float> piece;
     size_t covered = 0;
     for (const auto& sh : m.at("shards")) {
       const std::string path = dir + "/" + sh.at("file").get<std::string>();
       const size_t begin = sh.at("begin").get<size_t>(), count = sh.at("count").get<size_t>();
       const auto crcs = sh.at("crc32").get<std::vector<uint32_t>>();
-      if (begin != covered || begin + count > layout.total || crcs.size() != 3)
+      if (begin != covered || begin + count > stored_total || crcs.size() != 3)
         throw std::runtime_error(fmt::format("{}: shard {} does not continue the ranges before it", where, path));
       std::ifstream f(path, std::ios::binary);
       if (!f) throw std::runtime_error(fmt::format("{}: missing ({})", path, std::strerror(errno)));
@@ -368,10 +429,7 @@ TrainingState load_v2(const std::string& dir, const ParamLayout& layout, size_t 
           if (!f.read(reinterpret_cast<char*>(piece.data()), (std::streamsize)(n * sizeof(float))))
             throw std::runtime_error(fmt::format("{}: shorter than its {} × 3 numbers (truncated or corrupt)", path, count));
           crc = crc32(crc, reinterpret_cast<const Bytef*>(piece.data()), (uInt)(n * sizeof(float)));
-          const size_t lo = std::max(begin + done, kept_begin[g]), hi = std::min(begin + done + n, kept_end[g]);
-          if (lo < hi)
-            std::copy(piece.begin() + (lo - begin - done), piece.begin() + (hi - begin - done),
-                      targets[g]->begin() + (lo - kept_begin[g]));
+          scatter(segments, piece, begin + done, kept_begin[g], *targets[g]);
           done += n;
         }
         const uint32_t computed = (uint32_t)crc;
@@ -381,9 +439,9 @@ TrainingState load_v2(const std::string& dir, const ParamLayout& layout, size_t 
       }
       covered = begin + count;
     }
-    if (covered != layout.total)
+    if (covered != stored_total)
       throw std::runtime_error(fmt::format("{}: the shards hold {} of the state's {} numbers", where, covered,
-                                           layout.total));
+                                           stored_total));
   } catch (const nlohmann::json::exception&) {
     throw std::runtime_error(fmt::format("{}: not a valid checkpoint manifest (truncated or corrupt)", where));
   }

@@ -5,6 +5,7 @@
 #include <exception>
 #include <string>
 
+#include "model/layout.h"
 #include "trainer/args.h"
 #include "trainer/tools.h"
 
@@ -32,7 +33,7 @@ int main(int argc, char** argv) {
     const t6::WeightsAndConfig w = t6::load_weights_and_config(source, config);
     const t6::ExportResult r = t6::export_weights(w, out);
     fmt::print("t6-export: {} parameters of T6 {} → {}/ (model.safetensors, config.json, modeling_t6.py{})\n",
-               w.params.size(), t6::attention_name(w.config.model.attention), out,
+               t6::make_layout(w.config.model).parameter_count(), t6::attention_name(w.config.model.attention), out,
                r.tokenizer_files ? ", GPT-2 tokenizer files" : "");
     if (!r.tokenizer_files)
       fmt::print("t6-export: note: the model reads {} tokens, which have no Hugging Face tokenizer: the folder loads "

@@ -469,7 +469,8 @@ struct Trainer {
     fs::create_directories(tc.out_dir);
     write_file_atomically((fs::path(tc.out_dir) / "config.yaml").string(), cfg.to_yaml());
     fmt::print("model: T6 {}, {} layers, n_embd {}, {} heads ({} KV) × {}, {} parameters; {}\n",
-               attention_name(mc.attention), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim, total,
+               attention_name(mc.attention), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim,
+               model.layout.parameter_count(),
                !resumed_from.empty() ? fmt::format("resumed from {} at step {}", resumed_from, start)
                : mc.init_from.empty() ? fmt::format("init from seed {}", mc.seed)
                                       : "init from " + mc.init_from);
@@ -896,12 +897,12 @@ TrainResult run(const Config& cfg, const std::string& resume, const Benchmark& b
   try {
     trainer = std::make_unique<Trainer<Model>>(cfg, bench, comm, dcomm, ctx);
   } catch (const OutOfMemory& e) {  // the memory is all planned here: say what the run needs and what helps
-    const size_t n = make_layout(cfg.model).total;
+    const ParamLayout layout = make_layout(cfg.model);  // (its flat buffers also hold the padding)
     throw OutOfMemory(fmt::format(
         "{}. The run does not fit: {} parameters take {:.2f} GB as fp32 weights, gradients and AdamW's two moments "
         "(per rank; ZeRO-1 splits the moments), plus the activations of {}×{} tokens. Lower train.batch_size, set "
-        "train.recompute: true, or use more ranks with optim.zero: 1", e.what(), n, 16.0 * n / 1e9,
-        cfg.train.batch_size, cfg.model.block_size));
+        "train.recompute: true, or use more ranks with optim.zero: 1", e.what(), layout.parameter_count(),
+        16.0 * layout.total / 1e9, cfg.train.batch_size, cfg.model.block_size));
   }
   return trainer->run(resume);
 }
