@@ -41,6 +41,16 @@ Config tiny(const std::string& out, std::vector<std::string> extra = {}) {
   return load_config(test::source_path("configs/demo.yaml"), tiny_settings(out, std::move(extra)));
 }
 
+// A training state of constant weights and moments for cfg's layout.
+TrainingState constant_state(const ParamLayout& layout, const Config& cfg) {
+  TrainingState s;
+  s.params.assign(layout.total, 0.5f);
+  s.adam_m.assign(layout.total, 0.25f);
+  s.adam_v.assign(layout.total, 0.125f);
+  s.config_yaml = cfg.to_yaml();
+  return s;
+}
+
 std::vector<float> final_weights(const std::string& out_dir) { return test::flat_weights(out_dir + "/model.safetensors"); }
 
 std::vector<double> metric_losses(const std::string& out_dir) {
@@ -321,11 +331,7 @@ TEST(Damaged, CheckpointLackingATensorIsRefused) {
   const std::string out = test::temp_dir("lacking");
   const Config cfg = tiny(out);
   const ParamLayout layout = make_layout(cfg.model);
-  TrainingState s;
-  s.params.assign(layout.total, 0.5f);
-  s.adam_m.assign(layout.total, 0.25f);
-  s.adam_v.assign(layout.total, 0.125f);
-  s.config_yaml = cfg.to_yaml();
+  TrainingState s = constant_state(layout, cfg);
   ParamLayout renamed = layout;
   renamed.params.clear();
   for (ParamInfo p : layout.params) {
@@ -415,11 +421,7 @@ TEST(Disk, FullOrReadOnlyFilesystemKeepsThePreviousCheckpoint) {
   const std::string mnt = test::temp_dir("smallfs");
   const Config cfg = tiny(mnt + "/out");
   const ParamLayout layout = make_layout(cfg.model);
-  TrainingState s;
-  s.params.assign(layout.total, 0.5f);
-  s.adam_m.assign(layout.total, 0.25f);
-  s.adam_v.assign(layout.total, 0.125f);
-  s.config_yaml = cfg.to_yaml();
+  TrainingState s = constant_state(layout, cfg);
   const uint64_t bytes = layout.total * 12 + (64 << 10);  // about one checkpoint and a half, in 4 KB pages
   const std::string opts = "size=" + std::to_string((bytes * 3 / 2) / 4096 * 4096);
   if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, opts.c_str()) != 0)
