@@ -353,7 +353,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuAttention,
                                            AttentionCase{1, 1024, 2, 2, 64},   // the paper's T
                                            AttentionCase{1, 2048, 1, 1, 64},   // one head, longer
                                            AttentionCase{1, 4096, 1, 1, 64},   // the longest rows
-                                           AttentionCase{2, 520, 47, 47, 64}), // 470 query tiles: several per block
+                                           AttentionCase{2, 520, 47, 47, 64},  // 470 query tiles: several per block
+                                           AttentionCase{2, 1000, 16, 4, 128}, // and with D 128 and GQA
+                                           AttentionCase{4, 600, 12, 4, 64}),  // and with GQA
                          [](const auto& info) {
                            const AttentionCase& c = info.param;
                            return fmt::format("B{}_T{}_H{}_Hkv{}_D{}", c.B, c.T, c.H, c.Hkv, c.D);
@@ -362,29 +364,33 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuAttention,
 // The deterministic mode (the default): dQ's sums in a fixed order, so two backward passes
 // give the same bits; Hopper's kernels, where they run (the mma.sync ones use atomics).
 TEST_F(Gpu, AttentionBackwardRepeatsBitwise) {
-  const int B = 4, T = 1024, H = 6, Hkv = 2, D = 64;
-  const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
-  auto q = upload(random(nq, 2.0)), k = upload(random(nk, 2.0)), v = upload(random(nk)), dout = upload(random(nq));
-  Buffer<bf16> out(ctx, nq), dq(ctx, nq), dk(ctx, nk), dv(ctx, nk);
-  Buffer<float> lse(ctx, (size_t)B * H * T);
-  try {
-    ctx.cuda->attention_version = 2;
-    attention_forward(ctx, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
-  } catch (const std::invalid_argument& e) {
-    GTEST_SKIP() << "Hopper's attention kernels do not run on this GPU: " << e.what();
+  for (const int D : {64, 128}) {  // three dQ writers a block, and two
+    SCOPED_TRACE(fmt::format("head_dim {}", D));
+    const int B = 4, T = 1024, H = 6, Hkv = 2;
+    const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
+    auto q = upload(random(nq, 2.0)), k = upload(random(nk, 2.0)), v = upload(random(nk)), dout = upload(random(nq));
+    Buffer<bf16> out(ctx, nq), dq(ctx, nq), dk(ctx, nk), dv(ctx, nk);
+    Buffer<float> lse(ctx, (size_t)B * H * T);
+    try {
+      ctx.cuda->attention_version = 2;
+      attention_forward(ctx, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+    } catch (const std::invalid_argument& e) {
+      ctx.cuda->attention_version = 0;
+      GTEST_SKIP() << "Hopper's attention kernels do not run on this GPU: " << e.what();
+    }
+    std::vector<Vec> runs;
+    for (int run = 0; run < 3; run++) {
+      attention_backward(ctx, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                         lse.data(), B, T, H, Hkv, D);
+      Vec all = download(dq), kk = download(dk), vv = download(dv);
+      all.insert(all.end(), kk.begin(), kk.end());
+      all.insert(all.end(), vv.begin(), vv.end());
+      runs.push_back(all);
+    }
+    ctx.cuda->attention_version = 0;
+    EXPECT_TRUE(runs[1] == runs[0]);
+    EXPECT_TRUE(runs[2] == runs[0]);
   }
-  std::vector<Vec> runs;
-  for (int run = 0; run < 3; run++) {
-    attention_backward(ctx, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
-                       lse.data(), B, T, H, Hkv, D);
-    Vec all = download(dq), kk = download(dk), vv = download(dv);
-    all.insert(all.end(), kk.begin(), kk.end());
-    all.insert(all.end(), vv.begin(), vv.end());
-    runs.push_back(all);
-  }
-  ctx.cuda->attention_version = 0;
-  EXPECT_TRUE(runs[1] == runs[0]);
-  EXPECT_TRUE(runs[2] == runs[0]);
 }
 
 TEST_F(Gpu, SwigluForwardBackward) {

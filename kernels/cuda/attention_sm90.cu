@@ -66,8 +66,8 @@ struct FwdSmem {
   static constexpr int total = bars + 12 * 8 + 1024;  // + room to align the base to 1024
 };
 
-// The forward's work items, longest rows first: item w is query tile mtiles − 1 − w / heads of
-// (sequence, head) w % heads. Blocks stride through them (block i: items i, i + grid, …), so
+// The forward's work items, longest rows first: item w is query tile mtiles − 1 − w / (B·H) of
+// (sequence, head) w % (B·H). Blocks stride through them (block i: items i, i + grid, …), so
 // each wave's items cost about the same.
 struct FwdItem {
   int b, h, mtile, ntiles;  // ntiles: key tiles up to the diagonal
