@@ -108,13 +108,15 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
       double worst = 0;
       // Gradients pass through bf16 probabilities (P, dS), as in every flash attention: a
       // looser absolute part than the output's, still far below a wrong row's error (≈ rms).
-      // The bound is the gpu tests' (tests/test_cuda.cpp): at T = 2048 and 4096 every version,
-      // mma.sync included, exceeded a 5e-2·rms + 2e-2·|ref| one by up to 12%.
+      // The bound is the gpu tests' (tests/test_cuda.cpp) up to T = 2048, then grows as
+      // √(T/2048): the first keys' dK and dV sum T such products (at T 4096 with 34 heads every
+      // version, mma.sync included, exceeded the fixed bound by 11%; within 0.93 of it at 2048).
+      const double grow = std::sqrt(std::max(1.0, T / 2048.0));
       worst = std::max(worst, compare("out", download(gout, cq), out, 2e-2, 2e-2, at_q));
       worst = std::max(worst, compare("lse", download(glse, lse.size()), lse, 1e-3, 1e-3, at_l));
-      worst = std::max(worst, compare("dq", download(gdq, cq), dq, 3e-2, 6e-2, at_q));
-      worst = std::max(worst, compare("dk", download(gdk, ck), dk, 3e-2, 6e-2, at_k));
-      worst = std::max(worst, compare("dv", download(gdv, ck), dv, 3e-2, 6e-2, at_k));
+      worst = std::max(worst, compare("dq", download(gdq, cq), dq, 3e-2 * grow, 6e-2 * grow, at_q));
+      worst = std::max(worst, compare("dk", download(gdk, ck), dk, 3e-2 * grow, 6e-2 * grow, at_k));
+      worst = std::max(worst, compare("dv", download(gdv, ck), dv, 3e-2 * grow, 6e-2 * grow, at_k));
       // Every element written: no NaN left from the poison anywhere in the batch.
       for (auto* buf : {&gout, &gdq})
         for (double x : download(*buf))
@@ -140,7 +142,7 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
   for (const Row& r : rows)
     fmt::print("| {} | {:.3f} | {:.0f} | {:.3f} | {:.0f} | {:.2f} | {} |\n", r.name, r.fwd_ms,
                fwd_flops / r.fwd_ms / 1e9, r.bwd_ms, bwd_flops / r.bwd_ms / 1e9, r.worst, r.repeats ? "yes" : "no");
-  fmt::print("(error bound per element: out 2e-2·(rms + |ref|), gradients 6e-2·rms + 3e-2·|ref|, lse 1e-3·(rms + "
+  fmt::print("(error bound per element: out 2e-2·(rms + |ref|), gradients (6e-2·rms + 3e-2·|ref|)·√max(1, T/2048), lse 1e-3·(rms + "
              "|ref|); checked on the first {} sequence(s))\n",
              check_batch);
   ctx.cuda->attention_version = 0;
