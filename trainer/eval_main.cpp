@@ -14,15 +14,16 @@
 
 static const char* kUsage =
     "usage: t6-eval --weights CKPT_DIR|FILE.safetensors (--data GLOB [--data GLOB ...] | --mc FILE)\n"
-    "               [--batch B] [--config FILE.yaml] [--device cpu|cuda]\n"
+    "               [--batch B] [--config FILE.yaml] [--device cpu|cuda|auto]\n"
     "  --weights  a checkpoint directory or a safetensors file written by t6-train / t6-export\n"
     "  --data     token shards (data/README.md); every window of block_size tokens is read once\n"
     "  --mc       a multiple-choice file (t6-prepare --eval): accuracy by summed and by mean\n"
     "             completion loss (a trend signal; lm-eval's figures differ)\n"
     "  --batch    sequences per forward pass (default 8)\n"
     "  --config   the model's config, for a weights file that does not carry one\n"
-    "  --device   cpu (default: the fp32 reference, the numbers the PyTorch checks compare) or cuda\n"
-    "             (GPU 0, bf16: faster, within bf16's accuracy)\n";
+    "  --device   cpu (default: the fp32 reference, the numbers the PyTorch checks compare), cuda\n"
+    "             (GPU 0, bf16: faster, within bf16's accuracy) or auto (cuda when a GPU is visible,\n"
+    "             as t6-train's train.device: auto)\n";
 
 template <class Model>
 static t6::McScore score_with(const t6::Context& ctx, const t6::WeightsAndConfig& w,
@@ -60,11 +61,7 @@ int main(int argc, char** argv) {
     }
     if (weights.empty() || (data.empty() && mc.empty()))
       throw std::invalid_argument("--weights and --data (or --mc) are required");
-    if (device != "cpu" && device != "cuda")
-      throw std::invalid_argument(fmt::format("--device '{}' is not one of cpu, cuda", device));
-    if (device == "cuda" && t6::cuda_device_count() == 0)
-      throw std::invalid_argument("--device cuda: no GPU is visible (or this build has no CUDA backend)");
-    const t6::Context ctx = device == "cuda" ? t6::make_cuda_context(0) : t6::Context{};
+    const t6::Context ctx = t6::device_from_flag(device) == t6::Device::cuda ? t6::make_cuda_context(0) : t6::Context{};
     const t6::WeightsAndConfig w = t6::load_weights_and_config(weights, config);
     if (!mc.empty()) {
       std::string tokenizer;  // the model's, when it can be told

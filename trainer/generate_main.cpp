@@ -89,12 +89,7 @@ Request parse(int argc, char** argv) {
   } else if (r.weights.empty() || !r.have_prompt) {
     throw std::invalid_argument("--weights and --prompt (or --prompt-file) are required");
   }
-  if (r.device != "auto" && r.device != "cpu" && r.device != "cuda")
-    throw std::invalid_argument(fmt::format("--device '{}' is not one of auto, cpu, cuda", r.device));
-  const int gpus = r.device == "cpu" ? 0 : t6::cuda_device_count();
-  if (r.device == "cuda" && gpus == 0)
-    throw std::invalid_argument("--device cuda: no GPU is visible (or this build has no CUDA backend); use --device cpu");
-  r.o.device = gpus > 0 ? t6::Device::cuda : t6::Device::cpu;
+  r.o.device = t6::device_from_flag(r.device);
   return r;
 }
 

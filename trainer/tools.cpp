@@ -173,4 +173,13 @@ EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::strin
 #endif
 }
 
+Device device_from_flag(const std::string& value) {
+  if (value != "auto" && value != "cpu" && value != "cuda")
+    throw std::invalid_argument(fmt::format("--device '{}' is not one of auto, cpu, cuda", value));
+  const int gpus = value == "cpu" ? 0 : cuda_device_count();
+  if (value == "cuda" && gpus == 0)
+    throw std::invalid_argument("--device cuda: no GPU is visible (or this build has no CUDA backend); use --device cpu");
+  return gpus > 0 ? Device::cuda : Device::cpu;
+}
+
 }  // namespace t6

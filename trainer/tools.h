@@ -54,4 +54,8 @@ struct EvalResult {
 EvalResult evaluate_data(const WeightsAndConfig& w, const std::vector<std::string>& data, int batch,
                          const Context& ctx = Context{});
 
+// A tool's --device value: auto (a GPU when one is visible, as train.device: auto), cpu or cuda
+// (an error when no GPU is visible).
+Device device_from_flag(const std::string& value);
+
 }  // namespace t6
