@@ -37,6 +37,20 @@ ModelConfig tiny(Attention attention) {
   return c;
 }
 
+// Moves tensor `second` to where `first` starts and `first` right after it (their offsets; the
+// entries keep their order in params), as a layout that ordered them the other way would.
+void swap_places(ParamLayout& layout, const std::string& first, const std::string& second) {
+  ParamInfo* a = nullptr;
+  ParamInfo* b = nullptr;
+  for (ParamInfo& p : layout.params) {
+    if (p.name == first) a = &p;
+    if (p.name == second) b = &p;
+  }
+  ASSERT_TRUE(a && b) << first << ", " << second;
+  b->offset = a->offset;
+  a->offset = b->offset + b->size;
+}
+
 class ModelGradient : public ::testing::TestWithParam<Attention> {};
 
 TEST_P(ModelGradient, MatchesFiniteDifferences) {
@@ -286,15 +300,7 @@ TEST(Model, PaddingMustFollowItsStackedMatrix) {
   const ModelConfig cfg = tiny(Attention::tpa);
   ParamLayout layout = make_layout(cfg);
   EXPECT_NO_THROW(check_stacked_layout(cfg, layout));
-  ParamInfo* pad = nullptr;
-  ParamInfo* proj = nullptr;
-  for (ParamInfo& p : layout.params) {
-    if (p.name == layer_param(1, "mlp.fc_padding")) pad = &p;
-    if (p.name == layer_param(1, "mlp.c_proj.weight")) proj = &p;
-  }
-  ASSERT_TRUE(pad && proj);
-  proj->offset = pad->offset;
-  pad->offset = proj->offset + proj->size;
+  swap_places(layout, layer_param(1, "mlp.fc_padding"), layer_param(1, "mlp.c_proj.weight"));
   const std::string moved = test::error_of([&] { check_stacked_layout(cfg, layout); });
   EXPECT_NE(moved.find("transformer.h.1.mlp.fc_padding must be padding of 64 numbers right after the stacked matrix"),
             std::string::npos) << moved;
@@ -439,15 +445,7 @@ TEST(Model, StackedProjectionsAreFoundByNameAndMustBeContiguous) {
   EXPECT_EQ(L.a[0], 0);
   EXPECT_EQ(L.b[0], H * (3 + 2 + 1));
   // Swap layer 0's W_B_v with its attn.c_proj (offsets and all): W_B_v is no longer beside the rest.
-  ParamInfo* bv = nullptr;
-  ParamInfo* proj = nullptr;
-  for (ParamInfo& p : layout.params) {
-    if (p.name == layer_param(0, "attn.c_qkv.W_B_v.weight")) bv = &p;
-    if (p.name == layer_param(0, "attn.c_proj.weight")) proj = &p;
-  }
-  ASSERT_TRUE(bv && proj);
-  proj->offset = bv->offset;
-  bv->offset = proj->offset + proj->size;
+  swap_places(layout, layer_param(0, "attn.c_qkv.W_B_v.weight"), layer_param(0, "attn.c_proj.weight"));
   EXPECT_NE(test::error_of([&] { qkv_layout(cfg, layout); }).find("must lie next to each other"), std::string::npos);
   // And a layout with a zero pitch cannot reach the ops.
   QkvLayout bad = L;
