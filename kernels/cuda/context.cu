@@ -80,6 +80,44 @@ void synchronize(const Context& ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx.cuda
 void range_push(const char* name) { nvtxRangePushA(name); }
 void range_pop() { nvtxRangePop(); }
 
+void* record(const Context& ctx, const std::function<void()>& work, uint64_t* epoch) {
+  CudaState& s = *ctx.cuda;
+  if (s.profile) return nullptr;  // the per-op timing events would be captured, not timed
+  *epoch = s.workspace_epoch;
+  // Relaxed: an allocation during the capture (a workspace growing) is made, not refused.
+  CUDA_CHECK(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeRelaxed));
+  cudaGraph_t graph = nullptr;
+  try {
+    work();
+  } catch (const std::exception&) {  // something the capture cannot hold: the caller runs it plainly
+    cudaStreamEndCapture(s.stream, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();  // (capture errors are not sticky; clear the last one)
+    return nullptr;
+  }
+  const cudaError_t ended = cudaStreamEndCapture(s.stream, &graph);
+  if (ended != cudaSuccess || !graph || s.workspace_epoch != *epoch) {
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  CUDA_CHECK(made);
+  return exec;
+}
+
+void run_recording(const Context& ctx, void* exec) {
+  CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), ctx.cuda->stream));
+}
+
+void release_recording(void* exec) {
+  cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));  // (not checked: may run while an error propagates)
+}
+
+uint64_t workspace_epoch(const Context& ctx) { return ctx.cuda->workspace_epoch; }
+
 void* alloc_pinned(const Context&, size_t bytes) {
   void* p = nullptr;
   const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
@@ -140,6 +178,7 @@ void* scratch(const Context& ctx, size_t bytes) {
     s.scratch = nullptr, s.scratch_bytes = 0;  // nothing dangles if the allocation below fails
     s.scratch = alloc(ctx, bytes);
     s.scratch_bytes = bytes;
+    s.workspace_epoch++;
   }
   return s.scratch;
 }
