@@ -118,9 +118,11 @@ void Context::synchronize() const {
   if (device == Device::cuda) cuda::synchronize(*this);
 }
 
+bool Replay::available() const { return ctx_->device == Device::cuda && cuda::can_record(*ctx_); }
+
 bool Replay::record(const std::function<void()>& work) {
   reset();
-  if (ctx_->device != Device::cuda) return false;
+  if (!available()) return false;
   exec_ = cuda::record(*ctx_, work, &epoch_);
   return exec_ != nullptr;
 }

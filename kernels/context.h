@@ -88,9 +88,9 @@ class TimelineRange {
 // with what it queues on the context's stream captured instead of run; run() runs the recording.
 // Worth it where many small kernels cost more to launch than to run (decoding a token). The
 // recording keeps the addresses its work used: current() says whether the context's own
-// workspaces (scratch, RoPE tables) are still where they were. Nothing is recorded on the CPU,
-// while profiling, or when the work does something a capture cannot hold (record() says false,
-// and then nothing of `work` ran).
+// workspaces (scratch, RoPE tables) are still where they were. Nothing is recorded on the CPU or
+// while profiling (available() says so; run the work plainly then), nor when the work does
+// something a capture cannot hold (record() says false, and then nothing of `work` ran).
 class Replay {
  public:
   explicit Replay(const Context& ctx) : ctx_(&ctx) {}
@@ -98,6 +98,7 @@ class Replay {
   Replay(const Replay&) = delete;
   Replay& operator=(const Replay&) = delete;
 
+  bool available() const;
   bool record(const std::function<void()>& work);
   void run() const;
   bool recorded() const { return exec_ != nullptr; }

@@ -395,19 +395,20 @@ const std::vector<double>& T6<A, P>::decode(const int32_t* tokens, KvCache<A>& c
     for (const auto& [slot, width] : slots) total += rounded(width);
     decode_arena_ = Buffer<A>(ctx, total);
     decode_stats_ = Buffer<P>(ctx, (size_t)B);
-    decode_tokens_ = Buffer<int32_t>(ctx, (size_t)B);
-    decode_at_ = Buffer<int32_t>(ctx, 1);
+    decode_tokens_ = Buffer<int32_t>(ctx, (size_t)B + 1);
     A* next = decode_arena_.data();
     for (const auto& [slot, width] : slots) *slot = next, next += rounded(width);
     d_.rstd = decode_stats_.data();
     decode_rows_ = B;
+    decode_replay_.reset();  // it used the buffers just replaced
+    replay_key_.clear(), warm_key_.clear();
   }
-  decode_tokens_.from_host(tokens, B);
-  const int32_t at = pos;
-  decode_at_.from_host(&at, 1);
-  // The ops that depend on the position read it from decode_at_ when they run (`at`), so that a
-  // recording of this step serves the next positions.
-  const int* pos_at = decode_at_.data();
+  // The tokens, then the position: one copy. The ops that depend on the position read it there
+  // when they run (`at`), so that a recording of this step serves the next positions.
+  decode_input_.assign(tokens, tokens + B);
+  decode_input_.push_back(pos);
+  decode_tokens_.from_host(decode_input_.data(), B + 1);
+  const int* pos_at = decode_tokens_.data() + B;
   decode_step([&] {
     embedding_forward(ctx, d_.x, decode_tokens_.data(), w_.wte, B, C);
     rmsnorm_forward(ctx, d_.h, d_.rstd, d_.x, B, C, kRmsEps);
@@ -446,7 +447,7 @@ const std::vector<double>& T6<A, P>::decode(const int32_t* tokens, KvCache<A>& c
 // every workspace, table and matmul plan the recording uses exists by then.
 template <class A, class P>
 void T6<A, P>::decode_step(const std::function<void()>& step, const KvCache<A>& cache, int pos) {
-  if (ctx.device != Device::cuda || !replays_) return step();
+  if (!replays_ || !decode_replay_.available()) return step();
   std::vector<uintptr_t> key = {(uintptr_t)(pos / kDecodePositionsPerLaunch), (uintptr_t)cache.batch,
                                 (uintptr_t)cache.context, (uintptr_t)decode_arena_.data()};
   for (size_t l = 0; l < cache.k.size(); l++)

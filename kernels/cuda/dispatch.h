@@ -26,6 +26,7 @@ void range_push(const char* name);  // NVTX
 void range_pop();
 // Replay (kernels/context.h): a recording of what `work` queues, or null where it could not be
 // recorded; its workspace generation in *epoch.
+bool can_record(const Context&);  // not while profiling: the per-op timers would be captured
 void* record(const Context&, const std::function<void()>& work, uint64_t* epoch);
 void run_recording(const Context&, void* exec);
 void release_recording(void* exec);

@@ -37,6 +37,7 @@ void snapshot_fence(const Context&) { no_cuda(); }
 void snapshot_wait(const Context&) { no_cuda(); }
 void range_push(const char*) {}
 void range_pop() {}
+bool can_record(const Context&) { return false; }
 void* record(const Context&, const std::function<void()>&, uint64_t*) { return nullptr; }
 void run_recording(const Context&, void*) { no_cuda(); }
 void release_recording(void*) {}

@@ -43,6 +43,7 @@ __global__ void rope_table_kernel(float* table, int T, int D) {
 const float* rope_table(const Context& ctx, int T, int D) {
   auto& [table, rows] = ctx.cuda->rope_tables[D];
   if (rows < T) {
+    if (cuda::capturing(ctx)) throw std::runtime_error("the RoPE table cannot grow while a Replay records");
     const int grown = rows == 0 ? T : std::max(T, 2 * rows);
     if (table) cuda::release(ctx, table);  // (waits for the kernels still reading it)
     table = nullptr, rows = 0;

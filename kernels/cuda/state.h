@@ -60,6 +60,7 @@ struct CudaState {
 namespace cuda {
 [[noreturn]] void fail(const char* what, const char* call, const char* file, int line);
 void* scratch(const Context& ctx, size_t bytes);  // the grow-once workspace, at least `bytes`
+bool capturing(const Context& ctx);  // whether a Replay is recording on the context's stream
 
 // Times the enclosing op on the device when profiling is on (a no-op otherwise); flops, when
 // known, give the report an achieved-TFLOP/s column.
