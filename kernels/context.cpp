@@ -118,6 +118,27 @@ void Context::synchronize() const {
   if (device == Device::cuda) cuda::synchronize(*this);
 }
 
+bool Replay::available() const { return ctx_->device == Device::cuda && cuda::can_record(*ctx_); }
+
+bool Replay::record(const std::function<void()>& work) {
+  reset();
+  if (!available()) return false;
+  exec_ = cuda::record(*ctx_, work, &epoch_);
+  return exec_ != nullptr;
+}
+
+void Replay::run() const {
+  if (!exec_) throw std::logic_error("Replay::run before a successful record");
+  cuda::run_recording(*ctx_, exec_);
+}
+
+bool Replay::current() const { return exec_ && cuda::workspace_epoch(*ctx_) == epoch_; }
+
+void Replay::reset() {
+  if (exec_) cuda::release_recording(exec_);
+  exec_ = nullptr;
+}
+
 TimelineRange::TimelineRange(const Context& ctx, const char* name) {
   if (ctx.device != Device::cuda) return;
   cuda::range_push(name);

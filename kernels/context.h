@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -81,6 +82,33 @@ class TimelineRange {
 
  private:
   bool pushed_ = false;
+};
+
+// Device work recorded once and run again in one launch (a CUDA graph): record() calls `work`
+// with what it queues on the context's stream captured instead of run; run() runs the recording.
+// Worth it where many small kernels cost more to launch than to run (decoding a token). The
+// recording keeps the addresses its work used: current() says whether the context's own
+// workspaces (scratch, RoPE tables) are still where they were. Nothing is recorded on the CPU or
+// while profiling (available() says so; run the work plainly then), nor when the work does
+// something a capture cannot hold (record() says false, and then nothing of `work` ran).
+class Replay {
+ public:
+  explicit Replay(const Context& ctx) : ctx_(&ctx) {}
+  ~Replay() { reset(); }
+  Replay(const Replay&) = delete;
+  Replay& operator=(const Replay&) = delete;
+
+  bool available() const;
+  bool record(const std::function<void()>& work);
+  void run() const;
+  bool recorded() const { return exec_ != nullptr; }
+  bool current() const;
+  void reset();
+
+ private:
+  const Context* ctx_;
+  void* exec_ = nullptr;  // the instantiated graph
+  uint64_t epoch_ = 0;    // the workspaces' generation it was recorded with
 };
 
 template <class T>

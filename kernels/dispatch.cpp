@@ -106,8 +106,9 @@ void add_from_pitch(const Context& ctx, P* dst, const P* src, int rows, int cols
 }
 
 template <class A>
-void qkv_forward(const Context& ctx, A* q, A* k, A* v, const A* proj, const QkvLayout& L, int B, int T, int t0) {
-  T6_DISPATCH(A, qkv_forward, q, k, v, proj, L, B, T, t0);
+void qkv_forward(const Context& ctx, A* q, A* k, A* v, const A* proj, const QkvLayout& L, int B, int T, int t0,
+                 const int* at) {
+  T6_DISPATCH(A, qkv_forward, q, k, v, proj, L, B, T, t0, at);
 }
 template <class A>
 void qkv_backward(const Context& ctx, A* dproj, const A* dq, const A* dk, const A* dv, const A* proj,
@@ -128,13 +129,13 @@ void attention_backward(const Context& ctx, A* dq, A* dk, A* dv, const A* dout, 
 
 template <class A>
 void kv_cache_store(const Context& ctx, A* k_cache, A* v_cache, const A* proj, const QkvLayout& L, int B, int T,
-                    int t0, int context) {
-  T6_DISPATCH(A, kv_cache_store, k_cache, v_cache, proj, L, B, T, t0, context);
+                    int t0, int context, const int* at) {
+  T6_DISPATCH(A, kv_cache_store, k_cache, v_cache, proj, L, B, T, t0, context, at);
 }
 template <class A>
 void attention_decode(const Context& ctx, A* out, const A* q, const A* k_cache, const A* v_cache, const QkvLayout& L,
-                      int B, int len, int context) {
-  T6_DISPATCH(A, attention_decode, out, q, k_cache, v_cache, L, B, len, context);
+                      int B, int len, int context, const int* at) {
+  T6_DISPATCH(A, attention_decode, out, q, k_cache, v_cache, L, B, len, context, at);
 }
 
 template <class A>
@@ -187,16 +188,17 @@ void adamw_update(const Context& ctx, T* params, const T* grads, T* m, T* v, siz
   template void matmul_backward_input<A>(const Context&, A*, const A*, const A*, int, int, int, int, int, bool);     \
   template void matmul_backward_weight<A, P>(const Context&, P*, const A*, const A*, int, int, int, int, int);       \
   template void copy_to_pitch<A, P>(const Context&, A*, const P*, int, int, int);                                   \
-  template void qkv_forward<A>(const Context&, A*, A*, A*, const A*, const QkvLayout&, int, int, int);               \
+  template void qkv_forward<A>(const Context&, A*, A*, A*, const A*, const QkvLayout&, int, int, int, const int*);   \
   template void qkv_backward<A>(const Context&, A*, const A*, const A*, const A*, const A*, const QkvLayout&, int,   \
                                 int);                                                                                \
   template void attention_forward<A, P>(const Context&, A*, P*, const A*, const A*, const A*, int, int, int, int,    \
                                         int);                                                                        \
   template void attention_backward<A, P>(const Context&, A*, A*, A*, const A*, const A*, const A*, const A*,         \
                                          const A*, const P*, int, int, int, int, int);                               \
-  template void kv_cache_store<A>(const Context&, A*, A*, const A*, const QkvLayout&, int, int, int, int);           \
+  template void kv_cache_store<A>(const Context&, A*, A*, const A*, const QkvLayout&, int, int, int, int,            \
+                                  const int*);                                                                       \
   template void attention_decode<A>(const Context&, A*, const A*, const A*, const A*, const QkvLayout&, int, int,    \
-                                    int);                                                                            \
+                                    int, const int*);                                                                \
   template void swiglu_forward<A>(const Context&, A*, const A*, int, int, int, int);                                 \
   template void swiglu_backward<A>(const Context&, A*, const A*, const A*, int, int, int, int);                      \
   template void classifier_forward_backward<A, P>(const Context&, A*, P*, const int32_t*, int, int, int, double);

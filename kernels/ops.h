@@ -34,6 +34,9 @@ struct QkvLayout {
 // The generation cache's record layout (kernels/cuda/qkv.cu and kernels/cpu/qkv.cpp write it).
 int kv_record(const QkvLayout&, int side);    // side 1: k, 2: v; numbers per position
 int kv_b_offset(const QkvLayout&, int side);  // where B starts in a factored record
+// A decode op launched for position t0 with `at` (op_list.inc) serves positions up to the end
+// of t0's block of this many.
+constexpr int kDecodePositionsPerLaunch = 64;
 
 #include "kernels/op_list.inc"
 

@@ -395,31 +395,40 @@ const std::vector<double>& T6<A, P>::decode(const int32_t* tokens, KvCache<A>& c
     for (const auto& [slot, width] : slots) total += rounded(width);
     decode_arena_ = Buffer<A>(ctx, total);
     decode_stats_ = Buffer<P>(ctx, (size_t)B);
-    decode_tokens_ = Buffer<int32_t>(ctx, (size_t)B);
+    decode_tokens_ = Buffer<int32_t>(ctx, (size_t)B + 1);
     A* next = decode_arena_.data();
     for (const auto& [slot, width] : slots) *slot = next, next += rounded(width);
     d_.rstd = decode_stats_.data();
     decode_rows_ = B;
+    decode_replay_.reset();  // it used the buffers just replaced
+    replay_key_.clear(), warm_key_.clear();
   }
-  decode_tokens_.from_host(tokens, B);
-  embedding_forward(ctx, d_.x, decode_tokens_.data(), w_.wte, B, C);
-  rmsnorm_forward(ctx, d_.h, d_.rstd, d_.x, B, C, kRmsEps);
-  for (int l = 0; l < cfg.n_layer; l++) {
-    const Layer<const A>& w = w_.layers[l];
-    A *k = cache.k[l].data(), *v = cache.v[l].data();
-    matmul_forward(ctx, d_.proj, d_.h, w.attn_in, B, C, qkv_.pitch, C, qkv_.pitch);
-    qkv_forward(ctx, d_.q, d_.k, d_.v, d_.proj, qkv_, B, 1, pos);  // q at its position (k, v unused)
-    kv_cache_store(ctx, k, v, d_.proj, qkv_, B, 1, pos, cache.context);
-    attention_decode(ctx, d_.y, d_.q, k, v, qkv_, B, pos + 1, cache.context);
-    matmul_forward(ctx, d_.branch, d_.y, w.attn_proj, B, H * D, C);
-    residual_rmsnorm_forward(ctx, d_.x_mid, d_.h2, d_.rstd, d_.x, d_.branch, B, C, kRmsEps);
-    matmul_forward(ctx, d_.fc, d_.h2, w.fc, B, C, fc_pitch_, C, fc_pitch_);
-    swiglu_forward(ctx, d_.g, d_.fc, B, F, fc_pitch_, g_pitch_);
-    matmul_forward(ctx, d_.branch, d_.g, w.mlp_proj, B, mlp_k(), C, g_pitch_, C);
-    residual_rmsnorm_forward(ctx, d_.x_next, d_.h, d_.rstd, d_.x_mid, d_.branch, B, C, kRmsEps);
-    std::swap(d_.x, d_.x_next);
-  }
-  matmul_forward(ctx, d_.logits, d_.h, w_.wte, B, C, V);
+  // The tokens, then the position: one copy. The ops that depend on the position read it there
+  // when they run (`at`), so that a recording of this step serves the next positions.
+  decode_input_.assign(tokens, tokens + B);
+  decode_input_.push_back(pos);
+  decode_tokens_.from_host(decode_input_.data(), B + 1);
+  const int* pos_at = decode_tokens_.data() + B;
+  decode_step([&] {
+    embedding_forward(ctx, d_.x, decode_tokens_.data(), w_.wte, B, C);
+    rmsnorm_forward(ctx, d_.h, d_.rstd, d_.x, B, C, kRmsEps);
+    for (int l = 0; l < cfg.n_layer; l++) {
+      const Layer<const A>& w = w_.layers[l];
+      A *k = cache.k[l].data(), *v = cache.v[l].data();
+      matmul_forward(ctx, d_.proj, d_.h, w.attn_in, B, C, qkv_.pitch, C, qkv_.pitch);
+      qkv_forward(ctx, d_.q, d_.k, d_.v, d_.proj, qkv_, B, 1, pos, pos_at);  // q at its position (k, v unused)
+      kv_cache_store(ctx, k, v, d_.proj, qkv_, B, 1, pos, cache.context, pos_at);
+      attention_decode(ctx, d_.y, d_.q, k, v, qkv_, B, pos + 1, cache.context, pos_at);
+      matmul_forward(ctx, d_.branch, d_.y, w.attn_proj, B, H * D, C);
+      residual_rmsnorm_forward(ctx, d_.x_mid, d_.h2, d_.rstd, d_.x, d_.branch, B, C, kRmsEps);
+      matmul_forward(ctx, d_.fc, d_.h2, w.fc, B, C, fc_pitch_, C, fc_pitch_);
+      swiglu_forward(ctx, d_.g, d_.fc, B, F, fc_pitch_, g_pitch_);
+      matmul_forward(ctx, d_.branch, d_.g, w.mlp_proj, B, mlp_k(), C, g_pitch_, C);
+      residual_rmsnorm_forward(ctx, d_.x_next, d_.h, d_.rstd, d_.x_mid, d_.branch, B, C, kRmsEps);
+      std::swap(d_.x, d_.x_next);
+    }
+    matmul_forward(ctx, d_.logits, d_.h, w_.wte, B, C, V);
+  }, cache, pos);
   decode_host_.resize((size_t)B * V);
   decode_logits_.resize(decode_host_.size());
   ctx.to_host(decode_host_.data(), d_.logits, sizeof(A) * decode_host_.size());
@@ -429,6 +438,30 @@ const std::vector<double>& T6<A, P>::decode(const int32_t* tokens, KvCache<A>& c
 #pragma omp parallel for if (decode_host_.size() >= (1u << 16))
   for (size_t i = 0; i < decode_host_.size(); i++) out[i] = (double)to_float(host[i]);
   return decode_logits_;
+}
+
+// A decode step is a dozen small kernels a layer, each costing more to launch than to run at
+// batch 1. On the GPU the step is recorded (a CUDA graph) and replayed while the buffers it
+// used and the block of kDecodePositionsPerLaunch positions stay the same (the launches depend
+// on the position only through that block); the first step of each block runs plainly, so that
+// every workspace, table and matmul plan the recording uses exists by then.
+template <class A, class P>
+void T6<A, P>::decode_step(const std::function<void()>& step, const KvCache<A>& cache, int pos) {
+  if (!replays_ || !decode_replay_.available()) return step();
+  std::vector<uintptr_t> key = {(uintptr_t)(pos / kDecodePositionsPerLaunch), (uintptr_t)cache.batch,
+                                (uintptr_t)cache.context, (uintptr_t)decode_arena_.data()};
+  for (size_t l = 0; l < cache.k.size(); l++)
+    key.push_back((uintptr_t)cache.k[l].data()), key.push_back((uintptr_t)cache.v[l].data());
+  if (key == replay_key_ && decode_replay_.current()) return decode_replay_.run();
+  if (key == warm_key_) {
+    if (decode_replay_.record(step)) {
+      replay_key_ = key;
+      return decode_replay_.run();
+    }
+    replays_ = false;  // something in the step cannot be recorded: plain steps from now on
+  }
+  warm_key_ = key;
+  step();
 }
 
 template <class A, class P>

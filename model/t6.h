@@ -141,7 +141,14 @@ class T6 {
   DecodeActs d_{};
   Buffer<A> decode_arena_;
   Buffer<P> decode_stats_;
-  Buffer<int32_t> decode_tokens_;
+  Buffer<int32_t> decode_tokens_;        // the step's B tokens and its position, on the device
+  std::vector<int32_t> decode_input_;  // the same on the host
+  // On the GPU the decode step is recorded and replayed (see decode_step in t6.cpp), for the
+  // buffers and block of positions in replay_key_; the first step of a block runs plainly.
+  Replay decode_replay_{ctx};
+  std::vector<uintptr_t> replay_key_, warm_key_;
+  bool replays_ = true;  // off once a recording failed
+  void decode_step(const std::function<void()>& step, const KvCache<A>& cache, int pos);
   std::vector<A> decode_host_;  // the logits as the device holds them
   std::vector<double> decode_logits_;
 };

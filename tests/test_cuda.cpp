@@ -556,6 +556,36 @@ TEST_P(GpuGeneration, CachedEqualsTheFullForward) {
   }
 }
 
+// Recorded decode steps (T6::decode_step) follow one model through changes of batch: 2, then 1,
+// then 2 again, each decoding across a block of 64 positions; every position's logits equal the
+// full forward's. (The second batch-2 cache may reuse the first one's addresses while the
+// decode buffers moved: a recording kept across the change would read freed memory.)
+TEST_F(Gpu, DecodeReplaysFollowBatchChanges) {
+  const ModelConfig c = small_model(Attention::tpa, 70);
+  const int L = c.block_size;
+  const std::vector<float> params = live_weights(c, 13);
+  std::vector<int32_t> seq(L);
+  for (int32_t& t : seq) t = (int32_t)(rng() % c.vocab_size);
+  T6<bf16, float> full(c, ctx, 1, L);
+  full.params_from_host(params);
+  full.forward(seq.data(), nullptr);
+  T6<bf16, float> model(c, ctx, 1, 1);
+  model.params_from_host(params);
+  model.forward(seq.data(), nullptr);
+  for (const int batch : {2, 1, 2}) {
+    KvCache<bf16> cache = model.make_cache(batch, L);
+    model.store_prompt(cache);
+    for (int t = 1; t < L; t++) {
+      const std::vector<int32_t> next(batch, seq[t]);
+      const std::vector<double> got = model.decode(next.data(), cache);
+      for (int b = 0; b < batch; b++) {
+        const std::vector<double> row(got.begin() + (size_t)b * c.vocab_size, got.begin() + (size_t)(b + 1) * c.vocab_size);
+        EXPECT_LT(test::rel_error(row, full.logits_at(t)), 2e-2) << "batch " << batch << ", position " << t;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, GpuGeneration,
                          ::testing::Values(Attention::tpa, Attention::tpa_kvonly, Attention::mha, Attention::gqa,
                                            Attention::mqa),

@@ -229,6 +229,7 @@ TEST_P(AttentionDecode, EqualsTheFullForwardRow) {
   attention_forward(ctx, out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
 
   Vec kc((size_t)B * context * kv_record(L, 1), 7.0), vc((size_t)B * context * kv_record(L, 2), 7.0);
+  Vec kc_at = kc, vc_at = vc;
   for (int t = 0; t < T; t++) {  // one position at a time, as decoding appends them
     Vec rows((size_t)B * L.pitch);
     for (int b = 0; b < B; b++)
@@ -241,7 +242,16 @@ TEST_P(AttentionDecode, EqualsTheFullForwardRow) {
     for (int b = 0; b < B; b++)
       std::copy_n(out.begin() + ((size_t)b * T + t) * H * D, H * D, want.begin() + (size_t)b * H * D);
     EXPECT_LT(test::rel_error(got, want), 1e-12) << "position " << t;
+    // The same with the position read through `at`, as a recorded decode step reads it: the
+    // host values (0, 1) are then ignored.
+    Vec qa(qt.size()), ka(kt.size()), va(vt.size()), got_at(got.size());
+    kv_cache_store(ctx, kc_at.data(), vc_at.data(), rows.data(), L, B, 1, 0, context, &t);
+    qkv_forward(ctx, qa.data(), ka.data(), va.data(), rows.data(), L, B, 1, 0, &t);
+    attention_decode(ctx, got_at.data(), qa.data(), kc_at.data(), vc_at.data(), L, B, 1, context, &t);
+    EXPECT_EQ(got_at, got) << "position " << t;
   }
+  EXPECT_EQ(kc_at, kc);
+  EXPECT_EQ(vc_at, vc);
   // Storing all positions at once writes the same cache.
   Vec kc2(kc.size(), 7.0), vc2(vc.size(), 7.0);
   kv_cache_store(ctx, kc2.data(), vc2.data(), proj.data(), L, B, T, 0, context);

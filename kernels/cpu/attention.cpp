@@ -121,7 +121,8 @@ void attention_backward(const Context&, T* dq, T* dk, T* dv, const T* dout, cons
 // does it, so decoding reproduces the full forward pass.
 template <class T>
 void attention_decode(const Context&, T* out, const T* q, const T* k_cache, const T* v_cache, const QkvLayout& L,
-                      int B, int len, int context) {
+                      int B, int len, int context, const int* at) {
+  if (at) len = *at + 1;
   const int H = L.heads[0], Hkv = L.heads[1], D = L.D, group = H / Hkv;
   const int kw = kv_record(L, 1), vw = kv_record(L, 2);
   const T scale = T(1.0 / std::sqrt((double)D));
@@ -175,7 +176,8 @@ void attention_decode(const Context&, T* out, const T* q, const T* k_cache, cons
   template void attention_forward<T, T>(const Context&, T*, T*, const T*, const T*, const T*, int, int, int, int, int); \
   template void attention_backward<T, T>(const Context&, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, \
                                          const T*, int, int, int, int, int); \
-  template void attention_decode<T>(const Context&, T*, const T*, const T*, const T*, const QkvLayout&, int, int, int);
+  template void attention_decode<T>(const Context&, T*, const T*, const T*, const T*, const QkvLayout&, int, int, int, \
+                                    const int*);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

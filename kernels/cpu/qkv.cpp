@@ -52,8 +52,10 @@ void check_pitch(const QkvLayout& L) {
 }  // namespace
 
 template <class T>
-void qkv_forward(const Context&, T* q, T* k, T* v, const T* proj, const QkvLayout& L, int B, int T_, int t0) {
+void qkv_forward(const Context&, T* q, T* k, T* v, const T* proj, const QkvLayout& L, int B, int T_, int t0,
+                 const int* at) {
   check_pitch(L);
+  if (at) t0 = *at;
   const int N = B * T_, D = L.D;
   T* outs[3] = {q, k, v};
 #pragma omp parallel for if ((size_t)N * L.width * D >= kParallelWork)
@@ -138,8 +140,9 @@ namespace cpu {
 
 template <class T>
 void kv_cache_store(const Context&, T* k_cache, T* v_cache, const T* proj, const QkvLayout& L, int B, int T_, int t0,
-                    int context) {
+                    int context, const int* at) {
   check_pitch(L);
+  if (at) t0 = *at;
   const int D = L.D;
   T* caches[3] = {nullptr, k_cache, v_cache};
   for (int n = 0; n < B * T_; n++) {
@@ -165,8 +168,8 @@ void kv_cache_store(const Context&, T* k_cache, T* v_cache, const T* proj, const
 }
 
 #define INSTANTIATE(T)                                                                               \
-  template void qkv_forward<T>(const Context&, T*, T*, T*, const T*, const QkvLayout&, int, int, int); \
-  template void kv_cache_store<T>(const Context&, T*, T*, const T*, const QkvLayout&, int, int, int, int); \
+  template void qkv_forward<T>(const Context&, T*, T*, T*, const T*, const QkvLayout&, int, int, int, const int*); \
+  template void kv_cache_store<T>(const Context&, T*, T*, const T*, const QkvLayout&, int, int, int, int, const int*); \
   template void qkv_backward<T>(const Context&, T*, const T*, const T*, const T*, const T*, const QkvLayout&, int, int);
 INSTANTIATE(float)
 INSTANTIATE(double)

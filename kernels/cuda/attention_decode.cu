@@ -26,6 +26,9 @@ using namespace cuda;
 namespace {
 
 constexpr int kPos = 64;            // cache positions per tile
+// A launch's splits depend on the context only through its count of tiles, which stays the same
+// within a block of kDecodePositionsPerLaunch positions: a recorded launch serves them all.
+static_assert(kPos == kDecodePositionsPerLaunch);
 constexpr int kWarpPos = 32;        // of them per warp
 constexpr int kPosWarps = kPos / kWarpPos;  // warps sharing a tile's positions
 constexpr int kMaxHeadTiles = 8;    // 16 query heads each: up to 128 heads a block
@@ -48,6 +51,7 @@ struct DecodeArgs {
   bf* out;
   float *part_o, *part_lse;  // per split, when there are several
   int H, block_heads, heads_per_a, len, context, chunk, splits;
+  const int* at;  // where given, len − 1 read when the kernel runs (op_list.inc)
   float scale_log2;  // log2(e) / (√D · R_k): the 1/R of the key contraction folded in
   float out_scale;   // 1 / R_v
   bool dense;
@@ -84,7 +88,8 @@ __global__ void decode_kernel(DecodeArgs p) {
   const int split = blockIdx.x, group = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int head_tile = warp / kPosWarps, part = warp % kPosWarps, my0 = kWarpPos * part;  // its first position
-  const int start = split * p.chunk, end = min(p.len, start + p.chunk);
+  const int len = p.at ? *p.at + 1 : p.len;
+  const int start = split * p.chunk, end = min(len, start + p.chunk);
   const int tiles = (end - start + kPos - 1) / kPos;
   // Tile t goes to stage t % kStages; every call commits a group (empty past the last tile), so
   // waiting for all but the newest kStages − 1 groups always means tile t has arrived.
@@ -321,7 +326,7 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(bf* out, const
 
 template <int D>
 void decode(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache, const QkvLayout& L,
-            int B, int len, int context) {
+            int B, int len, int context, const int* at) {
   const int H = L.heads[0], Hkv = L.heads[1];
   const bool dense = L.rank[1] == 0;
   if (dense != (L.rank[2] == 0))
@@ -336,7 +341,7 @@ void decode(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache, c
   };
   p.k = side(k_cache, 1), p.v = side(v_cache, 2);
   p.q = dev(q), p.out = dev(out);
-  p.H = H, p.len = len, p.context = context, p.dense = dense;
+  p.H = H, p.len = len, p.context = context, p.dense = dense, p.at = at;
   p.block_heads = dense ? H / Hkv : H;
   p.heads_per_a = H / Hkv;
   p.scale_log2 = kLog2e / sqrtf((float)D) / (float)p.k.ranks;
@@ -382,15 +387,15 @@ void decode(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache, c
 
 template <>
 void cuda::attention_decode<bf16>(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache,
-                            const QkvLayout& L, int B, int len, int context) {
+                            const QkvLayout& L, int B, int len, int context, const int* at) {
   T6_TIMED(ctx, "attention decode");
   if (B < 1 || len < 1 || len > context)
     throw std::invalid_argument(fmt::format("attention_decode: {} positions of a {}-position cache, batch {}", len,
                                             context, B));
   switch (L.D) {
-    case 32: return decode<32>(ctx, out, q, k_cache, v_cache, L, B, len, context);
-    case 64: return decode<64>(ctx, out, q, k_cache, v_cache, L, B, len, context);
-    case 128: return decode<128>(ctx, out, q, k_cache, v_cache, L, B, len, context);
+    case 32: return decode<32>(ctx, out, q, k_cache, v_cache, L, B, len, context, at);
+    case 64: return decode<64>(ctx, out, q, k_cache, v_cache, L, B, len, context, at);
+    case 128: return decode<128>(ctx, out, q, k_cache, v_cache, L, B, len, context, at);
     default: throw std::invalid_argument(fmt::format("attention_decode on the GPU: head_dim 32, 64 or 128, got {}", L.D));
   }
 }

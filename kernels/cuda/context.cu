@@ -80,6 +80,51 @@ void synchronize(const Context& ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx.cuda
 void range_push(const char* name) { nvtxRangePushA(name); }
 void range_pop() { nvtxRangePop(); }
 
+bool can_record(const Context& ctx) { return !ctx.cuda->profile; }
+
+// Every failure is answered with null (the caller then runs the work plainly), the capture
+// ended and the error cleared (capture errors are not sticky). Workspaces refuse to grow while
+// a capture runs (capturing(), used by scratch and rope_table), so a refused growth leaves no
+// half-made state behind.
+void* record(const Context& ctx, const std::function<void()>& work, uint64_t* epoch) {
+  CudaState& s = *ctx.cuda;
+  *epoch = s.workspace_epoch;
+  // Relaxed: the launches' attribute and occupancy queries are allowed during the capture.
+  if (cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  cudaGraph_t graph = nullptr;
+  bool ok = true;
+  try {
+    work();
+  } catch (...) {
+    ok = false;
+  }
+  const cudaError_t ended = cudaStreamEndCapture(s.stream, &graph);
+  cudaGraphExec_t exec = nullptr;
+  if (ok && ended == cudaSuccess && graph && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
+  if (graph) cudaGraphDestroy(graph);
+  cudaGetLastError();
+  return exec;
+}
+
+bool capturing(const Context& ctx) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(ctx.cuda->stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+void run_recording(const Context& ctx, void* exec) {
+  CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), ctx.cuda->stream));
+}
+
+void release_recording(void* exec) {
+  cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));  // (not checked: may run while an error propagates)
+}
+
+uint64_t workspace_epoch(const Context& ctx) { return ctx.cuda->workspace_epoch; }
+
 void* alloc_pinned(const Context&, size_t bytes) {
   void* p = nullptr;
   const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
@@ -136,10 +181,12 @@ void snapshot_wait(const Context& ctx) {
 void* scratch(const Context& ctx, size_t bytes) {
   CudaState& s = *ctx.cuda;
   if (bytes > s.scratch_bytes) {
+    if (capturing(ctx)) throw std::runtime_error("the scratch cannot grow while a Replay records");
     if (s.scratch) release(ctx, s.scratch);
     s.scratch = nullptr, s.scratch_bytes = 0;  // nothing dangles if the allocation below fails
     s.scratch = alloc(ctx, bytes);
     s.scratch_bytes = bytes;
+    s.workspace_epoch++;
   }
   return s.scratch;
 }

@@ -24,6 +24,13 @@ void snapshot_fence(const Context&);
 void snapshot_wait(const Context&);
 void range_push(const char* name);  // NVTX
 void range_pop();
+// Replay (kernels/context.h): a recording of what `work` queues, or null where it could not be
+// recorded; its workspace generation in *epoch.
+bool can_record(const Context&);  // not while profiling: the per-op timers would be captured
+void* record(const Context&, const std::function<void()>& work, uint64_t* epoch);
+void run_recording(const Context&, void* exec);
+void release_recording(void* exec);
+uint64_t workspace_epoch(const Context&);
 
 #include "kernels/op_list.inc"
 
@@ -39,7 +46,7 @@ template <> void attention_backward<bf16, float>(const Context& ctx, bf16* dq, b
     const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H, int Hkv,
     int D);
 template <> void attention_decode<bf16>(const Context& ctx, bf16* out, const bf16* q, const bf16* k_cache,
-    const bf16* v_cache, const QkvLayout& L, int B, int len, int context);
+    const bf16* v_cache, const QkvLayout& L, int B, int len, int context, const int* at);
 template <> void classifier_forward_backward<bf16, float>(const Context& ctx, bf16* logits, float* losses,
     const int32_t* targets, int N, int V, int n_valid, double dloss);
 template <> void scale<float>(const Context& ctx, float* x, double s, size_t n);
@@ -59,11 +66,11 @@ template <> void copy_to_pitch<bf16, float>(const Context& ctx, bf16* dst, const
     int pitch);
 template <> void add_from_pitch<float>(const Context& ctx, float* dst, const float* src, int rows, int cols, int pitch);
 template <> void qkv_forward<bf16>(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L,
-    int B, int T, int t0);
+    int B, int T, int t0, const int* at);
 template <> void qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, const bf16* dv,
     const bf16* proj, const QkvLayout& L, int B, int T);
 template <> void kv_cache_store<bf16>(const Context& ctx, bf16* k_cache, bf16* v_cache, const bf16* proj,
-    const QkvLayout& L, int B, int T, int t0, int context);
+    const QkvLayout& L, int B, int T, int t0, int context, const int* at);
 template <> void rmsnorm_forward<bf16, float>(const Context& ctx, bf16* out, float* rstd, const bf16* inp, int N,
     int C, double eps);
 template <> void residual_rmsnorm_forward<bf16, float>(const Context& ctx, bf16* x_out, bf16* out, float* rstd,

@@ -37,6 +37,11 @@ void snapshot_fence(const Context&) { no_cuda(); }
 void snapshot_wait(const Context&) { no_cuda(); }
 void range_push(const char*) {}
 void range_pop() {}
+bool can_record(const Context&) { return false; }
+void* record(const Context&, const std::function<void()>&, uint64_t*) { return nullptr; }
+void run_recording(const Context&, void*) { no_cuda(); }
+void release_recording(void*) {}
+uint64_t workspace_epoch(const Context&) { return 0; }
 // (The fp32 ops' CUDA branches are compiled for every build; the bf16 ops are instantiated only
 // where CUDA is, kernels/dispatch.cpp.)
 template <> void scale<float>(const Context&, float*, double, size_t) { no_cuda(); }

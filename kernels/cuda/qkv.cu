@@ -43,11 +43,13 @@ __global__ void rope_table_kernel(float* table, int T, int D) {
 const float* rope_table(const Context& ctx, int T, int D) {
   auto& [table, rows] = ctx.cuda->rope_tables[D];
   if (rows < T) {
+    if (cuda::capturing(ctx)) throw std::runtime_error("the RoPE table cannot grow while a Replay records");
     const int grown = rows == 0 ? T : std::max(T, 2 * rows);
     if (table) cuda::release(ctx, table);  // (waits for the kernels still reading it)
     table = nullptr, rows = 0;
     table = cuda::alloc(ctx, sizeof(float) * grown * D);
     rows = grown;
+    ctx.cuda->workspace_epoch++;
     rope_table_kernel<<<blocks_for((size_t)grown * D / 2, 256), 256, 0, stream(ctx)>>>(static_cast<float*>(table),
                                                                                         grown, D);
     CUDA_CHECK_LAUNCH();
@@ -177,10 +179,11 @@ __device__ inline void forward_section(bf* out, const float* row, const float* c
 template <int D>
 __global__ void __launch_bounds__(32 * kMaxWarps) qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj,
                                                                   const float* table, QkvLayout L, int N, int T,
-                                                                  int t0) {
+                                                                  int t0, const int* at) {
   extern __shared__ float sh[];
   const int lane = threadIdx.x % 32, n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (n >= N) return;
+  if (at) t0 = *at;
   float* row = sh + (threadIdx.x / 32) * L.pitch;
   const float* cs = table + (t0 + n % T) * D;
   stage_row(row, proj + (size_t)n * L.pitch, L.pitch, lane);
@@ -385,17 +388,24 @@ __global__ void __launch_bounds__(32 * kMaxWarps) qkv_backward_kernel(bf* dproj,
   }
 }
 
+// The table's rows for positions t0 … t0 + T − 1, and with `at` for the rest of t0's block of
+// kDecodePositionsPerLaunch positions, which a recorded decode step reads at later positions.
+const float* rope_rows(const Context& ctx, int t0, int T, const int* at, int D) {
+  constexpr int block = kDecodePositionsPerLaunch;
+  return rope_table(ctx, at ? (t0 / block + 1) * block + T : t0 + T, D);
+}
+
 template <int D>
 void forward(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L, int B, int T,
-             int t0) {
-  const float* table = rope_table(ctx, t0 + T, D);
+             int t0, const int* at) {
+  const float* table = rope_rows(ctx, t0, T, at, D);
   const int N = B * T;
   const int warps = warps_per_block(ctx, sizeof(float) * L.pitch);
   const size_t shared = sizeof(float) * L.pitch * warps;
   auto kernel = qkv_forward_kernel<D>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
   kernel<<<(N + warps - 1) / warps, 32 * warps, shared, stream(ctx)>>>(dev(q), dev(k), dev(v), dev(proj), table,
-                                                                          L, N, T, t0);
+                                                                          L, N, T, t0, at);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -418,9 +428,10 @@ void backward(const Context& ctx, bf16* dproj, const bf16* dq, const bf16* dk, c
 // qkv_forward rotates it.
 template <int D>
 __global__ void kv_cache_store_kernel(bf* k_cache, bf* v_cache, const bf* proj, const float* table, QkvLayout L,
-                                      int T, int t0, int context, int k_record, int v_record, int k_b, int v_b) {
+                                      int T, int t0, const int* at, int context, int k_record, int v_record, int k_b,
+                                      int v_b) {
   constexpr int half = D / 2;
-  const int n = blockIdx.x, pos = t0 + n % T;
+  const int n = blockIdx.x, pos = (at ? *at : t0) + n % T;
   const bf* row = proj + (size_t)n * L.pitch;
   const float* cs = table + (size_t)pos * D;
   for (int side = 1; side < 3; side++) {
@@ -444,9 +455,9 @@ __global__ void kv_cache_store_kernel(bf* k_cache, bf* v_cache, const bf* proj, 
 
 template <int D>
 void store(const Context& ctx, bf16* k_cache, bf16* v_cache, const bf16* proj, const QkvLayout& L, int B, int T,
-           int t0, int context) {
-  const float* table = rope_table(ctx, t0 + T, D);
-  kv_cache_store_kernel<D><<<B * T, 128, 0, stream(ctx)>>>(dev(k_cache), dev(v_cache), dev(proj), table, L, T, t0,
+           int t0, int context, const int* at) {
+  const float* table = rope_rows(ctx, t0, T, at, D);
+  kv_cache_store_kernel<D><<<B * T, 128, 0, stream(ctx)>>>(dev(k_cache), dev(v_cache), dev(proj), table, L, T, t0, at,
                                                            context, kv_record(L, 1), kv_record(L, 2),
                                                            kv_b_offset(L, 1), kv_b_offset(L, 2));
   CUDA_CHECK_LAUNCH();
@@ -467,13 +478,13 @@ void check_pitch(const QkvLayout& L) {
 
 template <>
 void cuda::qkv_forward<bf16>(const Context& ctx, bf16* q, bf16* k, bf16* v, const bf16* proj, const QkvLayout& L, int B,
-                       int T, int t0) {
+                       int T, int t0, const int* at) {
   T6_TIMED(ctx, "qkv forward");
   check_pitch(L);
   switch (L.D) {
-    case 32: return forward<32>(ctx, q, k, v, proj, L, B, T, t0);
-    case 64: return forward<64>(ctx, q, k, v, proj, L, B, T, t0);
-    case 128: return forward<128>(ctx, q, k, v, proj, L, B, T, t0);
+    case 32: return forward<32>(ctx, q, k, v, proj, L, B, T, t0, at);
+    case 64: return forward<64>(ctx, q, k, v, proj, L, B, T, t0, at);
+    case 128: return forward<128>(ctx, q, k, v, proj, L, B, T, t0, at);
     default: unsupported(L.D);
   }
 }
@@ -493,14 +504,14 @@ void cuda::qkv_backward<bf16>(const Context& ctx, bf16* dproj, const bf16* dq, c
 
 template <>
 void cuda::kv_cache_store<bf16>(const Context& ctx, bf16* k_cache, bf16* v_cache, const bf16* proj, const QkvLayout& L,
-                          int B, int T, int t0, int context) {
+                          int B, int T, int t0, int context, const int* at) {
   T6_TIMED(ctx, "kv cache store");
   check_pitch(L);
   if (B * T == 0) return;
   switch (L.D) {
-    case 32: return store<32>(ctx, k_cache, v_cache, proj, L, B, T, t0, context);
-    case 64: return store<64>(ctx, k_cache, v_cache, proj, L, B, T, t0, context);
-    case 128: return store<128>(ctx, k_cache, v_cache, proj, L, B, T, t0, context);
+    case 32: return store<32>(ctx, k_cache, v_cache, proj, L, B, T, t0, context, at);
+    case 64: return store<64>(ctx, k_cache, v_cache, proj, L, B, T, t0, context, at);
+    case 128: return store<128>(ctx, k_cache, v_cache, proj, L, B, T, t0, context, at);
     default: unsupported(L.D);
   }
 }

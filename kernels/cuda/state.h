@@ -35,6 +35,9 @@ struct CudaState {
   // partial sums): sized by the first step, then reused.
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
+  // Counts moves of the workspaces above and of the RoPE tables: a recorded Replay (kernels/
+  // context.h) that used them is stale once it changes.
+  uint64_t workspace_epoch = 0;
   double* host_result = nullptr;  // pinned, for reductions' results
   // Context::snapshot_to_host's stream, and its events: the work it follows, and its copies' end.
   cudaStream_t snapshot_stream = nullptr;
@@ -57,6 +60,7 @@ struct CudaState {
 namespace cuda {
 [[noreturn]] void fail(const char* what, const char* call, const char* file, int line);
 void* scratch(const Context& ctx, size_t bytes);  // the grow-once workspace, at least `bytes`
+bool capturing(const Context& ctx);  // whether a Replay is recording on the context's stream
 
 // Times the enclosing op on the device when profiling is on (a no-op otherwise); flops, when
 // known, give the report an achieved-TFLOP/s column.
