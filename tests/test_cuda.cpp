@@ -368,7 +368,7 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
                        gout.data(), glse.data(), B, T, H, Hkv, D);
     versions++;
     SCOPED_TRACE(version == 1 ? "mma.sync kernels"
-                 : version == 3 ? "Hopper kernels, a forward block per tile"
+                 : version == 3 ? "Hopper kernels, a block per tile"
                  : deterministic ? "Hopper kernels, deterministic" : "Hopper kernels, arrival order");
     EXPECT_TRUE(close_elementwise(download(gout), out, 2e-2, 2e-2, at(H))) << "out";
     EXPECT_TRUE(close_elementwise(download(glse), lse, 1e-3, 1e-3, at_lse)) << "lse";

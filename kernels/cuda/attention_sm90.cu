@@ -370,12 +370,13 @@ struct BwdSmem {
 
 // The backward's work items: item w is key tile ntiles − 1 − w % ntiles (the later, shorter
 // ones first, see `order`) of (sequence, KV head) w / ntiles, so a head's key tiles run side
-// by side and share its Q and dO in L2. Block i starts with item i; then its producer claims
-// the next unclaimed item from a counter (an item's cost grows 8-fold from the last key tile to
-// the first at T 1024, so a fixed share would leave blocks idle) and passes it to the other
-// roles through a ring in shared memory. Items are claimed in increasing order and each block
-// works through its own in order, and in the deterministic mode an item waits only for items
-// before it: the wait always ends.
+// by side and share its Q and dO in L2. A block's producer claims the next unclaimed item from
+// a counter (an item's cost grows 8-fold from the last key tile to the first at T 1024, so a
+// fixed share would leave blocks idle) and passes it to the other roles through a ring in
+// shared memory. Items are claimed in increasing order by blocks already running, and each
+// block works through its own in order; in the deterministic mode an item waits only for items
+// before it, so the wait always ends, however many blocks the GPU holds at once (other kernels
+// may occupy SMs) and in whatever order it starts them.
 struct BwdItem {
   int b, kvh, n, first, per_head, steps;  // key tile n; query tiles first … first + per_head − 1 per head
   __device__ BwdItem(int w, int ntiles, int Hkv, int T, int group) {
@@ -390,7 +391,7 @@ struct BwdArgs {
   float* dq_acc;
   const float *lse2, *delta;
   int* order;  // per (b, h, query tile): key tiles added so far (deterministic mode), else null
-  int* claimed;  // items claimed beyond the first gridDim.x, zero at the start
+  int* claimed;  // items claimed so far, zero at the start
   int B, T, Tp, H, Hkv;
   float scale, scale_log2;
 };
@@ -444,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int j = 0, g = 0;; j++) {
         const int r = j % L::item_ring;
         if (j >= L::item_ring) mbar_wait(item_empty + r, ((j / L::item_ring) & 1) ^ 1);
-        const int w = j == 0 ? blockIdx.x : gridDim.x + atomicAdd(a.claimed, 1);
+        const int w = atomicAdd(a.claimed, 1);
         item_ring[r] = w;
         mbar_arrive(item_full + r);  // (an arrival releases the write; a completed wait acquires it)
         if (w >= items) break;
