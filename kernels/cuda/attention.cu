@@ -387,7 +387,7 @@ void cuda::attention_backward<bf16, float>(const Context& ctx, bf16* dq, bf16* d
   const void* tensors[] = {dq, dk, dv, dout, q, k, v, out};
   if (use_sm90(ctx, tensors, 8, D))
     return attention_backward_sm90(ctx, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, D,
-                                   ctx.cuda->deterministic);
+                                   ctx.cuda->deterministic, ctx.cuda->attention_version != 3);
   const size_t N = (size_t)B * T, nq = N * H * D;
   // Scratch: the fp32 dQ sums, then delta.
   float* dq_acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nq + N * H)));

@@ -13,8 +13,9 @@
 // while the tensor cores work; the two consumers take turns issuing (named barriers), so one's
 // softmax overlaps the other's products.
 //
-// Backward: a block owns 128 keys of one KV head (64 per consumer), keeps K and V in shared
-// memory, and walks the 64-query tiles at or after them for every query head of its group:
+// Backward: persistent blocks, one per SM, each claiming items from a counter as it goes
+// (BwdItem). An item is 128 keys of one KV head (64 per consumer); the block keeps its K and V
+// in shared memory and walks the 64-query tiles at or after them for every query head of its group:
 // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q (A from
 // registers), and dQ = dS·K from dSᵀ staged in shared memory. dQ tiles are added into an
 // fp32 buffer by bulk reductions (one 64×D tile per step, not per-element atomics), issued by
@@ -352,16 +353,37 @@ __global__ void dq_convert_kernel(bf* dq, const float* acc, int B, int T, int Tp
 }
 
 // dQ tiles wait in shared memory for their bulk reduction: one stage per writer thread (a lane
-// of each of the producer warpgroup's spare warps), as many as fit (D 128: two).
+// of each of the producer warpgroup's spare warps), as many as fit (D 128: two). K and V have
+// two stages where they fit (D 64), so the next item's arrive during this one.
 template <int D>
 struct BwdSmem {
-  static constexpr int dq_stages = D == 64 ? 3 : 2;
+  static constexpr int dq_stages = D == 64 ? 3 : 2, kv_stages = D == 64 ? 2 : 1;
   static constexpr int kv_bytes = kBwdN * D * 2, q_bytes = kBwdM * D * 2, stat_bytes = kBwdM * 4;
   static constexpr int ds_bytes = kBwdN * kBwdM * 2, dq_bytes = kBwdM * D * 4;
-  static constexpr int k = 0, v = kv_bytes, q = 2 * kv_bytes, dout = q + 2 * q_bytes, ds = dout + 2 * q_bytes,
-                       dq = ds + 2 * ds_bytes, lse = dq + dq_stages * dq_bytes, delta = lse + 2 * stat_bytes,
-                       bars = delta + 2 * stat_bytes;
-  static constexpr int total = bars + (5 + 2 * dq_stages) * 8 + 1024;
+  static constexpr int k = 0, v = kv_stages * kv_bytes, q = 2 * kv_stages * kv_bytes, dout = q + 2 * q_bytes,
+                       ds = dout + 2 * q_bytes, dq = ds + 2 * ds_bytes, lse = dq + dq_stages * dq_bytes,
+                       delta = lse + 2 * stat_bytes, bars = delta + 2 * stat_bytes;
+  static constexpr int item_ring = 4;  // items claimed and not yet read by every role
+  static constexpr int items = bars + (4 + 2 * kv_stages + 2 * dq_stages + 2 * item_ring) * 8;
+  static constexpr int total = items + item_ring * 4 + 1024;
+};
+
+// The backward's work items: item w is key tile ntiles − 1 − w % ntiles (the later, shorter
+// ones first, see `order`) of (sequence, KV head) w / ntiles, so a head's key tiles run side
+// by side and share its Q and dO in L2. A block's producer claims the next unclaimed item from
+// a counter (an item's cost grows 8-fold from the last key tile to the first at T 1024, so a
+// fixed share would leave blocks idle) and passes it to the other roles through a ring in
+// shared memory. Items are claimed in increasing order by blocks already running, and each
+// block works through its own in order; in the deterministic mode an item waits only for items
+// before it, so the wait always ends, however many blocks the GPU holds at once (other kernels
+// may occupy SMs) and in whatever order it starts them.
+struct BwdItem {
+  int b, kvh, n, first, per_head, steps;  // key tile n; query tiles first … first + per_head − 1 per head
+  __device__ BwdItem(int w, int ntiles, int Hkv, int T, int group) {
+    n = ntiles - 1 - w % ntiles;
+    b = w / ntiles / Hkv, kvh = w / ntiles % Hkv;
+    first = n * kBwdN / kBwdM, per_head = (T + kBwdM - 1) / kBwdM - first, steps = group * per_head;
+  }
 };
 
 struct BwdArgs {
@@ -369,6 +391,7 @@ struct BwdArgs {
   float* dq_acc;
   const float *lse2, *delta;
   int* order;  // per (b, h, query tile): key tiles added so far (deterministic mode), else null
+  int* claimed;  // items claimed so far, zero at the start
   int B, T, Tp, H, Hkv;
   float scale, scale_log2;
 };
@@ -379,91 +402,120 @@ __global__ void __launch_bounds__(kThreads, 1)
                     const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo, BwdArgs a) {
   using L = BwdSmem<D>;
   constexpr int kSub = D / 64, kDqN = D / 2;  // each consumer makes dQ's columns kDqN·c … + kDqN − 1
+  constexpr int kDqStages = L::dq_stages, kKvStages = L::kv_stages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = align1024(smem_raw);
   const uint32_t sk = smem_addr(smem + L::k), sv = smem_addr(smem + L::v), sq = smem_addr(smem + L::q),
                  sdo = smem_addr(smem + L::dout), sds = smem_addr(smem + L::ds);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
-  // kv_full: K and V are in; full/empty: a stage of Q, dO, lse, delta; staged/free: a dQ tile
-  // is in its staging buffer, and has been read out by the reduction.
-  constexpr int kDqStages = L::dq_stages;
-  uint64_t *kv_full = bars, *full = bars + 1, *empty = bars + 3, *staged = bars + 5, *free = staged + kDqStages;
+  // kv_full/kv_empty: an item's K and V are in, and no longer read; full/empty: a stage of Q,
+  // dO, lse, delta; staged/free: a dQ tile is in its staging buffer, and has been read out by
+  // the reduction. Stages are counted over the block's items (g: its steps so far).
+  uint64_t *full = bars, *empty = bars + 2, *kv_full = bars + 4, *kv_empty = kv_full + kKvStages,
+           *staged = kv_empty + kKvStages, *free = staged + kDqStages, *item_full = free + kDqStages,
+           *item_empty = item_full + L::item_ring;
+  int* item_ring = reinterpret_cast<int*>(smem + L::items);
 
-  const int ntiles_k = gridDim.x;
-  const int n = ntiles_k - 1 - blockIdx.x;  // key tile: the later (shorter) ones first, see `order`
-  // (b, KV head) = blockIdx.z·65535 + blockIdx.y: grids stay within 65535 rows at any batch.
-  const int bh = blockIdx.z * 65535 + blockIdx.y;
-  if (bh >= a.B * a.Hkv) return;
-  const int b = bh / a.Hkv, kvh = bh % a.Hkv, group = a.H / a.Hkv;
-  const int first = n * kBwdN / kBwdM, per_head = (a.T + kBwdM - 1) / kBwdM - first, steps = group * per_head;
+  const int ntiles_k = a.Tp / kBwdN, group = a.H / a.Hkv, items = a.B * a.Hkv * ntiles_k;
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
-    mbar_init(kv_full, 1);
     for (int s = 0; s < 2; s++) mbar_init(full + s, 1), mbar_init(empty + s, 128 * kConsumers);
+    for (int s = 0; s < kKvStages; s++) mbar_init(kv_full + s, 1), mbar_init(kv_empty + s, 128 * kConsumers);
     for (int s = 0; s < kDqStages; s++) mbar_init(staged + s, 128 * kConsumers), mbar_init(free + s, 1);
+    for (int r = 0; r < L::item_ring; r++)  // read by both consumers and every dQ writer
+      mbar_init(item_full + r, 1), mbar_init(item_empty + r, 128 * kConsumers + kDqStages);
     mbar_init_fence();
   }
   __syncthreads();
 
+  // The block's item j, as the producer claimed it (items or more: no more items).
+  auto next_item = [&](int j) {
+    const int r = j % L::item_ring;
+    mbar_wait(item_full + r, (j / L::item_ring) & 1);
+    const int w = item_ring[r];
+    mbar_arrive(item_empty + r);
+    return w;
+  };
+
   if (wg == 0) {
-    regs_dealloc<24>();
-    if (threadIdx.x == 0) {  // the producer: K, V once, then Q, dO, lse, delta per step
-      mbar_arrive_expect(kv_full, 2 * L::kv_bytes);
-      for (int c = 0; c < kSub; c++) {
-        tma_load_4d(smem + L::k + c * kBwdN * kRowBytes, &tk, kv_full, c * 64, kvh, n * kBwdN, b);
-        tma_load_4d(smem + L::v + c * kBwdN * kRowBytes, &tv, kv_full, c * 64, kvh, n * kBwdN, b);
-      }
-      for (int i = 0; i < steps; i++) {
-        const int h = kvh * group + i / per_head, m = first + i % per_head, s = i & 1, phase = (i >> 1) & 1;
-        if (i >= 2) mbar_wait(empty + s, phase ^ 1);
-        mbar_arrive_expect(full + s, 2 * L::q_bytes + 2 * L::stat_bytes);
+    // Registers: 128·P + 256·C = 168·384, the block's share of the file. D 64's consumers fit
+    // in 232, and then the producer and the dQ writers (which claim and track items) in 40.
+    if constexpr (D == 64) regs_dealloc<40>(); else regs_dealloc<24>();
+    if (threadIdx.x == 0) {  // the producer: per item K and V, then Q, dO, lse, delta per step
+      for (int j = 0, g = 0;; j++) {
+        const int r = j % L::item_ring;
+        if (j >= L::item_ring) mbar_wait(item_empty + r, ((j / L::item_ring) & 1) ^ 1);
+        const int w = atomicAdd(a.claimed, 1);
+        item_ring[r] = w;
+        mbar_arrive(item_full + r);  // (an arrival releases the write; a completed wait acquires it)
+        if (w >= items) break;
+        const BwdItem it(w, ntiles_k, a.Hkv, a.T, group);
+        const int ks = j % kKvStages;
+        if (j >= kKvStages) mbar_wait(kv_empty + ks, ((j / kKvStages) & 1) ^ 1);
+        mbar_arrive_expect(kv_full + ks, 2 * L::kv_bytes);
         for (int c = 0; c < kSub; c++) {
-          tma_load_4d(smem + L::q + s * L::q_bytes + c * kBwdM * kRowBytes, &tq, full + s, c * 64, h, m * kBwdM, b);
-          tma_load_4d(smem + L::dout + s * L::q_bytes + c * kBwdM * kRowBytes, &tdo, full + s, c * 64, h, m * kBwdM, b);
+          const int at = ks * L::kv_bytes + c * kBwdN * kRowBytes;
+          tma_load_4d(smem + L::k + at, &tk, kv_full + ks, c * 64, it.kvh, it.n * kBwdN, it.b);
+          tma_load_4d(smem + L::v + at, &tv, kv_full + ks, c * 64, it.kvh, it.n * kBwdN, it.b);
         }
-        const size_t stat = ((size_t)b * a.H + h) * a.Tp + m * kBwdM;
-        bulk_load(smem + L::lse + s * L::stat_bytes, a.lse2 + stat, L::stat_bytes, full + s);
-        bulk_load(smem + L::delta + s * L::stat_bytes, a.delta + stat, L::stat_bytes, full + s);
+        for (int i = 0; i < it.steps; i++, g++) {
+          const int h = it.kvh * group + i / it.per_head, m = it.first + i % it.per_head, s = g & 1,
+                    phase = (g >> 1) & 1;
+          if (g >= 2) mbar_wait(empty + s, phase ^ 1);
+          mbar_arrive_expect(full + s, 2 * L::q_bytes + 2 * L::stat_bytes);
+          for (int c = 0; c < kSub; c++) {
+            const int at = s * L::q_bytes + c * kBwdM * kRowBytes;
+            tma_load_4d(smem + L::q + at, &tq, full + s, c * 64, h, m * kBwdM, it.b);
+            tma_load_4d(smem + L::dout + at, &tdo, full + s, c * 64, h, m * kBwdM, it.b);
+          }
+          const size_t stat = ((size_t)it.b * a.H + h) * a.Tp + m * kBwdM;
+          bulk_load(smem + L::lse + s * L::stat_bytes, a.lse2 + stat, L::stat_bytes, full + s);
+          bulk_load(smem + L::delta + s * L::stat_bytes, a.delta + stat, L::stat_bytes, full + s);
+        }
       }
     } else if (threadIdx.x % 32 == 0 && threadIdx.x / 32 <= kDqStages) {
-      // dQ writer s adds the tiles staged in stage s (steps s, s + stages, …) into the fp32
-      // sums. In the deterministic mode a writer waits for its tile's turn and then for its
-      // addition to land; with one writer per stage, those waits overlap.
+      // dQ writer s adds the tiles staged in stage s (the block's steps s, s + stages, …) into
+      // the fp32 sums. In the deterministic mode a writer waits for its tile's turn and then for
+      // its addition to land; with one writer per stage, those waits overlap.
       const int s = threadIdx.x / 32 - 1;
-      for (int i = s; i < steps; i += kDqStages) {
-        const int h = kvh * group + i / per_head, m = first + i % per_head, phase = (i / kDqStages) & 1;
-        mbar_wait(staged + s, phase);
-        const size_t tile = ((size_t)b * a.H + h) * (a.Tp / kBwdM) + m;
-        int* turn = a.order ? a.order + tile : nullptr;
-        if (turn) {  // key tiles add in descending order: the one at the diagonal first
-          const int last = min(ntiles_k - 1, (m * kBwdM + kBwdM - 1) / kBwdN);
-          while (atomicAdd(turn, 0) != last - n) __nanosleep(32);
+      for (int j = 0, g = 0, w; (w = next_item(j)) < items; j++) {
+        const BwdItem it(w, ntiles_k, a.Hkv, a.T, group);
+        for (int i = (s - g % kDqStages + kDqStages) % kDqStages; i < it.steps; i += kDqStages) {
+          const int h = it.kvh * group + i / it.per_head, m = it.first + i % it.per_head;
+          mbar_wait(staged + s, ((g + i) / kDqStages) & 1);
+          const size_t tile = ((size_t)it.b * a.H + h) * (a.Tp / kBwdM) + m;
+          int* turn = a.order ? a.order + tile : nullptr;
+          if (turn) {  // key tiles add in descending order: the one at the diagonal first
+            const int last = min(ntiles_k - 1, (m * kBwdM + kBwdM - 1) / kBwdN);
+            while (atomicAdd(turn, 0) != last - it.n) __nanosleep(32);
+          }
+          bulk_reduce_add(a.dq_acc + tile * kBwdM * D, reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes),
+                          L::dq_bytes);
+          bulk_commit();
+          bulk_wait_read<0>();
+          mbar_arrive(free + s);
+          if (turn) {
+            bulk_wait<0>();
+            fence_async_global();
+            __threadfence();
+            atomicAdd(turn, 1);
+          }
         }
-        bulk_reduce_add(a.dq_acc + tile * kBwdM * D, reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes),
-                        L::dq_bytes);
-        bulk_commit();
-        bulk_wait_read<0>();
-        mbar_arrive(free + s);
-        if (turn) {
-          bulk_wait<0>();
-          fence_async_global();
-          __threadfence();
-          atomicAdd(turn, 1);
-        }
+        g += it.steps;
       }
       bulk_wait<0>();
     }
     return;
   }
 
-  regs_alloc<240>();
+  if constexpr (D == 64) regs_alloc<232>(); else regs_alloc<240>();
   const int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
   const int key_in_tile = cw * 64 + warp * 16 + gid;  // this thread's keys: + 0 and + 8
-  const int k0 = n * kBwdN;
   // Descriptors: a base per operand (and stage), plus compile-time offsets per k-step (a
   // descriptor holds the address in 16-byte units in its low bits).
   // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ: all K-major (features contiguous); a k-step of 16 features is 32
   // bytes along the swizzled rows, every 4 k-steps the next 64-feature block.
+  // (K and V's second stage: one stage's bytes further, in every descriptor.)
   const uint64_t k_d = desc_sw128(sk + cw * 64 * kRowBytes), v_d = desc_sw128(sv + cw * 64 * kRowBytes);
   const uint64_t q_d[2] = {desc_sw128(sq), desc_sw128(sq + L::q_bytes)};
   const uint64_t do_d[2] = {desc_sw128(sdo), desc_sw128(sdo + L::q_bytes)};
@@ -483,130 +535,138 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int q_row = warp * 16 + gid;
 
   float dk[D / 2], dv[D / 2];
+  for (int j = 0, g = 0, w; (w = next_item(j)) < items; j++) {
+    const BwdItem it(w, ntiles_k, a.Hkv, a.T, group);
+    const int k0 = it.n * kBwdN, ks = j % kKvStages;
+    const uint64_t kv_step = (uint64_t)(ks * L::kv_bytes >> 4), kd = k_d + kv_step, vd = v_d + kv_step,
+                   ktd = kt_d + kv_step;
 #pragma unroll
-  for (int i = 0; i < D / 2; i++) dk[i] = dv[i] = 0.f;
-  mbar_wait(kv_full, 0);
-  for (int i = 0; i < steps; i++) {
-    const int m = first + i % per_head, s = i & 1, phase = (i >> 1) & 1;
-    const int q0 = m * kBwdM;
-    mbar_wait(full + s, phase);
-    float st[kBwdM / 2], dpt[kBwdM / 2];
-    const uint64_t qd = s ? q_d[1] : q_d[0], dod = s ? do_d[1] : do_d[0];  // (no run-time array index: locals stay in registers)
-    wgmma_fence();
+    for (int i = 0; i < D / 2; i++) dk[i] = dv[i] = 0.f;
+    mbar_wait(kv_full + ks, (j / kKvStages) & 1);
+    for (int i = 0; i < it.steps; i++, g++) {
+      const int m = it.first + i % it.per_head, s = g & 1, phase = (g >> 1) & 1;
+      const int q0 = m * kBwdM;
+      mbar_wait(full + s, phase);
+      float st[kBwdM / 2], dpt[kBwdM / 2];
+      const uint64_t qd = s ? q_d[1] : q_d[0], dod = s ? do_d[1] : do_d[0];  // (no run-time array index: locals stay in registers)
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-      if (kk == 0)
-        Wgmma<kBwdM, 0, 0>::ss0(st, k_d, qd);
-      else
-        Wgmma<kBwdM, 0, 0>::ss(st, k_d + kmajor(kk, kBwdN), qd + kmajor(kk, kBwdM), true);
-    wgmma_commit();
+      for (int kk = 0; kk < D / 16; kk++)
+        if (kk == 0)
+          Wgmma<kBwdM, 0, 0>::ss0(st, kd, qd);
+        else
+          Wgmma<kBwdM, 0, 0>::ss(st, kd + kmajor(kk, kBwdN), qd + kmajor(kk, kBwdM), true);
+      wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-      if (kk == 0)
-        Wgmma<kBwdM, 0, 0>::ss0(dpt, v_d, dod);
-      else
-        Wgmma<kBwdM, 0, 0>::ss(dpt, v_d + kmajor(kk, kBwdN), dod + kmajor(kk, kBwdM), true);
-    wgmma_commit();
-    // This thread's 16 queries: 8j + 2·tig + {0, 1}; lse·log2e and delta·scale for each.
-    const float2* lse_s = reinterpret_cast<const float2*>(smem + L::lse + s * L::stat_bytes) + tig;
-    const float2* delta_s = reinterpret_cast<const float2*>(smem + L::delta + s * L::stat_bytes) + tig;
-    float lse[kBwdM / 4], dsc[kBwdM / 4];
+      for (int kk = 0; kk < D / 16; kk++)
+        if (kk == 0)
+          Wgmma<kBwdM, 0, 0>::ss0(dpt, vd, dod);
+        else
+          Wgmma<kBwdM, 0, 0>::ss(dpt, vd + kmajor(kk, kBwdN), dod + kmajor(kk, kBwdM), true);
+      wgmma_commit();
+      // This thread's 16 queries: 8j + 2·tig + {0, 1}; lse·log2e and delta·scale for each.
+      const float2* lse_s = reinterpret_cast<const float2*>(smem + L::lse + s * L::stat_bytes) + tig;
+      const float2* delta_s = reinterpret_cast<const float2*>(smem + L::delta + s * L::stat_bytes) + tig;
+      float lse[kBwdM / 4], dsc[kBwdM / 4];
 #pragma unroll
-    for (int j = 0; j < kBwdM / 8; j++) {
-      const float2 l2 = lse_s[4 * j], d2 = delta_s[4 * j];
-      lse[2 * j] = l2.x, lse[2 * j + 1] = l2.y, dsc[2 * j] = d2.x * a.scale, dsc[2 * j + 1] = d2.y * a.scale;
-    }
-    wgmma_wait<1>();
-    fence_regs(st);
-    // Pᵀ; only steps that cross the diagonal need the mask (padded queries have lse = +inf,
-    // so their probabilities are 0 already).
-    float p[kBwdM / 2];
-    if (q0 < k0 + kBwdN) {
-      const int rel = k0 + key_in_tile - q0;  // this thread's first key, from the tile's first query
+      for (int jj = 0; jj < kBwdM / 8; jj++) {
+        const float2 l2 = lse_s[4 * jj], d2 = delta_s[4 * jj];
+        lse[2 * jj] = l2.x, lse[2 * jj + 1] = l2.y, dsc[2 * jj] = d2.x * a.scale, dsc[2 * jj + 1] = d2.y * a.scale;
+      }
+      wgmma_wait<1>();
+      fence_regs(st);
+      // Pᵀ; only steps that cross the diagonal need the mask (padded queries have lse = +inf,
+      // so their probabilities are 0 already).
+      float p[kBwdM / 2];
+      if (q0 < k0 + kBwdN) {
+        const int rel = k0 + key_in_tile - q0;  // this thread's first key, from the tile's first query
 #pragma unroll
-      for (int j = 0; j < kBwdM / 8; j++)
+        for (int jj = 0; jj < kBwdM / 8; jj++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const float x = exp2f(fmaf(st[4 * j + e], a.scale_log2, -lse[2 * j + (e & 1)]));
-          p[4 * j + e] = 8 * j + 2 * tig + (e & 1) < rel + 8 * (e / 2) ? 0.f : x;
-        }
-    } else {
+          for (int e = 0; e < 4; e++) {
+            const float x = exp2f(fmaf(st[4 * jj + e], a.scale_log2, -lse[2 * jj + (e & 1)]));
+            p[4 * jj + e] = 8 * jj + 2 * tig + (e & 1) < rel + 8 * (e / 2) ? 0.f : x;
+          }
+      } else {
 #pragma unroll
-      for (int j = 0; j < kBwdM / 8; j++)
+        for (int jj = 0; jj < kBwdM / 8; jj++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) p[4 * j + e] = exp2f(fmaf(st[4 * j + e], a.scale_log2, -lse[2 * j + (e & 1)]));
-    }
-    uint32_t pa[kBwdM / 16][4], dsa[kBwdM / 16][4];
-    to_a(pa, p);
-    wgmma_wait<0>();
-    fence_regs(dpt);
-    // dSᵀ = Pᵀ ⊙ (dPᵀ − delta), with the softmax scale folded in.
+          for (int e = 0; e < 4; e++) p[4 * jj + e] = exp2f(fmaf(st[4 * jj + e], a.scale_log2, -lse[2 * jj + (e & 1)]));
+      }
+      uint32_t pa[kBwdM / 16][4], dsa[kBwdM / 16][4];
+      to_a(pa, p);
+      wgmma_wait<0>();
+      fence_regs(dpt);
+      // dSᵀ = Pᵀ ⊙ (dPᵀ − delta), with the softmax scale folded in.
 #pragma unroll
-    for (int j = 0; j < kBwdM / 8; j++)
+      for (int jj = 0; jj < kBwdM / 8; jj++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) p[4 * j + e] *= fmaf(dpt[4 * j + e], a.scale, -dsc[2 * j + (e & 1)]);
-    to_a(dsa, p);
-    // dSᵀ into shared memory for dQ, in the swizzled layout the descriptor expects. Buffer s
-    // was last read by the dQ products two steps ago, which finished before the last barrier.
-    {
-      unsigned char* ds = smem + L::ds + s * L::ds_bytes + ds_row;
+        for (int e = 0; e < 4; e++) p[4 * jj + e] *= fmaf(dpt[4 * jj + e], a.scale, -dsc[2 * jj + (e & 1)]);
+      to_a(dsa, p);
+      // dSᵀ into shared memory for dQ, in the swizzled layout the descriptor expects. Buffer s
+      // was last read by the dQ products two steps ago, which finished before the last barrier.
+      {
+        unsigned char* ds = smem + L::ds + s * L::ds_bytes + ds_row;
 #pragma unroll
-      for (int j = 0; j < kBwdM / 8; j++)
+        for (int jj = 0; jj < kBwdM / 8; jj++)
+#pragma unroll
+          for (int i2 = 0; i2 < 2; i2++)
+            *reinterpret_cast<uint32_t*>(ds + i2 * 8 * kRowBytes + ((jj * 16) ^ g16)) = dsa[jj / 2][(jj % 2) * 2 + i2];
+      }
+      fence_async_shared();
+      named_sync(1, 256);  // both consumers' halves of dSᵀ are in place
+      fence_regs(pa);
+      fence_regs(dsa);
+      float dq[kDqN / 2];
+      wgmma_fence();
+      const uint64_t dotd = s ? dot_d[1] : dot_d[0], qtd = s ? qt_d[1] : qt_d[0], dsd = s ? ds_d[1] : ds_d[0];
+#pragma unroll
+      for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dv, pa[kk], dotd + kk * kRows16, true);
+#pragma unroll
+      for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
+#pragma unroll
+      for (int kk = 0; kk < kBwdN / 16; kk++)
+        if (kk == 0)
+          Wgmma<kDqN, 1, 1>::ss0(dq, dsd, ktd);
+        else
+          Wgmma<kDqN, 1, 1>::ss(dq, dsd + kk * kRows16, ktd + kk * kRows16, true);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dv);
+      fence_regs(dk);
+      fence_regs(dq);
+      fence_regs(pa);
+      fence_regs(dsa);
+      mbar_arrive(empty + s);
+      // This consumer's columns of the dQ tile into its staging buffer, once the writer has
+      // read out what was there kDqStages steps ago; the layout is the fp32 sums' (see
+      // dq_convert_kernel).
+      const int qs = g % kDqStages;
+      if (g >= kDqStages) mbar_wait(free + qs, ((g / kDqStages) & 1) ^ 1);
+      float* stage = reinterpret_cast<float*>(smem + L::dq + qs * L::dq_bytes) + q_row * 64 + 2 * tig;
+#pragma unroll
+      for (int jj = 0; jj < kDqN / 8; jj++) {
+        const int col = cw * kDqN + 8 * jj, block = col / 64, gr = col % 64 / 8;
 #pragma unroll
         for (int i2 = 0; i2 < 2; i2++)
-          *reinterpret_cast<uint32_t*>(ds + i2 * 8 * kRowBytes + ((j * 16) ^ g16)) = dsa[j / 2][(j % 2) * 2 + i2];
+          *reinterpret_cast<float2*>(stage + (block * kBwdM + 8 * i2) * 64 + 8 * (gr ^ gid)) =
+              make_float2(dq[4 * jj + 2 * i2], dq[4 * jj + 2 * i2 + 1]);
+      }
+      fence_async_shared();
+      mbar_arrive(staged + qs);
     }
-    fence_async_shared();
-    named_sync(1, 256);  // both consumers' halves of dSᵀ are in place
-    fence_regs(pa);
-    fence_regs(dsa);
-    float dq[kDqN / 2];
-    wgmma_fence();
-    const uint64_t dotd = s ? dot_d[1] : dot_d[0], qtd = s ? qt_d[1] : qt_d[0], dsd = s ? ds_d[1] : ds_d[0];
+    mbar_arrive(kv_empty + ks);  // this item's products are done with K and V
+    const size_t kstride = (size_t)a.Hkv * D;
 #pragma unroll
-    for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dv, pa[kk], dotd + kk * kRows16, true);
+    for (int i2 = 0; i2 < 2; i2++) {
+      const int key = k0 + key_in_tile + 8 * i2;
+      if (key >= a.T) continue;
+      const size_t at = ((size_t)it.b * a.T + key) * kstride + (size_t)it.kvh * D;
 #pragma unroll
-    for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
-#pragma unroll
-    for (int kk = 0; kk < kBwdN / 16; kk++)
-      if (kk == 0)
-        Wgmma<kDqN, 1, 1>::ss0(dq, dsd, kt_d);
-      else
-        Wgmma<kDqN, 1, 1>::ss(dq, dsd + kk * kRows16, kt_d + kk * kRows16, true);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(dv);
-    fence_regs(dk);
-    fence_regs(dq);
-    fence_regs(pa);
-    fence_regs(dsa);
-    mbar_arrive(empty + s);
-    // This consumer's columns of the dQ tile into its staging buffer, once the writer has read
-    // out what was there kDqStages steps ago; the layout is the fp32 sums' (see dq_convert_kernel).
-    const int qs = i % kDqStages;
-    if (i >= kDqStages) mbar_wait(free + qs, ((i / kDqStages) & 1) ^ 1);
-    float* stage = reinterpret_cast<float*>(smem + L::dq + qs * L::dq_bytes) + q_row * 64 + 2 * tig;
-#pragma unroll
-    for (int j = 0; j < kDqN / 8; j++) {
-      const int col = cw * kDqN + 8 * j, block = col / 64, g = col % 64 / 8;
-#pragma unroll
-      for (int i2 = 0; i2 < 2; i2++)
-        *reinterpret_cast<float2*>(stage + (block * kBwdM + 8 * i2) * 64 + 8 * (g ^ gid)) =
-            make_float2(dq[4 * j + 2 * i2], dq[4 * j + 2 * i2 + 1]);
-    }
-    fence_async_shared();
-    mbar_arrive(staged + qs);
-  }
-  const size_t kstride = (size_t)a.Hkv * D;
-#pragma unroll
-  for (int i2 = 0; i2 < 2; i2++) {
-    const int key = k0 + key_in_tile + 8 * i2;
-    if (key >= a.T) continue;
-    const size_t at = ((size_t)b * a.T + key) * kstride + (size_t)kvh * D;
-#pragma unroll
-    for (int j = 0; j < D / 8; j++) {
-      *reinterpret_cast<uint32_t*>(a.dk + at + 8 * j + 2 * tig) = pack(dk[4 * j + 2 * i2], dk[4 * j + 2 * i2 + 1]);
-      *reinterpret_cast<uint32_t*>(a.dv + at + 8 * j + 2 * tig) = pack(dv[4 * j + 2 * i2], dv[4 * j + 2 * i2 + 1]);
+      for (int jj = 0; jj < D / 8; jj++) {
+        *reinterpret_cast<uint32_t*>(a.dk + at + 8 * jj + 2 * tig) = pack(dk[4 * jj + 2 * i2], dk[4 * jj + 2 * i2 + 1]);
+        *reinterpret_cast<uint32_t*>(a.dv + at + 8 * jj + 2 * tig) = pack(dv[4 * jj + 2 * i2], dv[4 * jj + 2 * i2 + 1]);
+      }
     }
   }
 }
@@ -661,27 +721,26 @@ void forward(const Context& ctx, bf* out, float* lse, const bf* q, const bf* k, 
 
 template <int D>
 void backward(const Context& ctx, bf* dq, bf* dk, bf* dv, const bf* dout, const bf* q, const bf* k, const bf* v,
-              const bf* out, const float* lse, int B, int T, int H, int Hkv, bool deterministic) {
+              const bf* out, const float* lse, int B, int T, int H, int Hkv, bool deterministic, bool persistent) {
   const int Tp = (T + kBwdN - 1) / kBwdN * kBwdN;  // whole key tiles, so also whole query tiles
   const size_t rows = (size_t)B * H * Tp, nacc = rows * D, tiles = rows / kBwdM;
-  // Scratch: dQ sums, lse·log2e, delta, then the order counters.
-  float* acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nacc + 2 * rows) + sizeof(int) * tiles));
+  // Scratch: dQ sums, lse·log2e, delta, the items claimed, then the order counters.
+  float* acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nacc + 2 * rows) + sizeof(int) * (1 + tiles)));
   float *lse2 = acc + nacc, *delta = lse2 + rows;
-  int* order = reinterpret_cast<int*>(delta + rows);
+  int *claimed = reinterpret_cast<int*>(delta + rows), *order = claimed + 1;
   cuda::zero(ctx, acc, sizeof(float) * nacc);
-  if (deterministic) cuda::zero(ctx, order, sizeof(int) * tiles);
+  cuda::zero(ctx, claimed, sizeof(int) * (deterministic ? 1 + tiles : 1));
   prepare_kernel<<<blocks_for(rows * 32, 256), 256, 0, stream(ctx)>>>(lse2, delta, lse, dout, out, B, T, Tp, H, D);
   CUDA_CHECK_LAUNCH();
   const CUtensorMap tq = tile_map(q, B, T, H, D, kBwdM), tdo = tile_map(dout, B, T, H, D, kBwdM),
                     tk = tile_map(k, B, T, Hkv, D, kBwdN), tv = tile_map(v, B, T, Hkv, D, kBwdN);
-  BwdArgs a{dk, dv, acc, lse2, delta, deterministic ? order : nullptr, B, T, Tp, H, Hkv, 0.f, 0.f};
+  BwdArgs a{dk, dv, acc, lse2, delta, deterministic ? order : nullptr, claimed, B, T, Tp, H, Hkv, 0.f, 0.f};
   a.scale = 1.f / sqrtf((float)D);
   a.scale_log2 = a.scale * kLog2e;
   CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdSmem<D>::total));
-  // Key tiles fastest, the later (shorter) ones first: the deterministic mode's additions
-  // wait only on blocks dispatched before them (blocks start in linear order).
-  const int heads = B * Hkv;
-  const dim3 grid(Tp / kBwdN, std::min(heads, 65535), (heads + 65534) / 65535);
+  // One block per SM, each claiming items as it goes (see BwdItem), or one block per item.
+  const long items = (long)B * Hkv * (Tp / kBwdN);
+  const int grid = (int)std::min<long>(items, persistent ? ctx.cuda->sm_count : INT32_MAX);
   backward_kernel<D><<<grid, kThreads, BwdSmem<D>::total, stream(ctx)>>>(tq, tk, tv, tdo, a);
   CUDA_CHECK_LAUNCH();
   dq_convert_kernel<<<blocks_for((size_t)B * T * H * D / 8, 256), 256, 0, stream(ctx)>>>(dq, acc, B, T, Tp, H, D);
@@ -710,13 +769,13 @@ void attention_forward_sm90(const Context& ctx, bf16* out, float* lse, const bf1
 
 void attention_backward_sm90(const Context& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
                              const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
-                             int Hkv, int D, bool deterministic) {
+                             int Hkv, int D, bool deterministic, bool persistent) {
   if (D == 64)
     backward<64>(ctx, dev(dq), dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), dev(out), lse, B, T, H, Hkv,
-                 deterministic);
+                 deterministic, persistent);
   else
     backward<128>(ctx, dev(dq), dev(dk), dev(dv), dev(dout), dev(q), dev(k), dev(v), dev(out), lse, B, T, H, Hkv,
-                  deterministic);
+                  deterministic, persistent);
 }
 
 }  // namespace t6::cuda

@@ -20,8 +20,8 @@ struct CudaState {
   int device = 0;
   int compute_major = 0, compute_minor = 0;
   // Which attention kernels run (attention.cu): 0 the fastest for this GPU, 1 the mma.sync
-  // ones (sm_80 and later), 2 Hopper's (sm_90 only), 3 Hopper's with a forward block per query
-  // tile instead of persistent blocks.
+  // ones (sm_80 and later), 2 Hopper's (sm_90 only), 3 Hopper's with a block per tile instead
+  // of persistent blocks.
   // Tests and the kernel benchmark set it.
   int attention_version = 0;
   // Runs repeat bitwise: attention's dQ summed in a fixed order, and cuBLASLt's first-choice
