@@ -62,6 +62,19 @@ AttentionReference attention_reference(const Vec& q, const Vec& k, const Vec& v,
   return r;
 }
 
+struct AttentionRow { std::string name; double fwd_ms, bwd_ms, worst; bool repeats; };
+
+void print_attention_table(const std::vector<AttentionRow>& rows, double fwd_flops, double bwd_flops, int check_batch) {
+  fmt::print("\n| kernels | forward ms | TFLOP/s | backward ms | TFLOP/s | worst error / bound | dQ repeats |\n"
+             "|---|---|---|---|---|---|---|\n");
+  for (const AttentionRow& r : rows)
+    fmt::print("| {} | {:.3f} | {:.0f} | {:.3f} | {:.0f} | {:.2f} | {} |\n", r.name, r.fwd_ms,
+               fwd_flops / r.fwd_ms / 1e9, r.bwd_ms, bwd_flops / r.bwd_ms / 1e9, r.worst, r.repeats ? "yes" : "no");
+  fmt::print("(error bound per element: out 2e-2·(rms + |ref|), gradients (6e-2·rms + 3e-2·|ref|)·√max(1, T/2048), lse 1e-3·(rms + "
+             "|ref|); checked on the first {} sequence(s))\n",
+             check_batch);
+}
+
 int bench_attention(const Context& ctx, const BenchArgs& args) {
   const int B = args.get("B", 24), T = args.get("T", 1024), H = args.get("H", 34), Hkv = args.get("Hkv", H),
             D = args.get("D", 64), reps = args.get("reps", 20);
@@ -84,8 +97,7 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
   auto gq = upload(ctx, q), gk = upload(ctx, k), gv = upload(ctx, v), gdo = upload(ctx, dout);
   // Flops as FlashAttention counts them: 2 products forward, 5 backward, half the matrix causal.
   const double fwd_flops = 4.0 * B * H * (double)T * T * D / 2, bwd_flops = 2.5 * fwd_flops;
-  struct Row { std::string name; double fwd_ms, bwd_ms, worst; bool repeats; };
-  std::vector<Row> rows;
+  std::vector<AttentionRow> rows;
   bool ok = true;
   for (int version : {1, 2, 3}) {
     for (bool deterministic : {true, false}) {
@@ -137,14 +149,7 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
       ok = ok && worst <= 1 && (repeats || version == 1 || !deterministic);  // the deterministic mode must repeat
     }
   }
-  fmt::print("\n| kernels | forward ms | TFLOP/s | backward ms | TFLOP/s | worst error / bound | dQ repeats |\n"
-             "|---|---|---|---|---|---|---|\n");
-  for (const Row& r : rows)
-    fmt::print("| {} | {:.3f} | {:.0f} | {:.3f} | {:.0f} | {:.2f} | {} |\n", r.name, r.fwd_ms,
-               fwd_flops / r.fwd_ms / 1e9, r.bwd_ms, bwd_flops / r.bwd_ms / 1e9, r.worst, r.repeats ? "yes" : "no");
-  fmt::print("(error bound per element: out 2e-2·(rms + |ref|), gradients (6e-2·rms + 3e-2·|ref|)·√max(1, T/2048), lse 1e-3·(rms + "
-             "|ref|); checked on the first {} sequence(s))\n",
-             check_batch);
+  print_attention_table(rows, fwd_flops, bwd_flops, check_batch);
   ctx.cuda->attention_version = 0;
   return ok ? 0 : 1;
 }
