@@ -6,7 +6,7 @@
 //   t6-kernel-bench attention [--B 24 --T 1024 --H 34 --Hkv 34 --D 64] [--reps 20]
 //   t6-kernel-bench qkv [--config configs/t6-small-tpa.yaml --B 24 --T 1024] [--reps 20]
 //   t6-kernel-bench decode [--H 32 --D 64 --rank-k 1 --rank-v 1] [--B 1 --context 4096] [--reps 20]
-//   t6-kernel-bench embedding|rmsnorm|matmul|swiglu|classifier|adamw [--config ...] (kernel_bench_ops.cpp)
+//   t6-kernel-bench embedding|rmsnorm|matmul|swiglu|classifier|adamw|elementwise [--config ...] (kernel_bench_ops.cpp)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -291,7 +291,8 @@ int usage() {
              "       t6-kernel-bench qkv [--config FILE.yaml --B N --T N --reps N]\n"
              "       t6-kernel-bench decode [--H 32 --D 64 --rank-k 1 --rank-v 1 | --dense yes --Hkv N]\n"
              "                              [--B N --context N (default: batch 1, 4, 16 × 4096, 32768, 131072)] [--reps N]\n"
-             "       t6-kernel-bench embedding|rmsnorm|matmul|swiglu|classifier|adamw [--config FILE.yaml --B N --T N]\n"
+             "       t6-kernel-bench embedding|rmsnorm|matmul|swiglu|classifier|adamw|elementwise\n"
+             "                              [--config FILE.yaml --B N --T N]\n"
              "                              [--check ROWS (default 256)] [--reps N]\n");
   return 2;
 }
@@ -304,7 +305,7 @@ int main(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0) return usage();
   const std::string op = argv[1];
   const bool other = op == "embedding" || op == "rmsnorm" || op == "matmul" || op == "swiglu" || op == "classifier" ||
-                     op == "adamw";
+                     op == "adamw" || op == "elementwise";
   const std::vector<std::string> keys = op == "attention" ? std::vector<std::string>{"B", "T", "H", "Hkv", "D", "reps", "check-batch"}
                                         : op == "qkv"     ? std::vector<std::string>{"config", "B", "T", "reps"}
                                         : op == "decode"  ? std::vector<std::string>{"H", "D", "rank-k", "rank-v", "Hkv", "dense", "B", "context", "reps"}

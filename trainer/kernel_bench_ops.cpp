@@ -259,6 +259,65 @@ int adamw(const Context& ctx, const Sizes& s) {
   return r.finish();
 }
 
+// The small ops: a weight into its padded bf16 compute copy and the padded gradient back
+// (a C + 3-column matrix with the pitch rounded up to 8, as T6-medium's c_fc), and gradient
+// clipping's scale, sum and sum of squares over a T6-small's worth of fp32 numbers.
+int elementwise(const Context& ctx, const Sizes& s) {
+  Report r("elementwise");
+  Rng rng;
+  const Context cpu;
+  const int cols = s.C + 3, pitch = (cols + 7) / 8 * 8;
+  for (bool checking : {true, false}) {
+    const int rows = checking ? s.check : 4 * s.C;
+    const size_t dense = (size_t)rows * cols, padded = (size_t)rows * pitch;
+    const Vec w = rng.bf16_values(dense, 1.0), g = rng.bf16_values(padded, 1.0), acc0 = rng.bf16_values(dense, 1.0);
+    auto gw = upload_f32(ctx, w), gg = upload_f32(ctx, g), gacc = upload_f32(ctx, acc0);
+    auto gcopy = poisoned(ctx, padded);
+    if (checking) {
+      Vec copy(padded, 0.0), acc = acc0;
+      copy_to_pitch(cpu, copy.data(), w.data(), rows, cols, pitch);
+      add_from_pitch(cpu, acc.data(), g.data(), rows, cols, pitch);
+      copy_to_pitch(ctx, gcopy.data(), gw.data(), rows, cols, pitch);
+      add_from_pitch(ctx, gacc.data(), gg.data(), rows, cols, pitch);
+      // Only the columns inside each row are the copy's (its padding is the layout's, zero).
+      Vec got = download(gcopy), used_got, used_want;
+      for (int row = 0; row < rows; row++)
+        for (int c = 0; c < cols; c++)
+          used_got.push_back(got[(size_t)row * pitch + c]), used_want.push_back(copy[(size_t)row * pitch + c]);
+      r.check("copy to pitch", used_got, used_want, cols);
+      r.check("add from pitch", download(gacc), acc, cols, 1e-5);
+      continue;
+    }
+    r.gbs(fmt::format("copy to pitch, {} × {}", rows, cols),
+          median_ms(ctx, s.reps, [&] { copy_to_pitch(ctx, gcopy.data(), gw.data(), rows, cols, pitch); }),
+          (double)dense * (4 + 2));
+    r.gbs(fmt::format("add from pitch, {} × {}", rows, cols),
+          median_ms(ctx, s.reps, [&] { add_from_pitch(ctx, gacc.data(), gg.data(), rows, cols, pitch); }),
+          (double)dense * (4 + 4 + 4));
+  }
+  for (bool checking : {true, false}) {
+    const size_t n = checking ? (size_t)s.check * 1024 + 7 : (size_t)12 * s.C * s.C * 12;
+    const Vec x = rng.bf16_values(n, 1.0);
+    auto gx = upload_f32(ctx, x);
+    if (checking) {
+      Vec scaled = x;
+      scale(cpu, scaled.data(), -0.5, n);
+      scale(ctx, gx.data(), -0.5, n);
+      r.check("scale", download(gx), scaled, 1024, 1e-6);
+      // Sums of n numbers in fp32 pieces, added in double: within 1e-6 of the sum of |x|.
+      double abs_sum = 0;
+      for (double v : scaled) abs_sum += std::fabs(v);
+      r.check("sum", {sum(ctx, gx.data(), n) / abs_sum}, {sum(cpu, scaled.data(), n) / abs_sum}, 1, 1e-6);
+      r.check("sum of squares", {sum_squares(ctx, gx.data(), n)}, {sum_squares(cpu, scaled.data(), n)}, 1, 1e-6);
+      continue;
+    }
+    const std::string size = fmt::format("{:.0f}M numbers", n / 1e6);
+    r.gbs("scale, " + size, median_ms(ctx, s.reps, [&] { scale(ctx, gx.data(), 1.0, n); }), (double)n * 8);
+    r.gbs("sum of squares, " + size, median_ms(ctx, s.reps, [&] { sum_squares(ctx, gx.data(), n); }), (double)n * 4);
+  }
+  return r.finish();
+}
+
 }  // namespace
 
 int bench_op(const Context& ctx, const std::string& op, const BenchArgs& args) {
@@ -270,6 +329,7 @@ int bench_op(const Context& ctx, const std::string& op, const BenchArgs& args) {
   if (op == "swiglu") return swiglu(ctx, s);
   if (op == "classifier") return classifier(ctx, s);
   if (op == "adamw") return adamw(ctx, s);
+  if (op == "elementwise") return elementwise(ctx, s);
   throw std::invalid_argument("unknown op " + op);
 }
 
