@@ -474,6 +474,33 @@ TEST_F(Gpu, ClassifierLossAndGradient) {
   }
 }
 
+// A weight into its padded bf16 compute copy, and the padded gradient added back: every used
+// element exact (bf16 inputs) or within fp32 rounding, and the pitch's padding left alone.
+TEST_F(Gpu, PitchedCopiesMatchTheCpu) {
+  const int rows = 300, cols = 771, pitch = 776;
+  const Vec w = random((size_t)rows * cols), g = random((size_t)rows * pitch), acc0 = random((size_t)rows * cols);
+  Vec copy((size_t)rows * pitch, 0.0), acc = acc0;
+  copy_to_pitch(cpu, copy.data(), w.data(), rows, cols, pitch);
+  add_from_pitch(cpu, acc.data(), g.data(), rows, cols, pitch);
+  auto gw = upload_f32(w), gg = upload_f32(g), gacc = upload_f32(acc0);
+  auto gcopy = poisoned(copy.size());
+  copy_to_pitch(ctx, gcopy.data(), gw.data(), rows, cols, pitch);
+  add_from_pitch(ctx, gacc.data(), gg.data(), rows, cols, pitch);
+  const Vec got = download(gcopy);
+  size_t wrong = 0, touched = 0;
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < pitch; c++) {
+      const double x = got[(size_t)r * pitch + c];
+      if (c < cols) wrong += x != copy[(size_t)r * pitch + c];
+      else touched += !std::isnan(x);
+    }
+  EXPECT_EQ(wrong, 0u) << "elements of the copy differ from the CPU's";
+  EXPECT_EQ(touched, 0u) << "padding elements written";
+  EXPECT_TRUE(close_elementwise(download(gacc), acc, kFp32, kFp32, [&](size_t i) {
+    return fmt::format("(row {}, column {})", i / cols, i % cols);
+  }));
+}
+
 TEST_F(Gpu, OptimizerOpsInFp32) {
   const size_t n = 1000003;
   Vec p = random(n), g = random(n, 0.01), m = random(n, 0.001), v = random(n, 1e-4);
