@@ -260,8 +260,9 @@ int adamw(const Context& ctx, const Sizes& s) {
 }
 
 // The small ops: a weight into its padded bf16 compute copy and the padded gradient back
-// (a C + 3-column matrix with the pitch rounded up to 8, as T6-medium's c_fc), and gradient
-// clipping's scale, sum and sum of squares over a T6-small's worth of fp32 numbers.
+// (a matrix of C + 3 columns, its pitch rounded up to 8, as mlp.c_proj's copy is where F is not
+// a multiple of 8), and gradient clipping's scale, sum and sum of squares over a T6-small's
+// worth of fp32 numbers.
 int elementwise(const Context& ctx, const Sizes& s) {
   Report r("elementwise");
   Rng rng;

@@ -528,6 +528,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t ds_d[2] = {desc_sw128(sds, kBwdN * kRowBytes), desc_sw128(sds + L::ds_bytes, kBwdN * kRowBytes)};
   const uint64_t kt_d = desc_sw128(sk + (cw * kDqN / 64) * kBwdN * kRowBytes + (cw * kDqN % 64) * 2, kBwdN * kRowBytes);
   constexpr uint64_t kRows16 = 16 * kRowBytes >> 4;
+  // Sᵀ = K·Qᵀ or dPᵀ = V·dOᵀ (a: this consumer's keys, b: the step's queries), overwriting acc.
+  auto issue_t = [&](float (&acc)[kBwdM / 2], uint64_t a, uint64_t b) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+      if (kk == 0)
+        Wgmma<kBwdM, 0, 0>::ss0(acc, a, b);
+      else
+        Wgmma<kBwdM, 0, 0>::ss(acc, a + kmajor(kk, kBwdN), b + kmajor(kk, kBwdM), true);
+  };
 
   // This thread's rows of the dSᵀ tile (keys key_in_tile, + 8) and of the dQ staging tile
   // (queries warp·16 + gid, + 8); both swizzle 16-byte (or 32-byte) groups by gid = row % 8.
@@ -550,19 +559,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       float st[kBwdM / 2], dpt[kBwdM / 2];
       const uint64_t qd = s ? q_d[1] : q_d[0], dod = s ? do_d[1] : do_d[0];  // (no run-time array index: locals stay in registers)
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++)
-        if (kk == 0)
-          Wgmma<kBwdM, 0, 0>::ss0(st, kd, qd);
-        else
-          Wgmma<kBwdM, 0, 0>::ss(st, kd + kmajor(kk, kBwdN), qd + kmajor(kk, kBwdM), true);
+      issue_t(st, kd, qd);
       wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++)
-        if (kk == 0)
-          Wgmma<kBwdM, 0, 0>::ss0(dpt, vd, dod);
-        else
-          Wgmma<kBwdM, 0, 0>::ss(dpt, vd + kmajor(kk, kBwdN), dod + kmajor(kk, kBwdM), true);
+      issue_t(dpt, vd, dod);
       wgmma_commit();
       // This thread's 16 queries: 8j + 2·tig + {0, 1}; lse·log2e and delta·scale for each.
       const float2* lse_s = reinterpret_cast<const float2*>(smem + L::lse + s * L::stat_bytes) + tig;
