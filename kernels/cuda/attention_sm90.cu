@@ -527,6 +527,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // dQ = dS·K: A = dSᵀ (keys × queries) and B = K (keys × features), both MN-major; a k-step
   // is 16 keys. This consumer's columns start kDqN·cw features into K's rows.
   const uint64_t ds_d = desc_sw128(sds, kBwdN * kRowBytes);
+  // dK += dSᵀ·Q at D 128 reads dSᵀ (keys × queries, queries contiguous: K-major) from there too.
+  const uint64_t dsk_d = desc_sw128(sds + cw * 64 * kRowBytes);
   const uint64_t kt_d = desc_sw128(sk + (cw * kDqN / 64) * kBwdN * kRowBytes + (cw * kDqN % 64) * 2, kBwdN * kRowBytes);
   constexpr uint64_t kRows16 = 16 * kRowBytes >> 4;
   // Sᵀ = K·Qᵀ or dPᵀ = V·dOᵀ (a: this consumer's keys, b: the step's queries), overwriting acc.
@@ -627,7 +629,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dv, pa[kk], dotd + kk * kRows16, true);
 #pragma unroll
-      for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
+      for (int kk = 0; kk < kBwdM / 16; kk++)
+        if constexpr (D == 128)  // A = this consumer's rows of dSᵀ in shared memory: dsa is dead by now
+          Wgmma<D, 0, 1>::ss(dk, dsk_d + s * kDsStage + kmajor(kk, kBwdN), qtd + kk * kRows16, true);
+        else
+          Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
 #pragma unroll
       for (int kk = 0; kk < kBwdN / 16; kk++)
         if (kk == 0)
