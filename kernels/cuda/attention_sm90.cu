@@ -406,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = align1024(smem_raw);
   const uint32_t sk = smem_addr(smem + L::k), sv = smem_addr(smem + L::v), sq = smem_addr(smem + L::q),
-                 sdo = smem_addr(smem + L::dout), sds = smem_addr(smem + L::ds);
+                 sds = smem_addr(smem + L::ds);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
   // kv_full/kv_empty: an item's K and V are in, and no longer read; full/empty: a stage of Q,
   // dO, lse, delta; staged/free: a dQ tile is in its staging buffer, and has been read out by
@@ -517,15 +517,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   // bytes along the swizzled rows, every 4 k-steps the next 64-feature block.
   // (K and V's second stage: one stage's bytes further, in every descriptor.)
   const uint64_t k_d = desc_sw128(sk + cw * 64 * kRowBytes), v_d = desc_sw128(sv + cw * 64 * kRowBytes);
-  const uint64_t q_d[2] = {desc_sw128(sq), desc_sw128(sq + L::q_bytes)};
-  const uint64_t do_d[2] = {desc_sw128(sdo), desc_sw128(sdo + L::q_bytes)};
+  // Stage s of Q, dO and dSᵀ: a compile-time step further from stage 0's descriptor (three
+  // 64-bit bases live through the loop instead of ten descriptors: D 128's consumers spill less).
+  constexpr uint64_t kQStage = L::q_bytes >> 4, kDoFromQ = (L::dout - L::q) >> 4, kDsStage = L::ds_bytes >> 4;
+  const uint64_t q_d = desc_sw128(sq);
   auto kmajor = [](int kk, int rows) { return (uint64_t)(((kk / 4) * rows * kRowBytes + (kk % 4) * 32) >> 4); };
   // dV += Pᵀ·dO, dK += dSᵀ·Q: B is MN-major (features contiguous); a k-step is 16 queries.
-  const uint64_t qt_d[2] = {desc_sw128(sq, kBwdM * kRowBytes), desc_sw128(sq + L::q_bytes, kBwdM * kRowBytes)};
-  const uint64_t dot_d[2] = {desc_sw128(sdo, kBwdM * kRowBytes), desc_sw128(sdo + L::q_bytes, kBwdM * kRowBytes)};
+  const uint64_t qt_d = desc_sw128(sq, kBwdM * kRowBytes);
   // dQ = dS·K: A = dSᵀ (keys × queries) and B = K (keys × features), both MN-major; a k-step
   // is 16 keys. This consumer's columns start kDqN·cw features into K's rows.
-  const uint64_t ds_d[2] = {desc_sw128(sds, kBwdN * kRowBytes), desc_sw128(sds + L::ds_bytes, kBwdN * kRowBytes)};
+  const uint64_t ds_d = desc_sw128(sds, kBwdN * kRowBytes);
+  // dK += dSᵀ·Q at D 128 reads dSᵀ (keys × queries, queries contiguous: K-major) from there too.
+  const uint64_t dsk_d = desc_sw128(sds + cw * 64 * kRowBytes);
   const uint64_t kt_d = desc_sw128(sk + (cw * kDqN / 64) * kBwdN * kRowBytes + (cw * kDqN % 64) * 2, kBwdN * kRowBytes);
   constexpr uint64_t kRows16 = 16 * kRowBytes >> 4;
   // Sᵀ = K·Qᵀ or dPᵀ = V·dOᵀ (a: this consumer's keys, b: the step's queries), overwriting acc.
@@ -546,7 +549,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float dk[D / 2], dv[D / 2];
   for (int j = 0, g = 0, w; (w = next_item(j)) < items; j++) {
     const BwdItem it(w, ntiles_k, a.Hkv, a.T, group);
-    const int k0 = it.n * kBwdN, ks = j % kKvStages;
+    const int ks = j % kKvStages;
     const uint64_t kv_step = (uint64_t)(ks * L::kv_bytes >> 4), kd = k_d + kv_step, vd = v_d + kv_step,
                    ktd = kt_d + kv_step;
 #pragma unroll
@@ -554,10 +557,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_wait(kv_full + ks, (j / kKvStages) & 1);
     for (int i = 0; i < it.steps; i++, g++) {
       const int m = it.first + i % it.per_head, s = g & 1, phase = (g >> 1) & 1;
-      const int q0 = m * kBwdM;
+      const int q0 = m * kBwdM, k0 = it.n * kBwdN;
       mbar_wait(full + s, phase);
       float st[kBwdM / 2], dpt[kBwdM / 2];
-      const uint64_t qd = s ? q_d[1] : q_d[0], dod = s ? do_d[1] : do_d[0];  // (no run-time array index: locals stay in registers)
+      const uint64_t qd = q_d + s * kQStage, dod = qd + kDoFromQ;
       wgmma_fence();
       issue_t(st, kd, qd);
       wgmma_commit();
@@ -565,12 +568,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_commit();
       // This thread's 16 queries: 8j + 2·tig + {0, 1}; lse·log2e and delta·scale for each.
       const float2* lse_s = reinterpret_cast<const float2*>(smem + L::lse + s * L::stat_bytes) + tig;
-      const float2* delta_s = reinterpret_cast<const float2*>(smem + L::delta + s * L::stat_bytes) + tig;
-      float lse[kBwdM / 4], dsc[kBwdM / 4];
+      float lse[kBwdM / 4];
 #pragma unroll
       for (int jj = 0; jj < kBwdM / 8; jj++) {
-        const float2 l2 = lse_s[4 * jj], d2 = delta_s[4 * jj];
-        lse[2 * jj] = l2.x, lse[2 * jj + 1] = l2.y, dsc[2 * jj] = d2.x * a.scale, dsc[2 * jj + 1] = d2.y * a.scale;
+        const float2 l2 = lse_s[4 * jj];
+        lse[2 * jj] = l2.x, lse[2 * jj + 1] = l2.y;
       }
       wgmma_wait<1>();
       fence_regs(st);
@@ -596,11 +598,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       to_a(pa, p);
       wgmma_wait<0>();
       fence_regs(dpt);
-      // dSᵀ = Pᵀ ⊙ (dPᵀ − delta), with the softmax scale folded in.
+      // dSᵀ = Pᵀ ⊙ (dPᵀ − delta), with the softmax scale folded in (delta read only now: fewer
+      // registers live while P is made).
+      const float2* delta_s = reinterpret_cast<const float2*>(smem + L::delta + s * L::stat_bytes) + tig;
 #pragma unroll
-      for (int jj = 0; jj < kBwdM / 8; jj++)
+      for (int jj = 0; jj < kBwdM / 8; jj++) {
+        const float2 d2 = delta_s[4 * jj];
+        const float dsc[2] = {d2.x * a.scale, d2.y * a.scale};
 #pragma unroll
-        for (int e = 0; e < 4; e++) p[4 * jj + e] *= fmaf(dpt[4 * jj + e], a.scale, -dsc[2 * jj + (e & 1)]);
+        for (int e = 0; e < 4; e++) p[4 * jj + e] *= fmaf(dpt[4 * jj + e], a.scale, -dsc[e & 1]);
+      }
       to_a(dsa, p);
       // dSᵀ into shared memory for dQ, in the swizzled layout the descriptor expects. Buffer s
       // was last read by the dQ products two steps ago, which finished before the last barrier.
@@ -618,11 +625,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       fence_regs(dsa);
       float dq[kDqN / 2];
       wgmma_fence();
-      const uint64_t dotd = s ? dot_d[1] : dot_d[0], qtd = s ? qt_d[1] : qt_d[0], dsd = s ? ds_d[1] : ds_d[0];
+      const uint64_t qtd = qt_d + s * kQStage, dotd = qtd + kDoFromQ, dsd = ds_d + s * kDsStage;
 #pragma unroll
       for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dv, pa[kk], dotd + kk * kRows16, true);
 #pragma unroll
-      for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
+      for (int kk = 0; kk < kBwdM / 16; kk++)
+        if constexpr (D == 128)  // A = this consumer's rows of dSᵀ in shared memory: dsa is dead by now
+          Wgmma<D, 0, 1>::ss(dk, dsk_d + s * kDsStage + kmajor(kk, kBwdN), qtd + kk * kRows16, true);
+        else
+          Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
 #pragma unroll
       for (int kk = 0; kk < kBwdN / 16; kk++)
         if (kk == 0)
@@ -655,12 +666,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_arrive(staged + qs);
     }
     mbar_arrive(kv_empty + ks);  // this item's products are done with K and V
+    // (The item's place made again from w: fewer registers live through the steps at D 128.)
+    const BwdItem done(w, ntiles_k, a.Hkv, a.T, group);
     const size_t kstride = (size_t)a.Hkv * D;
 #pragma unroll
     for (int i2 = 0; i2 < 2; i2++) {
-      const int key = k0 + key_in_tile + 8 * i2;
+      const int key = done.n * kBwdN + key_in_tile + 8 * i2;
       if (key >= a.T) continue;
-      const size_t at = ((size_t)it.b * a.T + key) * kstride + (size_t)it.kvh * D;
+      const size_t at = ((size_t)done.b * a.T + key) * kstride + (size_t)done.kvh * D;
 #pragma unroll
       for (int jj = 0; jj < D / 8; jj++) {
         *reinterpret_cast<uint32_t*>(a.dk + at + 8 * jj + 2 * tig) = pack(dk[4 * jj + 2 * i2], dk[4 * jj + 2 * i2 + 1]);
