@@ -211,6 +211,31 @@ TEST_F(Gpu, MatmulForwardBackward) {
   }
 }
 
+// In the deterministic mode the timed choice among cuBLASLt's candidates may differ from run
+// to run, so it must give bitwise the heuristic's first choice's result: each product of
+// T6-small's shapes (fewer rows) in a fresh context with the timing and in one without.
+TEST_F(Gpu, TimedMatmulChoiceRepeatsTheFirstChoiceBitwise) {
+  struct Shape { int M, K, N; };
+  for (Shape s : {Shape{2048, 768, 984}, Shape{2048, 768, 4096}, Shape{2048, 2048, 768}, Shape{2048, 2176, 768},
+                  Shape{1000, 768, 5000}}) {
+    const Vec x = random((size_t)s.M * s.K), W = random((size_t)s.N * s.K, 0.05), dy = random((size_t)s.M * s.N);
+    std::vector<Vec> results;
+    for (const bool tune : {false, true}) {
+      Context fresh = make_cuda_context(0);
+      fresh.cuda->tune_matmuls = tune;
+      ASSERT_TRUE(fresh.cuda->deterministic);
+      auto gx = upload(x), gW = upload(W), gdy = upload(dy);
+      Buffer<bf16> out(fresh, (size_t)s.M * s.N), dx(fresh, (size_t)s.M * s.K);
+      matmul_forward(fresh, out.data(), gx.data(), gW.data(), s.M, s.K, s.N);
+      matmul_backward_input(fresh, dx.data(), gdy.data(), gW.data(), s.M, s.K, s.N, 0, 0, false);
+      Vec both = download(out), d = download(dx);
+      both.insert(both.end(), d.begin(), d.end());
+      results.push_back(both);
+    }
+    EXPECT_TRUE(results[1] == results[0]) << fmt::format("{}x{}x{}", s.M, s.K, s.N);
+  }
+}
+
 // The stacked projection of T6-small's TPA (H 34, R_q 6, R_k = R_v 2, D 64), and a layout
 // with dense and factored sections mixed (tpa_kvonly-like, with R_v = 1); rows padded to a
 // multiple of 8, as the model lays them out.
