@@ -299,7 +299,7 @@ Context make_cuda_context(int index) {
   CUBLAS_CHECK(cublasLtCreate(&s.lt));
   s.lt_workspace_bytes = 64u << 20;  // cuBLASLt's recommendation for Hopper is 32 MiB or more
   CUDA_CHECK(cudaMalloc(&s.lt_workspace, s.lt_workspace_bytes));
-  CUDA_CHECK(cudaMalloc(&s.fingerprint, sizeof(unsigned long long)));
+  CUDA_CHECK(cudaMalloc(&s.fingerprint, 2 * sizeof(unsigned long long)));
   CUDA_CHECK(cudaMallocHost(&s.host_result, sizeof(double)));
   return ctx;
 }

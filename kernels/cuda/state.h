@@ -33,7 +33,7 @@ struct CudaState {
   cublasLtHandle_t lt = nullptr;
   void* lt_workspace = nullptr;
   size_t lt_workspace_bytes = 0;
-  unsigned long long* fingerprint = nullptr;  // one word: matmul.cu compares candidates' results
+  unsigned long long* fingerprint = nullptr;  // two words: matmul.cu compares candidates' results
   // Grow-once scratch for ops that need device workspace (attention's fp32 dQ, reductions'
   // partial sums): sized by the first step, then reused.
   void* scratch = nullptr;
