@@ -211,6 +211,42 @@ TEST_F(Gpu, MatmulForwardBackward) {
   }
 }
 
+// In the deterministic mode the timed choice among cuBLASLt's candidates may differ from run
+// to run, so it must give bitwise the heuristic's first choice's result: each product of
+// T6-small's shapes (fewer rows) planned in a fresh context with the timing and in one without,
+// then compared bitwise on other operands (the plan is made on the first call's). The plans
+// are made on random operands and, the second time, on zero weights (step 0's c_proj).
+TEST_F(Gpu, TimedMatmulChoiceRepeatsTheFirstChoiceBitwise) {
+  struct Shape { int M, K, N; };
+  for (const bool zero_first : {false, true})
+    for (Shape s : {Shape{2048, 768, 984}, Shape{2048, 768, 4096}, Shape{2048, 2048, 768}, Shape{2048, 2176, 768},
+                    Shape{1000, 768, 5000}}) {
+      const Vec x = random((size_t)s.M * s.K), dy = random((size_t)s.M * s.N);
+      const Vec W_plan = zero_first ? Vec((size_t)s.N * s.K, 0.0) : random((size_t)s.N * s.K, 0.05);
+      const Vec W = random((size_t)s.N * s.K, 0.05);
+      std::vector<std::vector<uint16_t>> results;
+      for (const bool tune : {false, true}) {
+        Context fresh = make_cuda_context(0);
+        fresh.cuda->tune_matmuls = tune;
+        ASSERT_TRUE(fresh.cuda->deterministic);
+        auto gx = upload(x), gdy = upload(dy), gW_plan = upload(W_plan), gW = upload(W);
+        Buffer<bf16> out(fresh, (size_t)s.M * s.N), dx(fresh, (size_t)s.M * s.K);
+        for (const auto* w : {&gW_plan, &gW}) {  // the plans are made by the first
+          matmul_forward(fresh, out.data(), gx.data(), w->data(), s.M, s.K, s.N);
+          matmul_backward_input(fresh, dx.data(), gdy.data(), w->data(), s.M, s.K, s.N, 0, 0, false);
+        }
+        std::vector<bf16> h(out.size() + dx.size());
+        out.to_host(h.data(), out.size());
+        dx.to_host(h.data() + out.size(), dx.size());
+        std::vector<uint16_t> bits(h.size());
+        for (size_t i = 0; i < h.size(); i++) bits[i] = h[i].bits;
+        results.push_back(std::move(bits));
+      }
+      EXPECT_TRUE(results[1] == results[0])
+          << fmt::format("{}x{}x{}{}", s.M, s.K, s.N, zero_first ? ", planned on zero weights" : "");
+    }
+}
+
 // The stacked projection of T6-small's TPA (H 34, R_q 6, R_k = R_v 2, D 64), and a layout
 // with dense and factored sections mixed (tpa_kvonly-like, with R_v = 1); rows padded to a
 // multiple of 8, as the model lays them out.

@@ -249,6 +249,7 @@ CudaState::~CudaState() {
   for (auto& [D, table] : rope_tables) cudaFree(table.first);
   if (scratch) cudaFree(scratch);
   if (lt_workspace) cudaFree(lt_workspace);
+  if (fingerprint) cudaFree(fingerprint);
   if (host_result) cudaFreeHost(host_result);
   if (snapshot_stream) cudaStreamSynchronize(snapshot_stream), cudaStreamDestroy(snapshot_stream);
   if (snapshot_after) cudaEventDestroy(snapshot_after);
@@ -298,6 +299,7 @@ Context make_cuda_context(int index) {
   CUBLAS_CHECK(cublasLtCreate(&s.lt));
   s.lt_workspace_bytes = 64u << 20;  // cuBLASLt's recommendation for Hopper is 32 MiB or more
   CUDA_CHECK(cudaMalloc(&s.lt_workspace, s.lt_workspace_bytes));
+  CUDA_CHECK(cudaMalloc(&s.fingerprint, 2 * sizeof(unsigned long long)));
   CUDA_CHECK(cudaMallocHost(&s.host_result, sizeof(double)));
   return ctx;
 }

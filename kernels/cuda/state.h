@@ -24,13 +24,16 @@ struct CudaState {
   // of persistent blocks.
   // Tests and the kernel benchmark set it.
   int attention_version = 0;
-  // Runs repeat bitwise: attention's dQ summed in a fixed order, and cuBLASLt's first-choice
-  // algorithm instead of the fastest one timed (matmul.cu).
+  // false: cuBLASLt's first-choice algorithm, untimed (tests compare the timed choice with it).
+  bool tune_matmuls = true;
+  // Runs repeat bitwise: attention's dQ summed in a fixed order, and cuBLASLt's algorithm the
+  // fastest of those giving bitwise its first choice's result (matmul.cu).
   bool deterministic = true;
   cudaStream_t stream = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* lt_workspace = nullptr;
   size_t lt_workspace_bytes = 0;
+  unsigned long long* fingerprint = nullptr;  // two words: matmul.cu compares candidates' results
   // Grow-once scratch for ops that need device workspace (attention's fp32 dQ, reductions'
   // partial sums): sized by the first step, then reused.
   void* scratch = nullptr;
