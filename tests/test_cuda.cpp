@@ -478,18 +478,22 @@ TEST_F(Gpu, AttentionBackwardRepeatsBitwise) {
 }
 
 TEST_F(Gpu, SwigluForwardBackward) {
-  const int N = 99, F = 2730;
-  Vec fc = random((size_t)N * 2 * F, 4.0), dout = random((size_t)N * F), out(N * F), dfc(fc.size());
-  swiglu_forward(cpu, out.data(), fc.data(), N, F);
-  swiglu_backward(cpu, dfc.data(), dout.data(), fc.data(), N, F);
-  auto gfc = upload(fc), gdo = upload(dout);
-  auto gout = poisoned(out.size()), gdfc = poisoned(dfc.size());
-  swiglu_forward(ctx, gout.data(), gfc.data(), N, F);
-  swiglu_backward(ctx, gdfc.data(), gdo.data(), gfc.data(), N, F);
-  EXPECT_LT(test::rel_error(download(gout), out), kBf16);
-  EXPECT_LT(test::rel_error(download(gdfc), dfc), kBf16);
-  EXPECT_TRUE(close_matrix(download(gout), out, F));
-  EXPECT_TRUE(close_matrix(download(gdfc), dfc, 2 * F));
+  // 16-byte accesses (a partial block of threads: F 2056), bf16 pairs, single features.
+  for (const int F : {2056, 2730, 1365}) {
+    SCOPED_TRACE(fmt::format("F {}", F));
+    const int N = 99;
+    Vec fc = random((size_t)N * 2 * F, 4.0), dout = random((size_t)N * F), out(N * F), dfc(fc.size());
+    swiglu_forward(cpu, out.data(), fc.data(), N, F);
+    swiglu_backward(cpu, dfc.data(), dout.data(), fc.data(), N, F);
+    auto gfc = upload(fc), gdo = upload(dout);
+    auto gout = poisoned(out.size()), gdfc = poisoned(dfc.size());
+    swiglu_forward(ctx, gout.data(), gfc.data(), N, F);
+    swiglu_backward(ctx, gdfc.data(), gdo.data(), gfc.data(), N, F);
+    EXPECT_LT(test::rel_error(download(gout), out), kBf16);
+    EXPECT_LT(test::rel_error(download(gdfc), dfc), kBf16);
+    EXPECT_TRUE(close_matrix(download(gout), out, F));
+    EXPECT_TRUE(close_matrix(download(gdfc), dfc, 2 * F));
+  }
 }
 
 TEST_F(Gpu, ClassifierLossAndGradient) {
