@@ -196,6 +196,17 @@ int bench_qkv(const Context& ctx, const BenchArgs& args) {
   worst = std::max(worst, compare("dproj", got, want, 1e-2, 1e-2, [&](size_t i) {
     return fmt::format("(token {}, column {})", i / L.pitch, i % L.pitch);
   }));
+  // Generation's cache records of the same rows (all B·T positions of B sequences at once).
+  const int kw = kv_record(L, 1), vw = kv_record(L, 2);
+  Vec kc((size_t)N * kw), vc((size_t)N * vw);
+  kv_cache_store(cpu, kc.data(), vc.data(), proj.data(), L, B, T, 0, T);
+  auto gkc = poisoned(ctx, kc.size()), gvc = poisoned(ctx, vc.size());
+  kv_cache_store(ctx, gkc.data(), gvc.data(), gp.data(), L, B, T, 0, T);
+  auto at_record = [&](int w) {
+    return [w, T](size_t i) { return fmt::format("(sequence {}, position {}, number {})", i / w / T, i / w % T, i % w); };
+  };
+  worst = std::max(worst, compare("k cache", download(gkc), kc, 1e-2, 1e-2, at_record(kw)));
+  worst = std::max(worst, compare("v cache", download(gvc), vc, 1e-2, 1e-2, at_record(vw)));
   const double f = median_ms(ctx, reps, [&] { qkv_forward(ctx, o0.data(), o1.data(), o2.data(), gp.data(), L, B, T); });
   const double bwd = median_ms(ctx, reps, [&] {
     qkv_backward(ctx, gdp.data(), g0.data(), g1.data(), g2.data(), gp.data(), L, B, T);
@@ -204,6 +215,8 @@ int bench_qkv(const Context& ctx, const BenchArgs& args) {
   fmt::print("\n| qkv | ms | GB/s | worst error / bound |\n|---|---|---|---|\n");
   fmt::print("| forward | {:.3f} | {:.0f} | {:.2f} |\n", f, (out_bytes + proj_bytes) / f / 1e6, worst);
   fmt::print("| backward | {:.3f} | {:.0f} | |\n", bwd, (out_bytes + 2 * proj_bytes) / bwd / 1e6);
+  const double store = median_ms(ctx, reps, [&] { kv_cache_store(ctx, gkc.data(), gvc.data(), gp.data(), L, B, T, 0, T); });
+  fmt::print("| cache store | {:.3f} | {:.0f} | |\n", store, (proj_bytes + 2.0 * N * (kw + vw)) / store / 1e6);
   fmt::print("(bytes: each input read once, each output written once; error bound 1e-2·(rms + |ref|))\n");
   return worst <= 1 ? 0 : 1;
 }

@@ -117,6 +117,13 @@ int rmsnorm(const Context& ctx, const Sizes& s) {
       rmsnorm_backward(cpu, dx.data(), dy.data(), xs.data(), rstd_gpu.data(), N, s.C);
       rmsnorm_backward(ctx, gdx.data(), gdy.data(), gxo.data(), grstd.data(), N, s.C);
       r.check("dx", download(gdx), dx, s.C);
+      // The final norm has no residual: the same rows normalized on their own.
+      Vec h0(n), rstd0(N);
+      rmsnorm_forward(cpu, h0.data(), rstd0.data(), x.data(), N, s.C, kRmsEps);
+      auto gh0 = poisoned(ctx, n);
+      rmsnorm_forward(ctx, gh0.data(), grstd.data(), gx.data(), N, s.C, kRmsEps);
+      r.check("normalized, no residual", download(gh0), h0, s.C);
+      r.check("rstd, no residual", download(grstd), rstd0, 1);
       continue;
     }
     r.gbs("residual forward", median_ms(ctx, s.reps, [&] {
