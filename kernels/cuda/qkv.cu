@@ -23,6 +23,12 @@ using namespace cuda;
 namespace {
 
 constexpr int kMaxWarps = 8;  // tokens per block, fewer when wide rows fill the shared memory
+// Blocks an SM holds at once: the register budget (80 a thread) that lets 3 blocks of 8 warps
+// share an SM; with 128 registers only 2 fitted, and these kernels wait on memory with little
+// else to do, so more warps in flight is what speeds them up. Ranks go in blocks of at most 4
+// (R 6 as 4 + 2) to stay within that budget (the backward spills 4 bytes; with blocks of 8
+// it spilled 1.3 KB).
+constexpr int kMinBlocks = 3;
 
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
 // CPU backend (and the reference's fp32 table) forms it, then cos and sin in double. One table
@@ -113,13 +119,13 @@ __device__ inline void rotate_rows(float* x, int rows, const float* cs, float si
   }
 }
 
-// TPA's contraction for one section, with kR ≥ R (or 8, taking larger ranks in blocks of 8) so
+// TPA's contraction for one section, with kR ≥ R (or 4, taking larger ranks in blocks of 4) so
 // the loops over a block of the rank unroll completely.
 template <int D, int S, int kR>
 __device__ inline void forward_factored(bf* out, const float* row, const QkvLayout& L, int lane) {
   constexpr int C8 = D / 8, HG = 32 / C8;
   const int c = lane % C8, hg = lane / C8, H = L.heads[S], R = L.rank[S];
-    float b[kR][8];  // this lane's 8 features of each rotated B row (ranks above 8: re-read per head)
+  float b[kR][8];  // this lane's 8 features of each rotated B row (ranks past kR: re-read per head)
 #pragma unroll
   for (int r = 0; r < kR; r++)
     if (r < R)
@@ -135,9 +141,15 @@ __device__ inline void forward_factored(bf* out, const float* row, const QkvLayo
 #pragma unroll
       for (int r = 0; r < kR; r++) {
         const float ar = r0 + r < R ? a[r0 + r] : 0.f;
+        if (r0 == 0) {
 #pragma unroll
-        for (int i = 0; i < 8; i++)
-          o[i] += ar * (r0 == 0 ? b[r][i] : r0 + r < R ? row[L.b[S] + (r0 + r) * D + 8 * c + i] : 0.f);
+          for (int i = 0; i < 8; i++) o[i] += ar * b[r][i];
+        } else if (r0 + r < R) {  // ranks past the first block: B's row from shared memory
+          float br[8];
+          ld8(br, row + L.b[S] + (r0 + r) * D + 8 * c, L.b[S] % 4 == 0);
+#pragma unroll
+          for (int i = 0; i < 8; i++) o[i] += ar * br[i];
+        }
       }
     }
 #pragma unroll
@@ -172,12 +184,11 @@ __device__ inline void forward_section(bf* out, const float* row, const float* c
   }
   if (R <= 1) forward_factored<D, S, 1>(out, row, L, lane);
   else if (R <= 2) forward_factored<D, S, 2>(out, row, L, lane);
-  else if (R <= 4) forward_factored<D, S, 4>(out, row, L, lane);
-  else forward_factored<D, S, 8>(out, row, L, lane);
+  else forward_factored<D, S, 4>(out, row, L, lane);
 }
 
 template <int D>
-__global__ void __launch_bounds__(32 * kMaxWarps) qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj,
+__global__ void __launch_bounds__(32 * kMaxWarps, kMinBlocks) qkv_forward_kernel(bf* q, bf* k, bf* v, const bf* proj,
                                                                   const float* table, QkvLayout L, int N, int T,
                                                                   int t0, const int* at) {
   extern __shared__ float sh[];
@@ -356,12 +367,11 @@ __device__ inline void backward_section(float* drow, const bf* g, const float* r
   }
   if (R <= 1) backward_factored<D, S, 1>(drow, g, row, cs, L, lane);
   else if (R <= 2) backward_factored<D, S, 2>(drow, g, row, cs, L, lane);
-  else if (R <= 4) backward_factored<D, S, 4>(drow, g, row, cs, L, lane);
-  else backward_factored<D, S, 8>(drow, g, row, cs, L, lane);
+  else backward_factored<D, S, 4>(drow, g, row, cs, L, lane);
 }
 
 template <int D>
-__global__ void __launch_bounds__(32 * kMaxWarps) qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk,
+__global__ void __launch_bounds__(32 * kMaxWarps, kMinBlocks) qkv_backward_kernel(bf* dproj, const bf* dq, const bf* dk,
                                                                    const bf* dv, const bf* proj, const float* table,
                                                                    QkvLayout L, int N, int T) {
   extern __shared__ float sh[];
