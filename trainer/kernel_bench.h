@@ -120,6 +120,14 @@ inline double median_ms(const Context& ctx, int reps, const std::function<void()
   return ms[ms.size() / 2];
 }
 
+// The device's copy rate in GB/s: a 1 GiB device-to-device copy reads and writes every byte.
+// Memory-bound kernels are judged against it (what the GPU moves in practice, not its data sheet).
+inline double copy_rate_gbs(const Context& ctx) {
+  const size_t bytes = 1ull << 30;
+  Buffer<unsigned char> from(ctx, bytes), to(ctx, bytes);
+  return 2.0 * bytes / median_ms(ctx, 10, [&] { ctx.copy(to.data(), from.data(), bytes); }) / 1e6;
+}
+
 // The other op families, one small harness each (kernel_bench_ops.cpp): embedding, rmsnorm,
 // matmul, swiglu, classifier, adamw. 0 when every check passes.
 int bench_op(const Context& ctx, const std::string& op, const BenchArgs& args);

@@ -212,12 +212,18 @@ int bench_qkv(const Context& ctx, const BenchArgs& args) {
     qkv_backward(ctx, gdp.data(), g0.data(), g1.data(), g2.data(), gp.data(), L, B, T);
   });
   const double out_bytes = 2.0 * (nout[0] + nout[1] + nout[2]), proj_bytes = 2.0 * nproj;
-  fmt::print("\n| qkv | ms | GB/s | worst error / bound |\n|---|---|---|---|\n");
-  fmt::print("| forward | {:.3f} | {:.0f} | {:.2f} |\n", f, (out_bytes + proj_bytes) / f / 1e6, worst);
-  fmt::print("| backward | {:.3f} | {:.0f} | |\n", bwd, (out_bytes + 2 * proj_bytes) / bwd / 1e6);
   const double store = median_ms(ctx, reps, [&] { kv_cache_store(ctx, gkc.data(), gvc.data(), gp.data(), L, B, T, 0, T); });
-  fmt::print("| cache store | {:.3f} | {:.0f} | |\n", store, (proj_bytes + 2.0 * N * (kw + vw)) / store / 1e6);
-  fmt::print("(bytes: each input read once, each output written once; error bound 1e-2·(rms + |ref|))\n");
+  const double copy_gbs = copy_rate_gbs(ctx);
+  fmt::print("\n| qkv | ms | GB/s | of the copy rate | worst error / bound |\n|---|---|---|---|---|\n");
+  auto row = [&](const char* what, double ms, double bytes, const std::string& err) {
+    fmt::print("| {} | {:.3f} | {:.0f} | {:.0f}% | {} |\n", what, ms, bytes / ms / 1e6, 100 * bytes / ms / 1e6 / copy_gbs, err);
+  };
+  row("forward", f, out_bytes + proj_bytes, fmt::format("{:.2f}", worst));
+  row("backward", bwd, out_bytes + 2 * proj_bytes, "");
+  row("forward + backward", f + bwd, 2 * out_bytes + 3 * proj_bytes, "");
+  row("cache store", store, proj_bytes + 2.0 * N * (kw + vw), "");
+  fmt::print("(bytes: each input read once, each output written once; device copy rate {:.0f} GB/s, read + write "
+             "of a 1 GiB copy; error bound 1e-2·(rms + |ref|))\n", copy_gbs);
   return worst <= 1 ? 0 : 1;
 }
 
@@ -252,11 +258,7 @@ int bench_decode(const Context& ctx, const BenchArgs& args) {
              dense ? fmt::format("dense, {} KV heads", Hkv) : fmt::format("TPA ranks k {} v {}", Rk, Rv), kw, vw,
              gpu_name(ctx));
 
-  // The device's copy rate: a 1 GiB device-to-device copy reads and writes every byte.
-  const size_t copy_bytes = 1ull << 30;
-  Buffer<unsigned char> from(ctx, copy_bytes), to(ctx, copy_bytes);
-  const double copy_ms = median_ms(ctx, 10, [&] { ctx.copy(to.data(), from.data(), copy_bytes); });
-  const double copy_gbs = 2.0 * copy_bytes / copy_ms / 1e6;
+  const double copy_gbs = copy_rate_gbs(ctx);
 
   Buffer<unsigned char> flush(ctx, 256u << 20);  // larger than the L2
   Rng rng;
