@@ -52,6 +52,25 @@ __device__ inline void to_a(uint32_t (&a)[K16][4], const float (&c)[K16 * 8]) {
   }
 }
 
+// A descriptor's offset to k-step kk (16 features) of K-major operands (features contiguous,
+// 128-byte swizzled rows of 64): 32 bytes along the rows, every 4 k-steps the next 64-feature
+// block of `rows` rows (in 16-byte units, as descriptors count).
+__device__ constexpr uint64_t kmajor(int kk, int rows) {
+  return (uint64_t)(((kk / 4) * rows * kRowBytes + (kk % 4) * 32) >> 4);
+}
+
+// acc = A·Bᵀ over D features, A (64 × D, rows_a rows a feature block) and B (N × D) both
+// K-major: D/16 k-steps, the first overwriting acc.
+template <int N, int D, int rows_a>
+__device__ inline void product_kmajor(float (&acc)[N / 2], uint64_t a, uint64_t b) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++)
+    if (kk == 0)
+      Wgmma<N, 0, 0>::ss0(acc, a, b);
+    else
+      Wgmma<N, 0, 0>::ss(acc, a + kmajor(kk, rows_a), b + kmajor(kk, N), true);
+}
+
 __device__ inline unsigned char* align1024(unsigned char* p) {
   return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
 }
@@ -147,15 +166,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t k_d[2] = {desc_sw128(sk), desc_sw128(sk + L::kv_bytes)};
   // O += P·V: V is MN-major (features contiguous); a k-step is 16 keys = 16 rows.
   const uint64_t v_d[2] = {desc_sw128(sv, kFwdN * kRowBytes), desc_sw128(sv + L::kv_bytes, kFwdN * kRowBytes)};
-  auto kmajor = [](int kk, int rows) { return (uint64_t)(((kk / 4) * rows * kRowBytes + (kk % 4) * 32) >> 4); };
   auto issue_s = [&](float (&acc)[kFwdN / 2], uint64_t qd, int s) {
-    const uint64_t kd = s ? k_d[1] : k_d[0];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-      if (kk == 0)
-        Wgmma<kFwdN, 0, 0>::ss0(acc, qd, kd);
-      else
-        Wgmma<kFwdN, 0, 0>::ss(acc, qd + kmajor(kk, kFwdM), kd + kmajor(kk, kFwdN), true);
+    product_kmajor<kFwdN, D, kFwdM>(acc, qd, s ? k_d[1] : k_d[0]);
   };
   // first: the item's first product, which overwrites O instead of adding to it.
   auto issue_o = [&](float (&acc)[D / 2], const uint32_t (&p)[kFwdN / 16][4], int s, bool first) {
@@ -521,7 +533,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   // 64-bit bases live through the loop instead of ten descriptors: D 128's consumers spill less).
   constexpr uint64_t kQStage = L::q_bytes >> 4, kDoFromQ = (L::dout - L::q) >> 4, kDsStage = L::ds_bytes >> 4;
   const uint64_t q_d = desc_sw128(sq);
-  auto kmajor = [](int kk, int rows) { return (uint64_t)(((kk / 4) * rows * kRowBytes + (kk % 4) * 32) >> 4); };
   // dV += Pᵀ·dO, dK += dSᵀ·Q: B is MN-major (features contiguous); a k-step is 16 queries.
   const uint64_t qt_d = desc_sw128(sq, kBwdM * kRowBytes);
   // dQ = dS·K: A = dSᵀ (keys × queries) and B = K (keys × features), both MN-major; a k-step
@@ -532,14 +543,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t kt_d = desc_sw128(sk + (cw * kDqN / 64) * kBwdN * kRowBytes + (cw * kDqN % 64) * 2, kBwdN * kRowBytes);
   constexpr uint64_t kRows16 = 16 * kRowBytes >> 4;
   // Sᵀ = K·Qᵀ or dPᵀ = V·dOᵀ (a: this consumer's keys, b: the step's queries), overwriting acc.
-  auto issue_t = [&](float (&acc)[kBwdM / 2], uint64_t a, uint64_t b) {
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-      if (kk == 0)
-        Wgmma<kBwdM, 0, 0>::ss0(acc, a, b);
-      else
-        Wgmma<kBwdM, 0, 0>::ss(acc, a + kmajor(kk, kBwdN), b + kmajor(kk, kBwdM), true);
-  };
+  auto issue_t = [&](float (&acc)[kBwdM / 2], uint64_t a, uint64_t b) { product_kmajor<kBwdM, D, kBwdN>(acc, a, b); };
 
   // This thread's rows of the dSᵀ tile (keys key_in_tile, + 8) and of the dQ staging tile
   // (queries warp·16 + gid, + 8); both swizzle 16-byte (or 32-byte) groups by gid = row % 8.

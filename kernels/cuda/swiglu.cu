@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -74,13 +75,16 @@ __global__ void swiglu_backward_kernel(bf* dfc, const bf* dout, const bf* fc, in
 // Column blocks × rows (at most 65535 rows of blocks; each block then strides over rows).
 dim3 grid(int N, int F, int W) { return dim3((F / W + kThreads - 1) / kThreads, std::min(N, 65535)); }
 
-// The widest access every row allows: 8 features where F and both pitches are multiples of 8
-// and the pointers 16-byte aligned, 2 where they are even, else 1.
-int width(int F, int ld_fc, int ld_out, std::initializer_list<const void*> pointers) {
+// Calls launch(std::integral_constant<int, W>{}) with the widest access W every row allows: 8
+// features where F and both pitches are multiples of 8 and the pointers 16-byte aligned, 2
+// where they are even, else 1.
+template <class Launch>
+void with_width(int F, int ld_fc, int ld_out, std::initializer_list<const void*> pointers, Launch launch) {
   bool aligned = true;
   for (const void* p : pointers) aligned = aligned && reinterpret_cast<uintptr_t>(p) % 16 == 0;
-  if (aligned && F % 8 == 0 && ld_fc % 8 == 0 && ld_out % 8 == 0) return 8;
-  return F % 2 == 0 && ld_fc % 2 == 0 && ld_out % 2 == 0 ? 2 : 1;
+  if (aligned && F % 8 == 0 && ld_fc % 8 == 0 && ld_out % 8 == 0) launch(std::integral_constant<int, 8>{});
+  else if (F % 2 == 0 && ld_fc % 2 == 0 && ld_out % 2 == 0) launch(std::integral_constant<int, 2>{});
+  else launch(std::integral_constant<int, 1>{});
 }
 
 }  // namespace
@@ -89,16 +93,9 @@ template <>
 void cuda::swiglu_forward<bf16>(const Context& ctx, bf16* out, const bf16* fc, int N, int F, int ld_fc, int ld_out) {
   T6_TIMED(ctx, "swiglu forward");
   ld_fc = ld_fc ? ld_fc : 2 * F, ld_out = ld_out ? ld_out : F;
-  switch (width(F, ld_fc, ld_out, {out, fc})) {
-    case 8:
-      swiglu_forward_kernel<8><<<grid(N, F, 8), kThreads, 0, stream(ctx)>>>(dev(out), dev(fc), N, F, ld_fc, ld_out);
-      break;
-    case 2:
-      swiglu_forward_kernel<2><<<grid(N, F, 2), kThreads, 0, stream(ctx)>>>(dev(out), dev(fc), N, F, ld_fc, ld_out);
-      break;
-    default:
-      swiglu_forward_kernel<1><<<grid(N, F, 1), kThreads, 0, stream(ctx)>>>(dev(out), dev(fc), N, F, ld_fc, ld_out);
-  }
+  with_width(F, ld_fc, ld_out, {out, fc}, [&](auto w) {
+    swiglu_forward_kernel<w><<<grid(N, F, w), kThreads, 0, stream(ctx)>>>(dev(out), dev(fc), N, F, ld_fc, ld_out);
+  });
   CUDA_CHECK_LAUNCH();
 }
 
@@ -107,17 +104,10 @@ void cuda::swiglu_backward<bf16>(const Context& ctx, bf16* dfc, const bf16* dout
                            int ld_out) {
   T6_TIMED(ctx, "swiglu backward");
   ld_fc = ld_fc ? ld_fc : 2 * F, ld_out = ld_out ? ld_out : F;
-  const dim3 threads(kThreads);
-  switch (width(F, ld_fc, ld_out, {dfc, dout, fc})) {
-    case 8:
-      swiglu_backward_kernel<8><<<grid(N, F, 8), threads, 0, stream(ctx)>>>(dev(dfc), dev(dout), dev(fc), N, F, ld_fc, ld_out);
-      break;
-    case 2:
-      swiglu_backward_kernel<2><<<grid(N, F, 2), threads, 0, stream(ctx)>>>(dev(dfc), dev(dout), dev(fc), N, F, ld_fc, ld_out);
-      break;
-    default:
-      swiglu_backward_kernel<1><<<grid(N, F, 1), threads, 0, stream(ctx)>>>(dev(dfc), dev(dout), dev(fc), N, F, ld_fc, ld_out);
-  }
+  with_width(F, ld_fc, ld_out, {dfc, dout, fc}, [&](auto w) {
+    swiglu_backward_kernel<w><<<grid(N, F, w), kThreads, 0, stream(ctx)>>>(dev(dfc), dev(dout), dev(fc), N, F, ld_fc,
+                                                                         ld_out);
+  });
   CUDA_CHECK_LAUNCH();
 }
 
