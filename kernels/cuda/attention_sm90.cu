@@ -490,6 +490,10 @@ __global__ void __launch_bounds__(kThreads, 1)
             const int last = min(ntiles_k - 1, (m * kBwdM + kBwdM - 1) / kBwdN);
             first = it.n == last;
             while (atomicAdd(turn, 0) != last - it.n) __nanosleep(32);
+            // Acquire the earlier additions (released before the turn moved) for this thread's
+            // copy engine too: a reduction overtaking the first addition's store would be lost.
+            __threadfence();
+            fence_async_global();
           }
           float* dst = a.dq_acc + tile * kBwdM * D;
           const float* src = reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes);
