@@ -355,8 +355,10 @@ __global__ void dq_convert_kernel(bf* dq, const float* acc, int B, int T, int Tp
 // The deterministic mode's last addition to dQ tile (b, h, m) at D 64: the sums of the earlier
 // ones (landed in shared memory by one bulk copy; none when it is also the first) plus the
 // staged tile, written as bf16 rows of dq by the writer's warp. The same fp32 additions in the
-// same order as a bulk reduction followed by dq_convert_kernel. At D 128 the shared memory has
-// no room for the landing buffers, so dq_convert_kernel runs there.
+// same order as a bulk reduction followed by dq_convert_kernel (the same values, but for the
+// sign of a zero, which a first store keeps, and subnormals, if the bulk addition flushes
+// them). At D 128 the shared memory has no room for the landing buffers, so dq_convert_kernel
+// runs there.
 constexpr bool kWritersFinishDq(int D) { return D == 64; }
 template <int D>
 __device__ inline void finish_dq_tile(bf* dq, const float* landed, const float* stage, int b, int h, int m, int T,
@@ -468,9 +470,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   if (wg == 0) {
-    // Registers: 128·P + 256·C = 168·384, the block's share of the file. D 64's consumers fit
-    // in 232, and then the producer and the dQ writers (which claim and track items) in 40.
-    if constexpr (D == 64) regs_dealloc<40>(); else regs_dealloc<24>();
+    // Registers: 128·P + 256·C ≤ 168·384, the block's share of the file. D 64's consumers fit
+    // in 224 without spills, which leaves the producer and the dQ writers (which claim and track
+    // items, and finish dQ tiles) 48; in 40 the finishing spilled.
+    if constexpr (D == 64) regs_dealloc<48>(); else regs_dealloc<24>();
     if (threadIdx.x == 0) {  // the producer: per item K and V, then Q, dO, lse, delta per step
       for (int j = 0, g = 0;; j++) {
         const int r = j % L::item_ring;
@@ -571,7 +574,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  if constexpr (D == 64) regs_alloc<232>(); else regs_alloc<240>();
+  if constexpr (D == 64) regs_alloc<224>(); else regs_alloc<240>();
   const int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
   const int key_in_tile = cw * 64 + warp * 16 + gid;  // this thread's keys: + 0 and + 8
   // Descriptors: a base per operand (and stage), plus compile-time offsets per k-step (a
