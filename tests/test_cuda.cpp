@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <random>
 #include <thread>
 
@@ -62,6 +63,16 @@ class Gpu : public ::testing::Test {
     Buffer<bf16> b(ctx, n);
     b.from_host(h.data(), n);
     return b;
+  }
+  // Fills the context's scratch, grown to `bytes` at least, with NaN bits, as an earlier op may
+  // leave it (a fresh allocation is zeros): no op may rely on its scratch starting at zero.
+  void poison_scratch(size_t bytes) {
+    void* s = cuda::scratch(ctx, bytes);
+    const size_t n = ctx.cuda->scratch_bytes / sizeof(float);
+    const std::vector<float> h(n, std::numeric_limits<float>::quiet_NaN());
+    Buffer<float> nan(ctx, n);
+    nan.from_host(h.data(), n);
+    ctx.copy(s, nan.data(), n * sizeof(float));
   }
   template <class B>
   Vec download(const B& b) {
@@ -328,6 +339,14 @@ class GpuAttention : public Gpu, public ::testing::WithParamInterface<AttentionC
 // output rounded to bf16, as the GPU stores it. P and dS pass through bf16 on the way into
 // the products (as in every flash attention), so gradients get a looser absolute part than
 // the output, still far below the error of a wrong row (≈ rms).
+// More than any attention backward takes from the scratch (fp32 dQ sums, two statistics per
+// row, counters; rows padded to whole 128-key tiles), so poisoning it that large means the
+// backward runs on poisoned memory instead of growing a fresh, zeroed allocation.
+size_t attention_scratch_bound(int B, int T, int H, int D) {
+  const size_t rows = (size_t)B * H * ((T + 127) / 128 * 128);
+  return sizeof(float) * (rows * D + 2 * rows) + sizeof(int) * (2 + rows / 64);
+}
+
 TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
   const auto [B, T, H, Hkv, D] = GetParam();
   const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
@@ -400,6 +419,7 @@ TEST_P(GpuAttention, ForwardAndBackwardMatchTheCpu) {
     } catch (const std::invalid_argument& e) {  // Hopper's kernels on another GPU, or D = 32
       continue;
     }
+    poison_scratch(attention_scratch_bound(B, T, H, D));
     attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
                        gout.data(), glse.data(), B, T, H, Hkv, D);
     versions++;
@@ -453,7 +473,7 @@ TEST_F(Gpu, AttentionBackwardRepeatsBitwise) {
     const int B = 16, T = 1024, H = 6, Hkv = 2;
     const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
     auto q = upload(random(nq, 2.0)), k = upload(random(nk, 2.0)), v = upload(random(nk)), dout = upload(random(nq));
-    Buffer<bf16> out(ctx, nq), dq(ctx, nq), dk(ctx, nk), dv(ctx, nk);
+    Buffer<bf16> out(ctx, nq);
     Buffer<float> lse(ctx, (size_t)B * H * T);
     try {
       ctx.cuda->attention_version = 2;
@@ -464,6 +484,8 @@ TEST_F(Gpu, AttentionBackwardRepeatsBitwise) {
     }
     std::vector<Vec> runs;
     for (int run = 0; run < 3; run++) {
+      poison_scratch(attention_scratch_bound(B, T, H, D));
+      auto dq = poisoned(nq), dk = poisoned(nk), dv = poisoned(nk);  // (an unwritten row cannot repeat)
       attention_backward(ctx, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
                          lse.data(), B, T, H, Hkv, D);
       Vec all = download(dq), kk = download(dk), vv = download(dv);

@@ -364,6 +364,34 @@ __global__ void dq_convert_kernel(bf* dq, const float* acc, int B, int T, int Tp
   }
 }
 
+// The deterministic mode's last addition to dQ tile (b, h, m) at D 64: the sums of the earlier
+// ones (landed in shared memory by one bulk copy; none when it is also the first) plus the
+// staged tile, written as bf16 rows of dq by the writer's warp. The same fp32 additions in the
+// same order as a bulk reduction followed by dq_convert_kernel (the same values, but for the
+// sign of a zero, which a first store keeps, and subnormals, if the bulk addition flushes
+// them). At D 128 the shared memory has no room for the landing buffers, so dq_convert_kernel
+// runs there.
+constexpr bool kWritersFinishDq(int D) { return D == 64; }
+template <int D>
+__device__ inline void finish_dq_tile(bf* dq, const float* landed, const float* stage, int b, int h, int m, int T,
+                                      int H, int lane) {
+  constexpr int kChunks = D / 64 * kBwdM * 16;  // 4-float chunks: 64-row blocks, rows, 16 a row
+  const int rows = min(kBwdM, T - m * kBwdM), row_stride = H * D;
+  bf* out = dq + ((size_t)b * T + (size_t)m * kBwdM) * row_stride + h * D;
+#pragma unroll 1
+  for (int c = lane; c < kChunks; c += 32) {
+    const int r = c / 16 % kBwdM, pos = c % 16;
+    if (r >= rows) continue;
+    float4 x = reinterpret_cast<const float4*>(stage)[c];
+    if (landed) {
+      const float4 y = reinterpret_cast<const float4*>(landed)[c];
+      x.x = y.x + x.x, x.y = y.y + x.y, x.z = y.z + x.z, x.w = y.w + x.w;
+    }
+    const int d = c / (kBwdM * 16) * 64 + 8 * ((pos / 2) ^ (r % 8)) + 4 * (pos % 2);
+    *reinterpret_cast<uint2*>(out + r * row_stride + d) = make_uint2(pack(x.x, x.y), pack(x.z, x.w));
+  }
+}
+
 // dQ tiles wait in shared memory for their bulk reduction: one stage per writer thread (a lane
 // of each of the producer warpgroup's spare warps), as many as fit (D 128: two). K and V have
 // two stages where they fit (D 64), so the next item's arrive during this one.
@@ -372,12 +400,15 @@ struct BwdSmem {
   static constexpr int dq_stages = D == 64 ? 3 : 2, kv_stages = D == 64 ? 2 : 1;
   static constexpr int kv_bytes = kBwdN * D * 2, q_bytes = kBwdM * D * 2, stat_bytes = kBwdM * 4;
   static constexpr int ds_bytes = kBwdN * kBwdM * 2, dq_bytes = kBwdM * D * 4;
+  // Where the writers finish dQ (kWritersFinishDq), each has a landing buffer for the sums so far.
+  static constexpr int land_stages = kWritersFinishDq(D) ? dq_stages : 0;
   static constexpr int k = 0, v = kv_stages * kv_bytes, q = 2 * kv_stages * kv_bytes, dout = q + 2 * q_bytes,
-                       ds = dout + 2 * q_bytes, dq = ds + 2 * ds_bytes, lse = dq + dq_stages * dq_bytes,
-                       delta = lse + 2 * stat_bytes, bars = delta + 2 * stat_bytes;
+                       ds = dout + 2 * q_bytes, dq = ds + 2 * ds_bytes, land = dq + dq_stages * dq_bytes,
+                       lse = land + land_stages * dq_bytes, delta = lse + 2 * stat_bytes, bars = delta + 2 * stat_bytes;
   static constexpr int item_ring = 4;  // items claimed and not yet read by every role
-  static constexpr int items = bars + (4 + 2 * kv_stages + 2 * dq_stages + 2 * item_ring) * 8;
+  static constexpr int items = bars + (4 + 2 * kv_stages + 2 * dq_stages + land_stages + 2 * item_ring) * 8;
   static constexpr int total = items + item_ring * 4 + 1024;
+  static_assert(total <= 227 * 1024, "more shared memory than an sm_90 block may have");
 };
 
 // The backward's work items: item w is key tile ntiles − 1 − w % ntiles (the later, shorter
@@ -399,7 +430,7 @@ struct BwdItem {
 };
 
 struct BwdArgs {
-  bf *dk, *dv;
+  bf *dq, *dk, *dv;
   float* dq_acc;
   const float *lse2, *delta;
   int* order;  // per (b, h, query tile): key tiles added so far (deterministic mode), else null
@@ -425,7 +456,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // the reduction. Stages are counted over the block's items (g: its steps so far).
   uint64_t *full = bars, *empty = bars + 2, *kv_full = bars + 4, *kv_empty = kv_full + kKvStages,
            *staged = kv_empty + kKvStages, *free = staged + kDqStages, *item_full = free + kDqStages,
-           *item_empty = item_full + L::item_ring;
+           *item_empty = item_full + L::item_ring, *landed = item_empty + L::item_ring;
   int* item_ring = reinterpret_cast<int*>(smem + L::items);
 
   const int ntiles_k = a.Tp / kBwdN, group = a.H / a.Hkv, items = a.B * a.Hkv * ntiles_k;
@@ -434,6 +465,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < 2; s++) mbar_init(full + s, 1), mbar_init(empty + s, 128 * kConsumers);
     for (int s = 0; s < kKvStages; s++) mbar_init(kv_full + s, 1), mbar_init(kv_empty + s, 128 * kConsumers);
     for (int s = 0; s < kDqStages; s++) mbar_init(staged + s, 128 * kConsumers), mbar_init(free + s, 1);
+    for (int s = 0; s < L::land_stages; s++) mbar_init(landed + s, 1);
     for (int r = 0; r < L::item_ring; r++)  // read by both consumers and every dQ writer
       mbar_init(item_full + r, 1), mbar_init(item_empty + r, 128 * kConsumers + kDqStages);
     mbar_init_fence();
@@ -450,9 +482,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   if (wg == 0) {
-    // Registers: 128·P + 256·C = 168·384, the block's share of the file. D 64's consumers fit
-    // in 232, and then the producer and the dQ writers (which claim and track items) in 40.
-    if constexpr (D == 64) regs_dealloc<40>(); else regs_dealloc<24>();
+    // Registers: 128·P + 256·C ≤ 168·384, the block's share of the file. D 64's consumers fit
+    // in 224 without spills, which leaves the producer and the dQ writers (which claim and track
+    // items, and finish dQ tiles) 48; in 40 the finishing spilled.
+    if constexpr (D == 64) regs_dealloc<48>(); else regs_dealloc<24>();
     if (threadIdx.x == 0) {  // the producer: per item K and V, then Q, dO, lse, delta per step
       for (int j = 0, g = 0;; j++) {
         const int r = j % L::item_ring;
@@ -485,42 +518,75 @@ __global__ void __launch_bounds__(kThreads, 1)
           bulk_load(smem + L::delta + s * L::stat_bytes, a.delta + stat, L::stat_bytes, full + s);
         }
       }
-    } else if (threadIdx.x % 32 == 0 && threadIdx.x / 32 <= kDqStages) {
-      // dQ writer s adds the tiles staged in stage s (the block's steps s, s + stages, …) into
-      // the fp32 sums. In the deterministic mode a writer waits for its tile's turn and then for
-      // its addition to land; with one writer per stage, those waits overlap.
-      const int s = threadIdx.x / 32 - 1;
-      for (int j = 0, g = 0, w; (w = next_item(j)) < items; j++) {
+    } else if (threadIdx.x >= 32 && threadIdx.x / 32 <= kDqStages) {  // (thread 0: the producer)
+      // dQ writer s (a warp; its lane 0 issues the copies) adds the tiles staged in stage s
+      // (the block's steps s, s + stages, …) into the fp32 sums. In the deterministic mode a
+      // writer waits for its tile's turn and then for its addition to land; with one writer per
+      // stage, those waits overlap. There the first addition (the diagonal key tile's) stores,
+      // so the sums need no zeroing, and at D 64 the last (key tile 0's, which every query tile
+      // has) finishes the tile: the sums so far land in shared memory, and the whole warp adds
+      // them to the staged tile and writes bf16 dQ, so no separate pass reads them again.
+      const int s = threadIdx.x / 32 - 1, lane = threadIdx.x % 32;
+      int finishes = 0;  // landings so far (the parity of the next one's wait)
+      for (int j = 0, g = 0;; j++) {
+        const int w = __shfl_sync(0xffffffffu, lane == 0 ? next_item(j) : 0, 0);
+        if (w >= items) break;
         const BwdItem it(w, ntiles_k, a.Hkv, a.T, group);
         for (int i = (s - g % kDqStages + kDqStages) % kDqStages; i < it.steps; i += kDqStages) {
           const int h = it.kvh * group + i / it.per_head, m = it.first + i % it.per_head;
           mbar_wait(staged + s, ((g + i) / kDqStages) & 1);
           const size_t tile = ((size_t)it.b * a.H + h) * (a.Tp / kBwdM) + m;
           int* turn = a.order ? a.order + tile : nullptr;
-          if (turn) {  // key tiles add in descending order: the one at the diagonal first
-            const int last = min(ntiles_k - 1, (m * kBwdM + kBwdM - 1) / kBwdN);
+          const int last = min(ntiles_k - 1, (m * kBwdM + kBwdM - 1) / kBwdN);
+          float* sums = a.dq_acc + tile * kBwdM * D;
+          const float* stage = reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes);
+          if (turn && lane == 0) {  // key tiles add in descending order: the one at the diagonal first
             while (atomicAdd(turn, 0) != last - it.n) __nanosleep(32);
-          }
-          bulk_reduce_add(a.dq_acc + tile * kBwdM * D, reinterpret_cast<float*>(smem + L::dq + s * L::dq_bytes),
-                          L::dq_bytes);
-          bulk_commit();
-          bulk_wait_read<0>();
-          mbar_arrive(free + s);
-          if (turn) {
-            bulk_wait<0>();
-            fence_async_global();
+            // Acquire the earlier additions (released before the turn moved), for this warp's
+            // reads after the __syncwarp below and for this thread's copy engine: a reduction
+            // overtaking the first addition's store would be lost.
             __threadfence();
-            atomicAdd(turn, 1);
+            fence_async_global();
           }
+          __syncwarp();
+          if (kWritersFinishDq(D) && turn && it.n == 0) {
+            const float* land = it.n == last ? nullptr : reinterpret_cast<float*>(smem + L::land + s * L::dq_bytes);
+            if (land) {
+              if (lane == 0) {
+                fence_async_shared();  // (the last finish's reads of the buffer come first)
+                mbar_arrive_expect(landed + s, L::dq_bytes);
+                bulk_load(smem + L::land + s * L::dq_bytes, sums, L::dq_bytes, landed + s);
+              }
+              mbar_wait(landed + s, finishes++ & 1);
+            }
+            finish_dq_tile<D>(a.dq, land, stage, it.b, h, m, a.T, a.H, lane);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(free + s);
+          } else if (lane == 0) {
+            if (turn && it.n == last)
+              bulk_store(sums, stage, L::dq_bytes);
+            else
+              bulk_reduce_add(sums, stage, L::dq_bytes);
+            bulk_commit();
+            bulk_wait_read<0>();
+            mbar_arrive(free + s);
+            if (turn) {
+              bulk_wait<0>();
+              fence_async_global();
+              __threadfence();
+              atomicAdd(turn, 1);
+            }
+          }
+          __syncwarp();
         }
         g += it.steps;
       }
-      bulk_wait<0>();
+      if (lane == 0) bulk_wait<0>();
     }
     return;
   }
 
-  if constexpr (D == 64) regs_alloc<232>(); else regs_alloc<240>();
+  if constexpr (D == 64) regs_alloc<224>(); else regs_alloc<240>();
   const int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
   const int key_in_tile = cw * 64 + warp * 16 + gid;  // this thread's keys: + 0 and + 8
   // Descriptors: a base per operand (and stage), plus compile-time offsets per k-step (a
@@ -744,13 +810,15 @@ void backward(const Context& ctx, bf* dq, bf* dk, bf* dv, const bf* dout, const 
   float* acc = static_cast<float*>(cuda::scratch(ctx, sizeof(float) * (nacc + 2 * rows) + sizeof(int) * (1 + tiles)));
   float *lse2 = acc + nacc, *delta = lse2 + rows;
   int *claimed = reinterpret_cast<int*>(delta + rows), *order = claimed + 1;
-  cuda::zero(ctx, acc, sizeof(float) * nacc);
+  // In the deterministic mode every query tile's first addition (its diagonal key tile's, which
+  // every tile has) stores, so the sums need no zeroing: 4 bytes per dQ element not written.
+  if (!deterministic) cuda::zero(ctx, acc, sizeof(float) * nacc);
   cuda::zero(ctx, claimed, sizeof(int) * (deterministic ? 1 + tiles : 1));
   prepare_kernel<<<blocks_for(rows * 32, 256), 256, 0, stream(ctx)>>>(lse2, delta, lse, dout, out, B, T, Tp, H, D);
   CUDA_CHECK_LAUNCH();
   const CUtensorMap tq = tile_map(q, B, T, H, D, kBwdM), tdo = tile_map(dout, B, T, H, D, kBwdM),
                     tk = tile_map(k, B, T, Hkv, D, kBwdN), tv = tile_map(v, B, T, Hkv, D, kBwdN);
-  BwdArgs a{dk, dv, acc, lse2, delta, deterministic ? order : nullptr, claimed, B, T, Tp, H, Hkv, 0.f, 0.f};
+  BwdArgs a{dq, dk, dv, acc, lse2, delta, deterministic ? order : nullptr, claimed, B, T, Tp, H, Hkv, 0.f, 0.f};
   a.scale = 1.f / sqrtf((float)D);
   a.scale_log2 = a.scale * kLog2e;
   CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdSmem<D>::total));
@@ -759,8 +827,10 @@ void backward(const Context& ctx, bf* dq, bf* dk, bf* dv, const bf* dout, const 
   const int grid = (int)std::min<long>(items, persistent ? ctx.cuda->sm_count : INT32_MAX);
   backward_kernel<D><<<grid, kThreads, BwdSmem<D>::total, stream(ctx)>>>(tq, tk, tv, tdo, a);
   CUDA_CHECK_LAUNCH();
-  dq_convert_kernel<<<blocks_for((size_t)B * T * H * D / 8, 256), 256, 0, stream(ctx)>>>(dq, acc, B, T, Tp, H, D);
-  CUDA_CHECK_LAUNCH();
+  if (!deterministic || !kWritersFinishDq(D)) {  // (else the writers finished dQ themselves)
+    dq_convert_kernel<<<blocks_for((size_t)B * T * H * D / 8, 256), 256, 0, stream(ctx)>>>(dq, acc, B, T, Tp, H, D);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

@@ -64,6 +64,12 @@ __device__ inline void bulk_reduce_add(float* dst, const float* src, uint32_t by
                "r"(smem_addr(src)), "r"(bytes)
                : "memory");
 }
+// global[i] = shared[i] for `bytes`, as one asynchronous bulk copy.
+__device__ inline void bulk_store(void* dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(smem_addr(src)),
+               "r"(bytes)
+               : "memory");
+}
 __device__ inline void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Waits until at most N bulk groups of this thread still read shared memory...
 template <int N>
