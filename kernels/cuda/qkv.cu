@@ -26,8 +26,8 @@ constexpr int kMaxWarps = 8;  // tokens per block, fewer when wide rows fill the
 // Blocks an SM holds at once: the register budget (80 a thread) that lets 3 blocks of 8 warps
 // share an SM; with 128 registers only 2 fitted, and these kernels wait on memory with little
 // else to do, so more warps in flight is what speeds them up. Ranks go in blocks of at most 4
-// (R 6 as 4 + 2) to stay within that budget (the backward spills 4 bytes; with blocks of 8
-// it spilled 1.3 KB).
+// (R 6 as 4 + 2) in the backward, of 6 in the forward, to stay within that budget (the
+// backward spills 4 bytes, the forward 12; with blocks of 8 the backward spilled 1.3 KB).
 constexpr int kMinBlocks = 3;
 
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
@@ -119,8 +119,9 @@ __device__ inline void rotate_rows(float* x, int rows, const float* cs, float si
   }
 }
 
-// TPA's contraction for one section, with kR ≥ R (or 4, taking larger ranks in blocks of 4) so
-// the loops over a block of the rank unroll completely.
+// TPA's contraction for one section, with kR ≥ R (or 6, taking larger ranks in blocks of 6) so
+// the loops over a block of the rank unroll completely. T6's q rank 6 is one block: its B rows
+// stay in registers instead of two of them being re-read from shared memory for every head.
 template <int D, int S, int kR>
 __device__ inline void forward_factored(bf* out, const float* row, const QkvLayout& L, int lane) {
   constexpr int C8 = D / 8, HG = 32 / C8;
@@ -184,7 +185,8 @@ __device__ inline void forward_section(bf* out, const float* row, const float* c
   }
   if (R <= 1) forward_factored<D, S, 1>(out, row, L, lane);
   else if (R <= 2) forward_factored<D, S, 2>(out, row, L, lane);
-  else forward_factored<D, S, 4>(out, row, L, lane);
+  else if (R <= 4) forward_factored<D, S, 4>(out, row, L, lane);
+  else forward_factored<D, S, 6>(out, row, L, lane);
 }
 
 template <int D>
