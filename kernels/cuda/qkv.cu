@@ -5,8 +5,9 @@
 // whole heads side by side. TPA's contraction keeps the lane's slice of the rotated B (R × 8
 // values) in registers. Backward stages the gradient row in shared memory and writes it out
 // whole (the row's padding becomes zeros): dA by dot products reduced across the lanes of a
-// head, dB summed over the heads in registers, then reduced across the warp and un-rotated;
-// each lane requests its gradient chunks of 4 heads at a time, so their latencies overlap.
+// head, dB summed over the heads in registers, then reduced across the warp and un-rotated,
+// both from one pass over the gradient rows per block of ranks; each lane requests its
+// gradient chunks of 4 heads at a time, so their latencies overlap.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -25,9 +26,9 @@ namespace {
 constexpr int kMaxWarps = 8;  // tokens per block, fewer when wide rows fill the shared memory
 // Blocks an SM holds at once: the register budget (80 a thread) that lets 3 blocks of 8 warps
 // share an SM; with 128 registers only 2 fitted, and these kernels wait on memory with little
-// else to do, so more warps in flight is what speeds them up. Ranks go in blocks of at most 4
-// (R 6 as 4 + 2) in the backward, of 6 in the forward, to stay within that budget (the
-// backward spills 4 bytes, the forward 12; with blocks of 8 the backward spilled 1.3 KB).
+// else to do, so more warps in flight is what speeds them up. Ranks go in blocks of 2 in the
+// backward (which holds B's rows and dB's sums for a block), of 6 in the forward, to stay
+// within that budget (each spills 12 bytes; with blocks of 8 the backward spilled 1.3 KB).
 constexpr int kMinBlocks = 3;
 
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
@@ -242,7 +243,10 @@ __device__ inline void load_heads(float (&x)[kBatch][8], const bf* g, int h0, in
   }
 }
 
-// TPA's gradients for one section (kR as in forward_factored).
+// TPA's gradients for one section, kR ranks at a time (kR ≥ R, or 2, taking larger ranks in
+// blocks of 2). One pass over g per block of ranks gives both gradients: each batch of heads
+// loaded feeds dA's dot products and dB's sums, so a token waits on memory once per batch and
+// block (q's rank 6: 3 passes; a pass for dA and another for dB of each block of 4 took 4).
 template <int D, int S, int kR>
 __device__ inline void backward_factored(float* drow, const bf* g, const float* row, const float* cs,
                                          const QkvLayout& L, int lane) {
@@ -253,10 +257,12 @@ __device__ inline void backward_factored(float* drow, const bf* g, const float* 
   // features for kR ranks, and a transposing reduction over the head's C8 lanes leaves each
   // lane with whole sums: butterfly steps first, then steps that each halve the values a lane
   // keeps (the lower or upper half by its lane bit), so kR sums cost about kR shuffles.
+  // dB[r, :] = (1/R) Σ_h A[h, r]·g[h, :]: lane (hg, c) sums its heads for features 8c … 8c + 7,
+  // then the lane groups add up, and q's and k's are un-rotated.
   constexpr int kHalvings = kR < C8 ? (kR == 1 ? 0 : kR == 2 ? 1 : kR == 4 ? 2 : 3) : (C8 == 4 ? 2 : C8 == 8 ? 3 : 4);
   constexpr int kKeep = kR >> kHalvings;  // sums each lane holds at the end
   for (int r0 = 0; r0 < R; r0 += kR) {
-    float b[kR][8];
+    float b[kR][8], db[kR][8] = {};
 #pragma unroll
     for (int r = 0; r < kR; r++)
       if (r0 + r < R)
@@ -272,6 +278,15 @@ __device__ inline void backward_factored(float* drow, const bf* g, const float* 
         const int h0 = h1 + u * HG, h = h0 + hg;
         if (h0 >= H) break;  // the same on every lane: all of them take part in the shuffles
         const float(&x)[8] = xs[u];
+        if (h < H) {  // (past H, x is zeros)
+          const float* a = row + L.a[S] + h * R + r0;
+#pragma unroll
+          for (int r = 0; r < kR; r++) {
+            const float ar = r0 + r < R ? a[r] : 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) db[r][i] += ar * x[i];
+          }
+        }
         float v[kR];
 #pragma unroll
         for (int r = 0; r < kR; r++) {
@@ -300,27 +315,6 @@ __device__ inline void backward_factored(float* drow, const bf* g, const float* 
 #pragma unroll
           for (int j = 0; j < kKeep; j++)
             if (r0 + base + j < R) drow[L.a[S] + h * R + r0 + base + j] = v[j] * inv;
-      }
-    }
-  }
-  // dB[r, :] = (1/R) Σ_h A[h, r]·g[h, :]: lane (hg, c) sums its heads for features 8c … 8c + 7
-  // (g again, from cache), then the lane groups add up, and q's and k's are un-rotated.
-  for (int r0 = 0; r0 < R; r0 += kR) {
-    float db[kR][8] = {};
-    for (int h1 = 0; h1 < H; h1 += kBatch * HG) {
-      float xs[kBatch][8];
-      load_heads<D>(xs, g, h1, H, lane);
-#pragma unroll
-      for (int u = 0; u < kBatch; u++) {
-        const int h = h1 + u * HG + hg;
-        if (h >= H) break;  // the rest of this lane's batch is past the last head
-        const float* a = row + L.a[S] + h * R + r0;
-#pragma unroll
-        for (int r = 0; r < kR; r++) {
-          const float ar = r0 + r < R ? a[r] : 0.f;
-#pragma unroll
-          for (int i = 0; i < 8; i++) db[r][i] += ar * xs[u][i];
-        }
       }
     }
 #pragma unroll
@@ -368,8 +362,7 @@ __device__ inline void backward_section(float* drow, const bf* g, const float* r
     return;
   }
   if (R <= 1) backward_factored<D, S, 1>(drow, g, row, cs, L, lane);
-  else if (R <= 2) backward_factored<D, S, 2>(drow, g, row, cs, L, lane);
-  else backward_factored<D, S, 4>(drow, g, row, cs, L, lane);
+  else backward_factored<D, S, 2>(drow, g, row, cs, L, lane);
 }
 
 template <int D>
