@@ -97,6 +97,52 @@ TEST(Resume, EqualsTheRunThatNeverStopped) {
   EXPECT_EQ(final_weights(c), final_weights(a));
 }
 
+// Resuming from an earlier checkpoint replaces the run that went on from it: its later
+// checkpoints move to superseded/, so that a crash of the new run followed by --resume auto
+// continues the new run, not the old one (which has the higher step numbers).
+TEST(Resume, FromAnEarlierCheckpointSetsTheLaterOnesAside) {
+  const std::string out = test::temp_dir("resume_replaces"), straight = test::temp_dir("resume_replaces_ref");
+  train(tiny(out, {"train.max_iters=10", "checkpoint.interval=2", "optim.learning_rate=0.01"}));  // another run
+  train(tiny(out, {"train.max_iters=7", "checkpoint.interval=1"}), out + "/ckpt_4");
+  std::vector<std::string> names, aside;
+  for (const auto& d : list_checkpoints(out)) names.push_back(fs::path(d).filename().string());
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt_7", "ckpt_6", "ckpt_5", "ckpt_4", "ckpt_2"}));
+  for (const auto& d : list_checkpoints(out + "/superseded")) aside.push_back(fs::path(d).filename().string());
+  EXPECT_EQ(aside, (std::vector<std::string>{"ckpt_10", "ckpt_8", "ckpt_6"}));
+  // Continuing takes the new run's newest, and ends where the same steps from ckpt_4 end.
+  const TrainResult continued = train(tiny(out, {"train.max_iters=9"}), "auto");
+  ASSERT_FALSE(continued.steps.empty());
+  EXPECT_EQ(continued.steps.front().step, 7);
+  train(tiny(straight, {"train.max_iters=9"}), out + "/ckpt_4");
+  EXPECT_EQ(final_weights(out), final_weights(straight));  // bitwise
+}
+
+// A run that gives up after skipped steps saves the state before the first of them, the very
+// state a run without the fault saves at that step (weights, moments and data position), and
+// continuing it repeats that run: with and without a checkpoint already due at that step.
+TEST(Resume, GivingUpSavesTheStateBeforeTheSkippedSteps) {
+  const std::string clean = test::temp_dir("giveup_clean");
+  train(tiny(clean, {"train.max_iters=9", "checkpoint.interval=1"}));
+  auto manifest = [](const std::string& dir) {
+    auto j = nlohmann::json::parse(std::ifstream(dir + "/manifest.json"));
+    for (const char* k : {"config", "world_size", "tensors"}) j.erase(k);
+    return j;  // iter, adam_steps, loader position and seed, every shard's CRC-32s
+  };
+  for (const std::string interval : {"3", "1"}) {
+    const std::string out = test::temp_dir("giveup_" + interval);
+    setenv("T6_TEST_NAN_STEP", "5", 1);
+    const TrainResult r = train(tiny(out, {"train.max_iters=9", "train.max_consecutive_skips=1",
+                                           "checkpoint.interval=" + interval}));
+    unsetenv("T6_TEST_NAN_STEP");
+    ASSERT_TRUE(r.gave_up);
+    EXPECT_EQ(r.last_checkpoint, out + "/ckpt_5") << "interval " << interval;
+    EXPECT_EQ(manifest(out + "/ckpt_5"), manifest(clean + "/ckpt_5")) << "interval " << interval;
+    EXPECT_EQ(train(tiny(out, {"train.max_iters=9"}), "auto").steps.front().step, 5);
+    EXPECT_EQ(metric_losses(out), metric_losses(clean)) << "interval " << interval;
+    EXPECT_EQ(final_weights(out), final_weights(clean)) << "interval " << interval;  // bitwise
+  }
+}
+
 TEST(Resume, AutoWithoutCheckpointsStartsFresh) {
   const std::string out = test::temp_dir("resume_fresh");
   const TrainResult r = train(tiny(out, {"train.max_iters=2"}), "auto");

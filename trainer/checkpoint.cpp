@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>  // renameat2
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +94,21 @@ std::vector<std::string> list_checkpoints(const std::string& out_dir) {
   return dirs;
 }
 
+std::vector<std::string> set_aside_later_checkpoints(const std::string& out_dir, int64_t iter) {
+  std::vector<std::string> moved;
+  for (const std::string& dir : list_checkpoints(out_dir)) {
+    if (iter_of(dir) <= iter) continue;
+    const fs::path aside = fs::path(out_dir) / "superseded";
+    fs::create_directories(aside);
+    fs::path to = aside / fs::path(dir).filename();
+    for (int n = 1; fs::exists(to); n++) to = aside / fmt::format("{}.{}", fs::path(dir).filename().string(), n);
+    fs::rename(dir, to);
+    moved.push_back(to.string());
+  }
+  if (!moved.empty()) fsync_path(out_dir);
+  return moved;
+}
+
 namespace {
 
 fs::path temp_dir_of(const std::string& out_dir, int64_t iter) {
@@ -124,6 +140,19 @@ void retire(const fs::path& dir) {
   fs::remove_all(old, ignored);
   fs::rename(dir, old);
   fs::remove_all(old, ignored);
+}
+
+// Puts the complete checkpoint `from` in place as `to`. Where `to` exists (a resumed run saving
+// an iteration again), the two are swapped in one step where the file system can (Linux's
+// RENAME_EXCHANGE), so that a crash leaves one complete checkpoint under the name; elsewhere the
+// old one goes first.
+void put_in_place(const fs::path& from, const fs::path& to) {
+  if (fs::exists(to) && ::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+    retire(from);  // (now the old one)
+    return;
+  }
+  retire(to);
+  fs::rename(from, to);
 }
 
 void begin_checkpoint(const std::string& out_dir, int64_t iter) {
@@ -176,8 +205,7 @@ std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& lay
                                      {"data_fingerprint", meta.data_fingerprint}};
     write_file_atomically((tmp_dir / "manifest.json").string(), manifest.dump(1) + "\n");
     fsync_path(tmp_dir);
-    retire(final_dir);  // an older save of the same iteration (a resumed run repeating it)
-    fs::rename(tmp_dir, final_dir);
+    put_in_place(tmp_dir, final_dir);
     fsync_path(out);
     write_file_atomically((out / "latest").string(), final_dir.filename().string() + "\n");
     fsync_path(out);

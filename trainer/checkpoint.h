@@ -68,6 +68,11 @@ std::string checkpoint_config(const std::string& dir);
 // The checkpoint directories in out_dir (complete ones: ckpt_<iter>), newest first.
 std::vector<std::string> list_checkpoints(const std::string& out_dir);
 
+// A run resumed at `iter` replaces whatever came after it: out_dir's checkpoints past iter move
+// to out_dir/superseded/ (kept, not deleted), so that `--resume auto` and the pruning beyond
+// `keep` see only the new run's. Returns the moved directories' new paths.
+std::vector<std::string> set_aside_later_checkpoints(const std::string& out_dir, int64_t iter);
+
 // One run per out_dir: an exclusive lock on out_dir/.lock (flock, so a killed run leaves no
 // stale lock), which records the holder's pid and host for the message a second run gets.
 // Released when destroyed or when the process ends.

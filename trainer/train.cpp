@@ -328,6 +328,11 @@ struct Trainer {
   const FaultInjection faults;
   Outliers loss_history, norm_history;
   int consecutive_skips = 0;
+  // Where the steps skipped in a row began: the state a run that gives up saves, so that
+  // continuing it takes those batches again (after a lower learning rate, say).
+  int64_t first_skipped = 0;
+  LoaderState first_skipped_loader;
+  int64_t last_saved_iter = -1;  // this run's last committed checkpoint (every rank)
   std::vector<int32_t> inputs, targets;
   int64_t epoch = 0;
 
@@ -434,7 +439,12 @@ struct Trainer {
           tc.out_dir, list_checkpoints(tc.out_dir).front()));
     TrainingState resumed;
     if (!resume.empty()) {
-      if (root) find_resume_state(cfg, resume, model.layout, resumed, resumed_from);
+      if (root && find_resume_state(cfg, resume, model.layout, resumed, resumed_from)) {
+        const auto moved = set_aside_later_checkpoints(tc.out_dir, resumed.iter);
+        if (!moved.empty())
+          fmt::print("resume: {} checkpoint(s) past step {} belong to the run this one replaces; moved to {}/superseded/ "
+                     "so that --resume auto continues this run\n", moved.size(), resumed.iter, tc.out_dir);
+      }
       comm->broadcast_string(resumed_from, 0);
       if (!root && !resumed_from.empty())  // with ZeRO, only this rank's shard of the moments is kept
         resumed = zero ? load_checkpoint(resumed_from, model.layout, shard_begin, shard_size)
@@ -558,7 +568,7 @@ struct Trainer {
     std::chrono::steady_clock::time_point started;
   } pending;
 
-  void checkpoint(int64_t iter, bool wait = false) {
+  void checkpoint(int64_t iter, bool wait = false, const LoaderState* loader = nullptr) {
     const TimelineRange in_checkpoint(ctx, "checkpoint");
     const auto start_time = std::chrono::steady_clock::now();  // (the pause includes waiting for the last save)
     finish_save();
@@ -573,7 +583,7 @@ struct Trainer {
     const StateSlice slice{begin, n, pending.params.data, pending.m.data, pending.v.data};
     pending.iter = iter;
     pending.adam_steps = optimizer.steps;
-    pending.loader = train_data->state();
+    pending.loader = loader ? *loader : train_data->state();
     pending.started = std::chrono::steady_clock::now();
     pending.stall_ms = std::chrono::duration<double, std::milli>(pending.started - start_time).count();
     pending.sums = std::async(std::launch::async, [&ctx = ctx, out = tc.out_dir, iter, r = rank, slice] {
@@ -623,6 +633,7 @@ struct Trainer {
                  result.last_checkpoint, pending.stall_ms, write_s);
     }
     comm->barrier();  // a checkpoint is complete for everyone before anyone moves on
+    last_saved_iter = iter;
     dcomm->set_collective_timeout(tc.collective_timeout_s);  // (NCCL's watchdog passes it on to MPI's)
   }
 
@@ -632,6 +643,7 @@ struct Trainer {
   bool train_step(int64_t step) {
     const TimelineRange in_step(ctx, fmt::format("step {}", step).c_str());
     const auto step_start = std::chrono::steady_clock::now();
+    if (consecutive_skips == 0 && train_data) first_skipped = step, first_skipped_loader = train_data->state();
     const double local_loss = accumulate_gradients(step);
     float* grads = reduce_gradients();
     // The gradients are summed over ranks; the 1/W of the average is applied by the optimizer.
@@ -752,7 +764,10 @@ struct Trainer {
       if (root) fmt::print("benchmark: stopping after {} consecutive skipped steps\n", consecutive_skips);
       return false;
     }
-    checkpoint(step, /*wait=*/true);  // the parameters are still those of the last good step
+    // The parameters are still those of the last good step; the data goes back to the first
+    // skipped step's batch (the state after_step saved as this checkpoint, if it was due).
+    finish_save();
+    if (last_saved_iter != first_skipped) checkpoint(first_skipped, /*wait=*/true, &first_skipped_loader);
     if (root)
       fmt::print("stopping: {} consecutive steps skipped (the last: {}). The last good state is in {}. Lower "
                  "optim.learning_rate or raise optim.warmup_iters, then continue with --resume auto.\n",
