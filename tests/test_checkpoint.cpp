@@ -141,6 +141,20 @@ TEST(Resume, GivingUpSavesTheStateBeforeTheSkippedSteps) {
     EXPECT_EQ(metric_losses(out), metric_losses(clean)) << "interval " << interval;
     EXPECT_EQ(final_weights(out), final_weights(clean)) << "interval " << interval;  // bitwise
   }
+  // Giving up at the first step after resuming saves that checkpoint's iteration again: the new
+  // directory is swapped in for the old one, and nothing else is left behind.
+  const std::string again = test::temp_dir("giveup_again");
+  train(tiny(again, {"train.max_iters=5"}));
+  setenv("T6_TEST_NAN_STEP", "5", 1);
+  const TrainResult r = train(tiny(again, {"train.max_iters=9", "train.max_consecutive_skips=1"}), "auto");
+  unsetenv("T6_TEST_NAN_STEP");
+  ASSERT_TRUE(r.gave_up);
+  EXPECT_EQ(manifest(again + "/ckpt_5"), manifest(clean + "/ckpt_5"));
+  std::vector<std::string> entries;
+  for (const auto& e : fs::directory_iterator(again)) entries.push_back(e.path().filename().string());
+  std::sort(entries.begin(), entries.end());
+  EXPECT_EQ(entries, (std::vector<std::string>{".lock", "ckpt_5", "config.yaml", "latest", "metrics.jsonl",
+                                               "model.safetensors"}));
 }
 
 TEST(Resume, AutoWithoutCheckpointsStartsFresh) {
