@@ -42,6 +42,22 @@ void ModelConfig::validate() const {
   positive("head_dim", head_dim);
   positive("vocab_size", vocab_size);
   positive("block_size", block_size);
+  // Far beyond any model this trainer can hold, and below where the int sizes derived from
+  // them (8·n_embd/3, H·D, rows of factors) would overflow; the layout is built per layer before
+  // memory is planned, so a typo's billion layers must stop here.
+  auto at_most = [](const char* key, long v, long limit) {
+    if (v > limit)
+      throw std::invalid_argument(fmt::format("model.{}: {} is beyond what this trainer supports (at most {})", key, v,
+                                              limit));
+  };
+  at_most("n_layer", n_layer, 100000);
+  at_most("n_embd", n_embd, 1 << 20);
+  at_most("n_head", n_head, 1 << 14);
+  at_most("head_dim", head_dim, 1 << 12);
+  at_most("block_size", block_size, 1 << 24);
+  at_most("vocab_size", vocab_size, 1 << 28);
+  for (auto [key, r] : {std::pair{"q_rank", q_rank}, {"rank", rank}, {"k_rank", k_rank}, {"v_rank", v_rank}})
+    at_most(key, r, 1 << 10);
   if (head_dim % 2 != 0)
     throw std::invalid_argument(fmt::format("model.head_dim: RoPE rotates pairs, so it must be even, got {}", head_dim));
   if (factored_q()) positive("q_rank", q_rank);

@@ -157,6 +157,14 @@ TEST(Resume, GivingUpSavesTheStateBeforeTheSkippedSteps) {
                                                "model.safetensors"}));
 }
 
+// A run that fails before writing anything leaves no out_dir it made itself.
+TEST(Resume, ABadResumePathLeavesNoNewOutDirBehind) {
+  const std::string out = test::temp_dir("bad_resume") + "/run";
+  const std::string e = test::error_of([&] { train(tiny(out, {"train.max_iters=2"}), "/no/such/ckpt_4"); });
+  EXPECT_NE(e.find("/no/such/ckpt_4"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(Resume, AutoWithoutCheckpointsStartsFresh) {
   const std::string out = test::temp_dir("resume_fresh");
   const TrainResult r = train(tiny(out, {"train.max_iters=2"}), "auto");

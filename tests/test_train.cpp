@@ -122,6 +122,12 @@ TEST(Train, GradientAccumulationEqualsOneLargerBatch) {
   }
 }
 
+TEST(Train, TrainingWithoutDataTrainSaysWhatIsMissing) {
+  const std::string out = test::temp_dir("no_data_train");
+  const std::string e = test::error_of([&] { train(tiny_run(out, {"data.train=[]", "train.max_iters=1"})); });
+  EXPECT_NE(e.find("data.train: required for training: the training shards"), std::string::npos) << e;
+}
+
 TEST(Train, TooManyConsecutiveSkipsSaveTheLastGoodStateAndStop) {
   const std::string out = test::temp_dir("skips");
   setenv("T6_TEST_NAN_STEP", "5", 1);  // a NaN gradient at step 5

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
 
 #include "data/h5.h"
@@ -502,7 +503,7 @@ TrainingState load_checkpoint(const std::string& dir, const ParamLayout& layout,
   return load_v2(dir, layout, moments_begin, moments_count);
 }
 
-OutDirLock::OutDirLock(const std::string& out_dir) {
+OutDirLock::OutDirLock(const std::string& out_dir) : dir_(out_dir), created_(!fs::exists(out_dir)) {
   fs::create_directories(out_dir);
   const std::string path = (fs::path(out_dir) / ".lock").string();
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -533,7 +534,15 @@ OutDirLock::OutDirLock(const std::string& out_dir) {
 }
 
 OutDirLock::~OutDirLock() {
-  if (fd_ >= 0) ::close(fd_);  // (closing releases the flock)
+  if (fd_ < 0) return;
+  // A run that made out_dir and stopped before writing anything in it (a bad --resume path, say)
+  // leaves nothing behind.
+  std::error_code ec;
+  if (created_ && std::distance(fs::directory_iterator(dir_, ec), fs::directory_iterator()) == 1) {
+    fs::remove(fs::path(dir_) / ".lock", ec);
+    fs::remove(dir_, ec);
+  }
+  ::close(fd_);  // (closing releases the flock)
 }
 
 }  // namespace t6

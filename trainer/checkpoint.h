@@ -84,6 +84,8 @@ class OutDirLock {
   OutDirLock& operator=(const OutDirLock&) = delete;
 
  private:
+  std::string dir_;
+  bool created_ = false;  // out_dir did not exist before: removed again if the run left it empty
   int fd_ = -1;
 };
 

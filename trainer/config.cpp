@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -284,18 +285,27 @@ const Key& find_key(const std::string& section, const std::string& name, const s
   throw std::invalid_argument(fmt::format("{}: unknown key '{}.{}'{}", where, section, name, suggest(section, name)));
 }
 
-void validate(const Config& c) {
+// Errors name where the value came from: the file, or the --set that gave it.
+void validate(const Config& c, const std::vector<std::string>& overrides) {
+  auto origin = [&](const std::string& key) {
+    for (auto o = overrides.rbegin(); o != overrides.rend(); ++o)  // (the last one given wins)
+      if (o->rfind(key + "=", 0) == 0) return "--set " + *o;
+    return c.path;
+  };
   auto check = [&](bool ok, const char* key, const std::string& msg) {
-    if (!ok) throw std::invalid_argument(fmt::format("{}: {}: {}", c.path, key, msg));
+    if (!ok) throw std::invalid_argument(fmt::format("{}: {}: {}", origin(key), key, msg));
   };
   try {
     c.model.validate();
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(fmt::format("{}: {}", c.path, e.what()));
+  } catch (const std::invalid_argument& e) {  // ("model.<key>: ...")
+    const std::string what = e.what();
+    throw std::invalid_argument(fmt::format("{}: {}", origin(what.substr(0, what.find(':'))), what));
   }
-  check(!c.data.train.empty(), "data.train", "required: the training shards (a path, a glob, or a list)");
   const TrainConfig& t = c.train;
   check(t.batch_size > 0, "train.batch_size", fmt::format("must be positive, got {}", t.batch_size));
+  check((int64_t)t.batch_size * c.model.block_size <= INT32_MAX, "train.batch_size",
+        fmt::format("{} sequences of model.block_size {} tokens are more than a micro-batch can hold ({} tokens)",
+                    t.batch_size, c.model.block_size, INT32_MAX));
   check(t.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
         fmt::format("must be positive, got {}", t.gradient_accumulation_steps));
   check(t.max_iters >= 0, "train.max_iters", fmt::format("must not be negative, got {}", t.max_iters));
@@ -351,8 +361,14 @@ Config parse_config(const YAML::Node& root, const std::string& path, const std::
       throw std::invalid_argument(fmt::format("{}: '{}' appears twice (lines {} and {}); keep one", path, name,
                                               it->second, key.Mark().line + 1));
   };
+  auto name_of = [&](const YAML::Node& key) {
+    if (!key.IsScalar())
+      throw std::invalid_argument(fmt::format("{}: line {}: a key must be a plain name, not a list or mapping", path,
+                                              key.Mark().line + 1));
+    return key.Scalar();
+  };
   for (const auto& section : root) {
-    const std::string sname = section.first.as<std::string>();
+    const std::string sname = name_of(section.first);
     once(sname, section.first);
     if (std::find(kSections.begin(), kSections.end(), sname) == kSections.end()) find_key(sname, "", path);
     if (section.second.IsNull()) continue;
@@ -360,7 +376,7 @@ Config parse_config(const YAML::Node& root, const std::string& path, const std::
       throw std::invalid_argument(fmt::format("{}: {}: expected a mapping of keys, e.g. '{}:\n  key: value'", path,
                                               sname, sname));
     for (const auto& kv : section.second) {
-      const std::string kname = kv.first.as<std::string>();
+      const std::string kname = name_of(kv.first);
       once(sname + "." + kname, kv.first);
       const Key& key = find_key(sname, kname, path);
       key.set(c, kv.second, Source{path, sname + "." + kname, file_dir});
@@ -386,7 +402,7 @@ Config parse_config(const YAML::Node& root, const std::string& path, const std::
     c.optim.schedule.decay_iters = std::max(c.train.max_iters, c.optim.schedule.warmup_iters);
   // Absolute, so the effective config written beside the outputs means the same from anywhere.
   if (c.train.out_dir.empty()) c.train.out_dir = (fs::current_path() / "out" / fs::path(path).stem()).string();
-  validate(c);
+  validate(c, overrides);
   return c;
 }
 

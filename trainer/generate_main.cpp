@@ -62,8 +62,12 @@ Request parse(int argc, char** argv) {
     if (args.help()) { fmt::print("{}", kUsage); std::exit(0); }
     else if (args.is("--weights")) r.weights = args.value();
     else if (args.is("--config")) r.config = args.value();
-    else if (args.is("--prompt")) r.prompt_text = args.value(), r.have_prompt = true;
-    else if (args.is("--prompt-file")) {
+    else if (args.is("--prompt") || args.is("--prompt-file")) {
+      if (r.have_prompt) throw std::invalid_argument("give the prompt once: --prompt TEXT or --prompt-file FILE");
+      if (args.is("--prompt")) {
+        r.prompt_text = args.value(), r.have_prompt = true;
+        continue;
+      }
       const std::string path = args.value();
       std::ifstream f(path, std::ios::binary);
       if (!f) throw std::invalid_argument(fmt::format("--prompt-file {}: cannot read it", path));
@@ -166,6 +170,10 @@ void benchmark(const Request& r) {
     w.params = t6::init_params(w.config.model, t6::make_layout(w.config.model), w.config.model.seed);
   }
   const t6::ModelConfig& m = w.config.model;
+  if (r.benchmark_prompt > m.block_size)
+    throw std::invalid_argument(fmt::format("--benchmark {}: the random prompt is longer than the model's block_size "
+                                            "({}), which the prompt's forward pass reads at once",
+                                            r.benchmark_prompt, m.block_size));
   std::mt19937_64 rng(r.o.seed);
   std::vector<int32_t> prompt(r.benchmark_prompt);
   for (int32_t& t : prompt) t = (int32_t)t6::uniform_below(rng, m.vocab_size);

@@ -151,6 +151,15 @@ bool find_resume_state(const Config& cfg, const std::string& resume, const Param
                                        candidates.size(), cfg.train.out_dir));
 }
 
+// The training data: required to train (not to load a config for generation, evaluation or
+// export, or to benchmark on random tokens).
+std::vector<std::string> training_shards(const Config& cfg) {
+  if (cfg.data.train.empty())
+    throw std::invalid_argument(
+        fmt::format("{}: data.train: required for training: the training shards (a path, a glob, or a list)", cfg.path));
+  return expand_shards(cfg.data.train, "data.train");
+}
+
 // metrics.jsonl keeps the records of steps before `start` (a resumed run rewrites the rest).
 void trim_metrics(const fs::path& path, int64_t start) {
   std::string kept, line;
@@ -342,7 +351,7 @@ struct Trainer {
         tokens_per_step((size_t)B * T * accum * W), benchmarking(bench.steps > 0),
         max_iters(benchmarking ? bench.steps : tc.max_iters),
         train_data(benchmarking ? nullptr
-                                 : std::make_unique<DataLoader>(expand_shards(cfg.data.train, "data.train"), B, T,
+                                 : std::make_unique<DataLoader>(training_shards(cfg), B, T,
                                                                 cfg.data.shuffle, cfg.data.seed, mc.vocab_size,
                                                                 "data.train", rank, W, kPrefetch)),
         val_data(benchmarking || cfg.data.val.empty()
@@ -477,6 +486,10 @@ struct Trainer {
     }
     fmt::print("config {}:\n{}", cfg.path, cfg.to_yaml());
     fs::create_directories(tc.out_dir);
+    // Every record goes to metrics.jsonl and, with train.tensorboard, each of its numbers to an
+    // event file as a scalar ("train/loss", "eval/val_loss", …). The event file first: a path
+    // it cannot be written to stops the run before out_dir's config and metrics are touched.
+    if (!tc.tensorboard.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard);
     write_file_atomically((fs::path(tc.out_dir) / "config.yaml").string(), cfg.to_yaml());
     fmt::print("model: T6 {}, {} layers, n_embd {}, {} heads ({} KV) × {}, {} parameters; {}\n",
                attention_name(mc.attention), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim,
@@ -511,9 +524,6 @@ struct Trainer {
     metrics.open(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
     if (!metrics)
       throw std::runtime_error(fmt::format("{}: cannot write: {}", metrics_path.string(), std::strerror(errno)));
-    // Every record goes to metrics.jsonl and, with train.tensorboard, each of its numbers to an
-    // event file as a scalar ("train/loss", "eval/val_loss", …).
-    if (!tc.tensorboard.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard);
   }
 
   void record(const nlohmann::json& j) {
