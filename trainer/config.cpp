@@ -395,7 +395,7 @@ Config parse_config(const YAML::Node& root, const std::string& path, const std::
     } catch (const YAML::Exception& e) {
       throw std::invalid_argument(fmt::format("--set {}: the value is not valid YAML: {}", o, e.what()));
     }
-    key.set(c, value, Source{"--set", sname + "." + kname, fs::current_path()});
+    key.set(c, value, Source{"--set " + o, sname + "." + kname, fs::current_path()});
     lr_decay_set |= key.name == "lr_decay_iters" && !value.IsNull();
   }
   if (!lr_decay_set || c.optim.schedule.decay_iters == 0)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <filesystem>
 #include <string>
 
 #include "model/layout.h"
@@ -32,8 +33,9 @@ int main(int argc, char** argv) {
     if (source.empty() || out.empty()) throw std::invalid_argument("a source and --out DIR are required");
     const t6::WeightsAndConfig w = t6::load_weights_and_config(source, config);
     const t6::ExportResult r = t6::export_weights(w, out);
-    fmt::print("t6-export: {} parameters of T6 {} → {}/ (model.safetensors, config.json, modeling_t6.py{})\n",
-               t6::make_layout(w.config.model).parameter_count(), t6::attention_name(w.config.model.attention), out,
+    fmt::print("t6-export: {} parameters of T6 {} → {} (model.safetensors, config.json, modeling_t6.py{})\n",
+               t6::make_layout(w.config.model).parameter_count(), t6::attention_name(w.config.model.attention),
+               (std::filesystem::path(out) / "").string(),
                r.tokenizer_files ? ", GPT-2 tokenizer files" : "");
     if (!r.tokenizer_files)
       fmt::print("t6-export: note: the model reads {} tokens, which have no Hugging Face tokenizer: the folder loads "

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -93,6 +94,11 @@ Request parse(int argc, char** argv) {
   } else if (r.weights.empty() || !r.have_prompt) {
     throw std::invalid_argument("--weights and --prompt (or --prompt-file) are required");
   }
+  // (generate() checks these too, by their option names; here they are the flags the user gave)
+  if (!(r.o.temperature >= 0) || !std::isfinite(r.o.temperature))
+    throw std::invalid_argument(fmt::format("--temperature {}: expected 0 (greedy) or more", r.o.temperature));
+  if (!(r.o.top_p > 0 && r.o.top_p <= 1))
+    throw std::invalid_argument(fmt::format("--top-p {}: expected a probability in (0, 1]", r.o.top_p));
   r.o.device = t6::device_from_flag(r.device);
   return r;
 }
