@@ -109,6 +109,9 @@ TEST(Resume, FromAnEarlierCheckpointSetsTheLaterOnesAside) {
   EXPECT_EQ(names, (std::vector<std::string>{"ckpt_7", "ckpt_6", "ckpt_5", "ckpt_4", "ckpt_2"}));
   for (const auto& d : list_checkpoints(out + "/superseded")) aside.push_back(fs::path(d).filename().string());
   EXPECT_EQ(aside, (std::vector<std::string>{"ckpt_10", "ckpt_8", "ckpt_6"}));
+  std::string latest;
+  std::ifstream(out + "/latest") >> latest;
+  EXPECT_EQ(latest, "ckpt_7");
   // Continuing takes the new run's newest, and ends where the same steps from ckpt_4 end.
   const TrainResult continued = train(tiny(out, {"train.max_iters=9"}), "auto");
   ASSERT_FALSE(continued.steps.empty());
@@ -140,6 +143,26 @@ TEST(Resume, GivingUpSavesTheStateBeforeTheSkippedSteps) {
     EXPECT_EQ(train(tiny(out, {"train.max_iters=9"}), "auto").steps.front().step, 5);
     EXPECT_EQ(metric_losses(out), metric_losses(clean)) << "interval " << interval;
     EXPECT_EQ(final_weights(out), final_weights(clean)) << "interval " << interval;  // bitwise
+  }
+  // Three skipped steps in a row (5, 6, 7) with a save due during them (ckpt_6, past step 5's
+  // batch): giving up moves it aside, so --resume auto takes the state before step 5.
+  {
+    const std::string out = test::temp_dir("giveup_streak");
+    setenv("T6_TEST_NAN_STEP", "5", 1);
+    setenv("T6_TEST_NAN_STEPS", "3", 1);
+    const TrainResult r = train(tiny(out, {"train.max_iters=9", "train.max_consecutive_skips=3",
+                                           "checkpoint.interval=2"}));
+    unsetenv("T6_TEST_NAN_STEP");
+    unsetenv("T6_TEST_NAN_STEPS");
+    ASSERT_TRUE(r.gave_up);
+    EXPECT_EQ(r.skipped, 3);
+    EXPECT_EQ(manifest(out + "/ckpt_5"), manifest(clean + "/ckpt_5"));
+    EXPECT_TRUE(fs::exists(out + "/superseded/ckpt_6"));
+    std::string latest;
+    std::ifstream(out + "/latest") >> latest;
+    EXPECT_EQ(latest, "ckpt_5");
+    EXPECT_EQ(train(tiny(out, {"train.max_iters=9"}), "auto").steps.front().step, 5);
+    EXPECT_EQ(final_weights(out), final_weights(clean));  // bitwise
   }
   // Giving up at the first step after resuming saves that checkpoint's iteration again: the new
   // directory is swapped in for the old one, and nothing else is left behind.

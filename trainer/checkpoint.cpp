@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <unistd.h>
@@ -106,7 +107,16 @@ std::vector<std::string> set_aside_later_checkpoints(const std::string& out_dir,
     fs::rename(dir, to);
     moved.push_back(to.string());
   }
-  if (!moved.empty()) fsync_path(out_dir);
+  if (moved.empty()) return moved;
+  // `latest` names the newest checkpoint left, or goes with the last of them.
+  const auto left = list_checkpoints(out_dir);
+  const fs::path latest = fs::path(out_dir) / "latest";
+  if (left.empty())
+    fs::remove(latest);
+  else
+    write_file_atomically(latest.string(), fs::path(left.front()).filename().string() + "\n");
+  fsync_path(fs::path(out_dir) / "superseded");
+  fsync_path(out_dir);
   return moved;
 }
 
@@ -525,6 +535,16 @@ OutDirLock::OutDirLock(const std::string& out_dir) : dir_(out_dir), created_(!fs
     while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
     throw std::invalid_argument(fmt::format("{} is in use by another run ({}; lock {}): wait for it to end, or use "
                                             "another train.out_dir", out_dir, who, path));
+  }
+  // A run that made out_dir and left it empty removes the lock file on its way out; one that
+  // opened the file just before would now hold a lock nobody else can see.
+  struct stat held {}, at {};
+  if (::fstat(fd_, &held) != 0 || ::stat(path.c_str(), &at) != 0 || held.st_ino != at.st_ino ||
+      held.st_dev != at.st_dev) {
+    ::close(fd_);
+    fd_ = -1;
+    throw std::runtime_error(fmt::format("{}: another run on this out_dir ended while this one took the lock; start "
+                                         "again", path));
   }
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);

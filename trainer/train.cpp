@@ -178,12 +178,14 @@ void trim_metrics(const fs::path& path, int64_t start) {
 
 
 // Test hooks (tests/test_mpi.cpp): T6_TEST_NAN_STEP / T6_TEST_THROW_STEP, with
-// T6_TEST_FAULT_RANK, poison the gradients of, or throw on, one rank at one step.
+// T6_TEST_FAULT_RANK, poison the gradients of, or throw on, one rank at one step
+// (T6_TEST_NAN_STEPS: that many steps from T6_TEST_NAN_STEP on).
 struct FaultInjection {
-  int64_t nan_step = -1, throw_step = -1, signal_eval_step = -1, hang_step = -1, diverge_step = -1;
+  int64_t nan_step = -1, nan_steps = 1, throw_step = -1, signal_eval_step = -1, hang_step = -1, diverge_step = -1;
   int rank = 0;
   FaultInjection() {
     if (const char* v = std::getenv("T6_TEST_NAN_STEP")) nan_step = std::atoll(v);
+    if (const char* v = std::getenv("T6_TEST_NAN_STEPS")) nan_steps = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_SIGTERM_IN_EVAL")) signal_eval_step = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_HANG_STEP")) hang_step = std::atoll(v);
     if (const char* v = std::getenv("T6_TEST_DIVERGE_STEP")) diverge_step = std::atoll(v);
@@ -694,7 +696,7 @@ struct Trainer {
   double accumulate_gradients(int64_t step) {
     model.zero_grads();
     double loss = 0;
-    const bool poison = rank == faults.rank && step == faults.nan_step;
+    const bool poison = rank == faults.rank && step >= faults.nan_step && step < faults.nan_step + faults.nan_steps;
     auto poison_at = [&](size_t index) {
       const float nan = std::nanf("");
       model.grads.from_host(&nan, 1, index);
@@ -776,7 +778,11 @@ struct Trainer {
     }
     // The parameters are still those of the last good step; the data goes back to the first
     // skipped step's batch (the state after_step saved as this checkpoint, if it was due).
+    // Saves made during the skips hold the same weights with the data past those batches:
+    // they move aside, so that --resume auto takes this one.
     finish_save();
+    if (root && !set_aside_later_checkpoints(tc.out_dir, first_skipped).empty())
+      fmt::print("checkpoints saved during the skipped steps moved to {}/superseded/\n", tc.out_dir);
     if (last_saved_iter != first_skipped) checkpoint(first_skipped, /*wait=*/true, &first_skipped_loader);
     if (root)
       fmt::print("stopping: {} consecutive steps skipped (the last: {}). The last good state is in {}. Lower "
