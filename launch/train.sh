@@ -47,9 +47,11 @@ mpi=(mpirun -np "$nproc" --bind-to none --map-by slot)
 # Forward the variables that shape a run to every rank (mpirun passes -x NAME from our environment).
 for v in $(env | cut -d= -f1 | grep -E '^(OMP_|T6_|NCCL_|CUDA_VISIBLE_DEVICES$)' || true); do mpi+=(-x "$v"); done
 # mpirun exits 1 when it is signalled itself, even after every rank saved and stopped cleanly; but
-# it passes SIGUSR1 on to the ranks without ending the job. So SIGINT/SIGTERM to this script (a
-# scheduler's cancel or time limit) reach the ranks as SIGUSR1: they save a checkpoint and exit 0,
-# and so does this script. A second signal stops mpirun at once.
+# it passes SIGUSR1 on to the ranks without ending the job. So SIGINT/SIGTERM/SIGHUP to this script
+# (a scheduler's cancel or time limit, a terminal's Ctrl-C) reach the ranks as SIGUSR1: they save
+# a checkpoint and exit 0, and so does this script. A second signal stops mpirun at once. mpirun
+# runs in a session of its own (setsid), so that a terminal's Ctrl-C, which signals the whole
+# foreground process group, reaches it only through this script.
 pid=""
 signals=0
 forward() {
@@ -57,8 +59,8 @@ forward() {
   [ -n "$pid" ] || return 0  # (mpirun not started yet: the loop below sees the signal count)
   if [ $signals -eq 1 ]; then kill -USR1 "$pid" 2>/dev/null || true; else kill -TERM "$pid" 2>/dev/null || true; fi
 }
-trap forward INT TERM
-"${mpi[@]}" "$bin" --config "$config" "${args[@]}" &
+trap forward INT TERM HUP
+setsid "${mpi[@]}" "$bin" --config "$config" "${args[@]}" &
 pid=$!
 [ $signals -eq 0 ] || kill -USR1 "$pid" 2>/dev/null || true
 while true; do
