@@ -70,6 +70,24 @@ void expect_same_run(const TrainResult& got, const TrainResult& want, const std:
   EXPECT_LT(max_abs_diff(weights(got_dir), weights(want_dir)), 3e-5);
 }
 
+// A rank given another config (here: another max_iters, which would hang the last step's
+// collectives; another model size would overrun their buffers) is refused before training, the
+// differing rank naming the key.
+TEST(DataParallel, RanksGivenDifferentConfigsAreRefused) {
+  const int W = world_size(), last = W - 1;
+  const std::string out = shared_dir("config_differs");
+  auto world = communicator(MPI_COMM_WORLD);
+  const std::string e = test::error_of([&] {
+    train(tiny(out, 1, {world_rank() == last ? "train.max_iters=7" : "train.max_iters=6"}), "", world.get());
+  });
+  if (world_rank() == last)
+    EXPECT_NE(e.find("train.max_iters: 6 → 7"), std::string::npos) << e;
+  else
+    EXPECT_NE(e.find("another rank was given a different config than rank 0"), std::string::npos) << e;
+  EXPECT_FALSE(std::filesystem::exists(out + "/ckpt_6"));
+  world->barrier();
+}
+
 TEST(DataParallel, RanksMatchOneRankWithTheSameGlobalBatch) {
   const int W = world_size();
   const std::string out = shared_dir("dp"), ref = shared_dir("dp_ref");  // (both fresh: pids repeat)

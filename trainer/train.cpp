@@ -378,6 +378,26 @@ struct Trainer {
     check_data_agrees();
   }
 
+  // Every rank must run the same config (launch/train.sh gives them one command line); a rank
+  // given another model, batch or schedule would overrun the collectives' buffers, hang them, or
+  // train on other data without a word. Checked first, before any collective depends on it.
+  void check_ranks_share_the_config() {
+    if (W == 1) return;
+    const std::string mine = cfg.to_yaml();
+    std::string rank0s = mine;
+    comm->broadcast_string(rank0s, 0);
+    double differ = rank0s != mine ? 1 : 0;
+    comm->all_reduce_max(&differ, 1);
+    if (differ == 0) return;
+    if (rank0s == mine)
+      throw std::invalid_argument("another rank was given a different config than rank 0 (its error lists the keys); "
+                                  "every rank must run the same one");
+    std::vector<std::string> keys = config_differences(load_config_text(rank0s, "rank 0's config"), cfg);
+    if (keys.empty()) keys.push_back("(the effective configs differ in their text)");
+    throw std::invalid_argument(fmt::format("rank {} was given a different config than rank 0 (rank 0 → this rank):\n  "
+                                            "{}\nEvery rank must run the same one", rank, fmt::join(keys, "\n  ")));
+  }
+
   // Every rank writes its checkpoint shard into out_dir, which rank 0 then commits: all ranks
   // must see the same directory (a shared filesystem across machines). Checked at the start, not
   // at the first save hours later.
@@ -424,6 +444,7 @@ struct Trainer {
   }
 
   TrainResult run(const std::string& resume) {
+    check_ranks_share_the_config();
     if (root && !benchmarking) out_dir_lock = std::make_unique<OutDirLock>(tc.out_dir);  // one run per out_dir
     if (!benchmarking) check_out_dir_shared();
     restore_or_init(resume);  // (not watched: every rank reads the checkpoint, as long as that takes)
