@@ -158,9 +158,16 @@ void retire(const fs::path& dir) {
 // RENAME_EXCHANGE), so that a crash leaves one complete checkpoint under the name; elsewhere the
 // old one goes first.
 void put_in_place(const fs::path& from, const fs::path& to) {
-  if (fs::exists(to) && ::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
-    retire(from);  // (now the old one)
-    return;
+  if (fs::exists(to)) {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+      retire(from);  // (now the old one)
+      return;
+    }
+    // Only a file system without the exchange falls back to deleting first; any other failure
+    // (permissions, I/O) would fail the rename below too, after the old checkpoint was gone.
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+      throw std::runtime_error(fmt::format("{}: cannot put it in place of {}: {}", from.string(), to.string(),
+                                           std::strerror(errno)));
   }
   retire(to);
   fs::rename(from, to);

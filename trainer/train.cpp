@@ -172,6 +172,8 @@ void trim_metrics(const fs::path& path, int64_t start) {
         // a line cut short by a crash: drop it
       }
     }
+    if (in.bad())  // (a read error, not the end: rewriting would lose the rest of the history)
+      throw std::runtime_error(fmt::format("{}: cannot read it: {}", path.string(), std::strerror(errno)));
   }
   write_file_atomically(path.string(), kept);
 }
@@ -552,6 +554,8 @@ struct Trainer {
   void record(const nlohmann::json& j) {
     if (!root || benchmarking) return;
     metrics << j.dump() << "\n" << std::flush;
+    if (!metrics)  // (a full disk: stop rather than train on without a record)
+      throw std::runtime_error(fmt::format("{}/metrics.jsonl: write failed: {}", tc.out_dir, std::strerror(errno)));
     if (!tensorboard) return;
     const bool eval = j.contains("val_loss") || j.contains("mc_acc");
     for (const auto& [name, value] : j.items())
