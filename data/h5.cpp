@@ -80,12 +80,16 @@ void write_image_and_close(hid_t file, const std::string& path) {
     throw;
   }
   H5_CHECK(H5Fclose(file));
+  write_file_synced(path, image.data(), image.size());
+}
 
+void write_file_synced(const std::string& path, const void* data, size_t bytes) {
+  const char* bytes_at = static_cast<const char*>(data);
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot create ({})", path, std::strerror(errno)));
   size_t done = 0;
-  while (done < image.size()) {
-    const ssize_t n = ::write(fd, image.data() + done, image.size() - done);
+  while (done < bytes) {
+    const ssize_t n = ::write(fd, bytes_at + done, bytes - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       const int err = errno;

@@ -27,6 +27,8 @@ hid_t file_access_closing_everything();
 hid_t create_in_memory(const std::string& name);
 // Closes `file` and writes its bytes to `path` (created or truncated), fsynced.
 void write_image_and_close(hid_t file, const std::string& path);
+// Writes `bytes` bytes to path (created or truncated) and fsyncs them; errors name the file.
+void write_file_synced(const std::string& path, const void* data, size_t bytes);
 
 // Scalar attributes of an object (a file's root group, a dataset). Readers name `path` in errors.
 int64_t read_int_attr(hid_t obj, const std::string& path, const char* name);

@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "data/h5.h"
+
 namespace t6 {
 
 namespace {
@@ -83,17 +85,15 @@ std::vector<McExample> hellaswag_examples(const std::string& path, const Tokeniz
 
 void write_mc_file(const std::string& path, const std::vector<McExample>& examples, const std::string& tokenizer) {
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    if (!out) throw std::runtime_error(fmt::format("{}: cannot create it", tmp));
-    out << json{{"format", "t6-multiple-choice"}, {"version", 1}, {"tokenizer", tokenizer}}.dump() << "\n";
-    for (const McExample& ex : examples)
-      out << json{{"candidates", ex.candidates}, {"completion_start", ex.completion_start}, {"label", ex.label}}.dump()
-          << "\n";
-    if (!out.flush()) {
-      std::remove(tmp.c_str());
-      throw std::runtime_error(fmt::format("{}: write failed (disk full?)", tmp));
-    }
+  std::string text = json{{"format", "t6-multiple-choice"}, {"version", 1}, {"tokenizer", tokenizer}}.dump() + "\n";
+  for (const McExample& ex : examples)
+    text += json{{"candidates", ex.candidates}, {"completion_start", ex.completion_start}, {"label", ex.label}}.dump() +
+            "\n";
+  try {
+    write_file_synced(tmp, text.data(), text.size());  // (synced before the rename: a crash leaves the old or the new)
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
   }
   std::filesystem::rename(tmp, path);
 }
