@@ -331,7 +331,8 @@ TrainingState load_v1(const std::string& dir, const ParamLayout& layout) {
     state.loader.position = (uint64_t)read_int_attr(file, path, "loader_position");
     state.loader.seed = (uint64_t)read_int_attr(file, path, "loader_seed");
     state.world_size = (int)read_int_attr(file, path, "world_size");
-    if (H5Aexists(file, "data_fingerprint") > 0) state.data_fingerprint = read_string_attr(file, path, "data_fingerprint");
+    if (H5_CHECK(H5Aexists(file, "data_fingerprint")) > 0)  // (an error is not "absent")
+      state.data_fingerprint = read_string_attr(file, path, "data_fingerprint");
     std::vector<float>* targets[] = {&state.params, &state.adam_m, &state.adam_v};
     for (int g = 0; g < 3; g++) {
       targets[g]->assign(layout.total, 0.0f);
