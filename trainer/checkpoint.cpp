@@ -97,10 +97,10 @@ std::vector<std::string> list_checkpoints(const std::string& out_dir) {
 }
 
 std::vector<std::string> set_aside_later_checkpoints(const std::string& out_dir, int64_t iter) {
+  const fs::path aside = fs::path(out_dir) / "superseded";
   std::vector<std::string> moved;
   for (const std::string& dir : list_checkpoints(out_dir)) {
     if (iter_of(dir) <= iter) continue;
-    const fs::path aside = fs::path(out_dir) / "superseded";
     fs::create_directories(aside);
     fs::path to = aside / fs::path(dir).filename();
     for (int n = 1; fs::exists(to); n++) to = aside / fmt::format("{}.{}", fs::path(dir).filename().string(), n);
@@ -115,7 +115,7 @@ std::vector<std::string> set_aside_later_checkpoints(const std::string& out_dir,
     fs::remove(latest);
   else
     write_file_atomically(latest.string(), fs::path(left.front()).filename().string() + "\n");
-  fsync_path(fs::path(out_dir) / "superseded");
+  fsync_path(aside);
   fsync_path(out_dir);
   return moved;
 }

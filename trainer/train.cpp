@@ -388,10 +388,11 @@ struct Trainer {
     const std::string mine = cfg.to_yaml();
     std::string rank0s = mine;
     comm->broadcast_string(rank0s, 0);
-    double differ = rank0s != mine ? 1 : 0;
-    comm->all_reduce_max(&differ, 1);
-    if (differ == 0) return;
-    if (rank0s == mine)
+    const bool mine_differs = rank0s != mine;
+    double any_differs = mine_differs;
+    comm->all_reduce_max(&any_differs, 1);
+    if (any_differs == 0) return;
+    if (!mine_differs)
       throw std::invalid_argument("another rank was given a different config than rank 0 (its error lists the keys); "
                                   "every rank must run the same one");
     std::vector<std::string> keys = config_differences(load_config_text(rank0s, "rank 0's config"), cfg);
