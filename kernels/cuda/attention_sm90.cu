@@ -696,6 +696,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       float dq[kDqN / 2];
       wgmma_fence();
       const uint64_t qtd = qt_d + s * kQStage, dotd = qtd + kDoFromQ, dsd = ds_d + s * kDsStage;
+      // dQ first, as a group of its own: its staging then overlaps dV's and dK's products.
+#pragma unroll
+      for (int kk = 0; kk < kBwdN / 16; kk++)
+        if (kk == 0)
+          Wgmma<kDqN, 1, 1>::ss0(dq, dsd, ktd);
+        else
+          Wgmma<kDqN, 1, 1>::ss(dq, dsd + kk * kRows16, ktd + kk * kRows16, true);
+      wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < kBwdM / 16; kk++) Wgmma<D, 0, 1>::rs(dv, pa[kk], dotd + kk * kRows16, true);
 #pragma unroll
@@ -704,20 +712,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           Wgmma<D, 0, 1>::ss(dk, dsk_d + s * kDsStage + kmajor(kk, kBwdN), qtd + kk * kRows16, true);
         else
           Wgmma<D, 0, 1>::rs(dk, dsa[kk], qtd + kk * kRows16, true);
-#pragma unroll
-      for (int kk = 0; kk < kBwdN / 16; kk++)
-        if (kk == 0)
-          Wgmma<kDqN, 1, 1>::ss0(dq, dsd, ktd);
-        else
-          Wgmma<kDqN, 1, 1>::ss(dq, dsd + kk * kRows16, ktd + kk * kRows16, true);
       wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(dv);
-      fence_regs(dk);
+      wgmma_wait<1>();
       fence_regs(dq);
-      fence_regs(pa);
-      fence_regs(dsa);
-      mbar_arrive(empty + s);
       // This consumer's columns of the dQ tile into its staging buffer, once the writer has
       // read out what was there kDqStages steps ago; the layout is the fp32 sums' (see
       // dq_convert_kernel).
@@ -734,6 +731,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       fence_async_shared();
       mbar_arrive(staged + qs);
+      wgmma_wait<0>();
+      fence_regs(dv);
+      fence_regs(dk);
+      fence_regs(pa);
+      fence_regs(dsa);
+      mbar_arrive(empty + s);
     }
     mbar_arrive(kv_empty + ks);  // this item's products are done with K and V
     // (The item's place made again from w: fewer registers live through the steps at D 128.)
