@@ -4,9 +4,9 @@
 // memory, fp32 accumulators in registers, softmax in registers), and register reallocation
 // moves the producer's registers to the consumers.
 //
-// Forward: persistent blocks, one per SM, each taking a share of the (query tile, head) items,
-// longest first, so the next item's loads overlap this one's end (at T = 1024 an item is a
-// few microseconds, about what a fresh block's start-up costs). An item is 128 query rows of
+// Forward: persistent blocks, one per SM, each taking a share of the (query tile, head) items
+// (a head's tiles in a row, longest first), so the next item's loads overlap this one's end
+// (at T = 1024 an item is a few microseconds, about what a fresh block's start-up costs). An item is 128 query rows of
 // one head (64 per consumer warpgroup); it walks the key tiles of 128 from the diagonal (the
 // only masked one) down to 0. Each iteration issues
 // S = Q·Kᵀ for this tile and O += P·V for the previous one, then computes this tile's softmax
@@ -86,14 +86,21 @@ struct FwdSmem {
   static constexpr int total = bars + 12 * 8 + 1024;  // + room to align the base to 1024
 };
 
-// The forward's work items, longest rows first: item w is query tile mtiles − 1 − w / (B·H) of
-// (sequence, head) w % (B·H). Blocks stride through them (block i: items i, i + grid, …), so
-// each wave's items cost about the same.
+// The forward's work items: heads in groups of one per block (`grid`), and within a group the
+// longest rows first: item w of group g is query tile mtiles − 1 − q / heads of (sequence, head)
+// g·grid + q % heads, q = w − g·grid·mtiles. Blocks stride through them (block i: items i,
+// i + grid, …), so in a whole group block i takes all the query tiles of one head, longest
+// first (each block the same work), reading that head's keys and values again from L2 rather
+// than from memory (in one wave of all heads' tiles they were read anew for every tile: the
+// forward then moved 3× its inputs and outputs). The last group, of fewer heads, is shared out
+// longest first.
 struct FwdItem {
   int b, h, mtile, ntiles;  // ntiles: key tiles up to the diagonal
-  __device__ FwdItem(int w, int B_H, int mtiles, int H) {
-    mtile = mtiles - 1 - w / B_H;
-    b = w % B_H / H, h = w % H;
+  __device__ FwdItem(int w, int B_H, int mtiles, int H, int grid) {
+    const int group = w / (grid * mtiles), heads = min(grid, B_H - group * grid), q = w - group * grid * mtiles;
+    const int bh = group * grid + q % heads;
+    mtile = mtiles - 1 - q / heads;
+    b = bh / H, h = bh % H;
     ntiles = (mtile * kFwdM + kFwdM - 1) / kFwdN + 1;
   }
 };
@@ -131,7 +138,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) {
       int g = 0;
       for (int w = blockIdx.x, j = 0; w < items; w += gridDim.x, j++) {
-        const FwdItem it(w, B_H, mtiles, H);
+        const FwdItem it(w, B_H, mtiles, H, gridDim.x);
         const int kvh = it.h / (H / Hkv), qs = j & 1;
         if (j >= 2) mbar_wait(q_empty + qs, ((j >> 1) & 1) ^ 1);
         mbar_arrive_expect(q_full + qs, L::q_bytes);
@@ -220,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   int g = 0;  // the block's key/value tile count, as the producer's
   for (int w = blockIdx.x, j = 0; w < items; w += gridDim.x, j++) {
-    const FwdItem it(w, B_H, mtiles, H);
+    const FwdItem it(w, B_H, mtiles, H, gridDim.x);
     const int qs = j & 1, last = it.ntiles - 1;
     const uint64_t qd = qs ? q_d[1] : q_d[0];
     m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
