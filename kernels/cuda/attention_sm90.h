@@ -1,4 +1,4 @@
-// Hopper's attention kernels (attention_sm90.cu, built for sm_90a only); attention.cu
+// Hopper's attention kernels (attention_sm90*.cu, built for sm_90a only); attention.cu
 // dispatches to them. Same layouts and results as the op set's attention (kernels/ops.h).
 #pragma once
 #include "kernels/context.h"
