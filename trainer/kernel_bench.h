@@ -37,6 +37,11 @@ struct BenchArgs {
     auto it = kv.find(k);
     return it == kv.end() ? fallback : it->second;
   }
+  bool yes_no(const std::string& k, bool fallback) const {
+    const std::string v = str(k, fallback ? "yes" : "no");
+    if (v != "yes" && v != "no") throw std::invalid_argument(fmt::format("--{} {}: expected yes or no", k, v));
+    return v == "yes";
+  }
 };
 
 struct Rng {

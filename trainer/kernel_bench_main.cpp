@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -79,8 +80,12 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
   const int B = args.get("B", 24), T = args.get("T", 1024), H = args.get("H", 34), Hkv = args.get("Hkv", H),
             D = args.get("D", 64), reps = args.get("reps", 20);
   const int check_batch = std::min(B, args.get("check-batch", 1));  // sequences checked against the CPU
+  // --cold-l2 yes: the L2 emptied before each timed call, as in a training step, where the
+  // kernels before the attention have filled it with other tensors.
+  const bool cold_l2 = args.yes_no("cold-l2", false);
   const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
-  fmt::print("attention: B {} T {} H {} Hkv {} D {}, causal, bf16 ({})\n", B, T, H, Hkv, D, gpu_name(ctx));
+  fmt::print("attention: B {} T {} H {} Hkv {} D {}, causal, bf16 ({}){}\n", B, T, H, Hkv, D, gpu_name(ctx),
+             cold_l2 ? "; the L2 emptied before each timed call" : "");
   Rng rng;
   const Vec q = rng.bf16_values(nq, 2.0), k = rng.bf16_values(nk, 2.0), v = rng.bf16_values(nk, 1.0),
             dout = rng.bf16_values(nq, 1.0);
@@ -95,6 +100,8 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
   auto at_l = [&](size_t i) { return fmt::format("(b {}, h {}, t {})", i / ((size_t)H * T), i / T % H, i % T); };
 
   auto gq = upload(ctx, q), gk = upload(ctx, k), gv = upload(ctx, v), gdo = upload(ctx, dout);
+  std::optional<Buffer<unsigned char>> flush;
+  if (cold_l2) flush.emplace(ctx, 256u << 20);  // larger than the L2
   // Flops as FlashAttention counts them: 2 products forward, 5 backward, half the matrix causal.
   const double fwd_flops = 4.0 * B * H * (double)T * T * D / 2, bwd_flops = 2.5 * fwd_flops;
   std::vector<AttentionRow> rows;
@@ -138,13 +145,14 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
       attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
                          gout.data(), glse.data(), B, T, H, Hkv, D);
       const bool repeats = download(gdq) == first;
+      const auto empty_l2 = [&] { if (flush) ctx.zero(flush->data(), flush->size()); };
       const double f = median_ms(ctx, reps, [&] {
         attention_forward(ctx, gout.data(), glse.data(), gq.data(), gk.data(), gv.data(), B, T, H, Hkv, D);
-      });
+      }, empty_l2);
       const double bwd = median_ms(ctx, reps, [&] {
         attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
                            gout.data(), glse.data(), B, T, H, Hkv, D);
-      });
+      }, empty_l2);
       rows.push_back({name, f, bwd, worst, repeats});
       ok = ok && worst <= 1 && (repeats || version == 1 || !deterministic);  // the deterministic mode must repeat
     }
@@ -238,7 +246,7 @@ int bench_decode(const Context& ctx, const BenchArgs& args) {
   const int H = args.get("H", 32), reps = args.get("reps", 20);
   const int Rk = args.get("rank-k", 1), Rv = args.get("rank-v", Rk);
   const int Hkv = args.get("Hkv", H);  // with --dense: KV heads
-  const bool dense = args.str("dense", "no") == "yes";
+  const bool dense = args.yes_no("dense", false);
   const int ranks[3] = {0, dense ? 0 : Rk, dense ? 0 : Rv}, heads[3] = {H, dense ? Hkv : H, dense ? Hkv : H};
   for (int s = 0, col = 0; s < 3; s++) {
     L.heads[s] = heads[s], L.rank[s] = ranks[s];
@@ -302,7 +310,7 @@ int bench_decode(const Context& ctx, const BenchArgs& args) {
 
 int usage() {
   fmt::print(stderr,
-             "usage: t6-kernel-bench attention [--B N --T N --H N --Hkv N --D N --reps N --check-batch N]\n"
+             "usage: t6-kernel-bench attention [--B N --T N --H N --Hkv N --D N --reps N --check-batch N --cold-l2 yes]\n"
              "       t6-kernel-bench qkv [--config FILE.yaml --B N --T N --reps N]\n"
              "       t6-kernel-bench decode [--H 32 --D 64 --rank-k 1 --rank-v 1 | --dense yes --Hkv N]\n"
              "                              [--B N --context N (default: batch 1, 4, 16 × 4096, 32768, 131072)] [--reps N]\n"
@@ -321,7 +329,7 @@ int main(int argc, char** argv) {
   const std::string op = argv[1];
   const bool other = op == "embedding" || op == "rmsnorm" || op == "matmul" || op == "swiglu" || op == "classifier" ||
                      op == "adamw" || op == "elementwise";
-  const std::vector<std::string> keys = op == "attention" ? std::vector<std::string>{"B", "T", "H", "Hkv", "D", "reps", "check-batch"}
+  const std::vector<std::string> keys = op == "attention" ? std::vector<std::string>{"B", "T", "H", "Hkv", "D", "reps", "check-batch", "cold-l2"}
                                         : op == "qkv"     ? std::vector<std::string>{"config", "B", "T", "reps"}
                                         : op == "decode"  ? std::vector<std::string>{"H", "D", "rank-k", "rank-v", "Hkv", "dense", "B", "context", "reps"}
                                         : other           ? std::vector<std::string>{"config", "B", "T", "check", "reps"}
@@ -336,6 +344,10 @@ int main(int argc, char** argv) {
       if (a.positional() || std::find(keys.begin(), keys.end(), key) == keys.end()) a.unknown();
       args.kv[key] = a.value();
     }
+    // The flags' values are checked before the device is: a typo is named on any machine.
+    for (const auto& [key, value] : args.kv)
+      if (key == "dense" || key == "cold-l2") args.yes_no(key, false);
+      else if (key != "config") args.get(key, 1);
     if (cuda_device_count() == 0) {
       fmt::print(stderr, "t6-kernel-bench: no CUDA device visible\n");
       return 1;
