@@ -277,21 +277,30 @@ std::vector<QkvLayout> qkv_layouts() {
   mixed.heads[2] = 5, mixed.rank[2] = 1, mixed.a[2] = 271, mixed.b[2] = 276;
   mixed.width = 308;
   mixed.pitch = 312;
-  // Ranks above 8 (taken in blocks of 8) with D = 128.
+  // Ranks above 8 (taken in blocks of 8) with D = 128, and more heads than a block of 16.
   QkvLayout big;
   big.D = 128;
-  const int BH = 6, BR[3] = {10, 3, 9};
+  const int BH = 20, BR[3] = {10, 3, 9};
   col = 0;
   for (int s = 0; s < 3; s++) big.heads[s] = BH, big.rank[s] = BR[s], big.a[s] = col, col += BH * BR[s];
   for (int s = 0; s < 3; s++) big.b[s] = col, col += BR[s] * 128;
   big.width = col;
   big.pitch = (col + 7) / 8 * 8;
+  // T6-medium's TPA (47 heads): B's rows start at column 470, not a multiple of 4 (unaligned
+  // in the staged row).
+  QkvLayout medium;
+  medium.D = 64;
+  col = 0;
+  for (int s = 0; s < 3; s++) medium.heads[s] = 47, medium.rank[s] = R[s], medium.a[s] = col, col += 47 * R[s];
+  for (int s = 0; s < 3; s++) medium.b[s] = col, col += R[s] * 64;
+  medium.width = col;
+  medium.pitch = (col + 7) / 8 * 8;
   // A wide dense row (T6-large MHA's 3 × 20 heads × 64 = 3840 columns): fewer tokens a block.
   QkvLayout wide;
   wide.D = 64;
   for (int s = 0; s < 3; s++) wide.heads[s] = 20, wide.dense[s] = s * 20 * 64;
   wide.width = wide.pitch = 3 * 20 * 64;
-  return {tpa, mixed, big, wide};
+  return {tpa, mixed, big, medium, wide};
 }
 
 TEST_F(Gpu, QkvForwardBackward) {
