@@ -106,6 +106,15 @@ void write_file_synced(const std::string& path, const void* data, size_t bytes) 
   if (::close(fd) != 0) throw std::runtime_error(fmt::format("{}: close failed ({})", path, std::strerror(errno)));
 }
 
+void sync_path(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot open to sync ({})", path.string(), std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(fmt::format("{}: fsync failed ({})", path.string(), std::strerror(err)));
+}
+
 int64_t read_int_attr(hid_t file, const std::string& path, const char* name) {
   if (H5Aexists(file, name) <= 0)
     throw std::runtime_error(fmt::format("{}: missing attribute '{}' (see data/README.md)", path, name));

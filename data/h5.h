@@ -4,6 +4,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -29,6 +30,8 @@ hid_t create_in_memory(const std::string& name);
 void write_image_and_close(hid_t file, const std::string& path);
 // Writes `bytes` bytes to path (created or truncated) and fsyncs them; errors name the file.
 void write_file_synced(const std::string& path, const void* data, size_t bytes);
+// fsyncs a file, or a directory: after a rename into it, so that a crash keeps the new name.
+void sync_path(const std::filesystem::path& path);
 
 // Scalar attributes of an object (a file's root group, a dataset). Readers name `path` in errors.
 int64_t read_int_attr(hid_t obj, const std::string& path, const char* name);

@@ -96,6 +96,7 @@ void write_mc_file(const std::string& path, const std::vector<McExample>& exampl
     throw;
   }
   std::filesystem::rename(tmp, path);
+  sync_path(std::filesystem::absolute(path).parent_path());
 }
 
 std::vector<McExample> read_mc_file(const std::string& path, int vocab_size, const std::string& tokenizer) {

@@ -326,6 +326,7 @@ PrepareSummary prepare(const PrepareOptions& opt, const std::function<void(const
           "all {} tokens went to validation (--val-tokens {}): nothing is left to train on", val.tokens, opt.val_tokens));
     for (const auto& e : fs::directory_iterator(staging)) fs::rename(e.path(), fs::path(opt.out_dir) / e.path().filename());
     fs::remove(staging);
+    sync_path(opt.out_dir);  // the shards' new names survive a crash
   } catch (...) {
     std::error_code ignored;
     fs::remove_all(staging, ignored);

@@ -142,6 +142,7 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
     throw;
   }
   std::filesystem::rename(tmp, path);
+  sync_path(std::filesystem::absolute(path).parent_path());
 }
 
 }  // namespace t6

@@ -48,16 +48,6 @@ uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count) {
 
 namespace {
 
-// Makes a file's or directory's contents durable before it is renamed into place.
-void fsync_path(const fs::path& p) {
-  const int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot open to sync ({})", p.string(), std::strerror(errno)));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) throw std::runtime_error(fmt::format("{}: fsync failed ({})", p.string(), std::strerror(err)));
-}
-
 int64_t iter_of(const fs::path& dir) {
   const std::string name = dir.filename().string();
   if (name.rfind("ckpt_", 0) != 0) return -1;
@@ -81,7 +71,7 @@ void write_file_atomically(const std::string& path, const std::string& text) {
     out << text;
     if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed: {}", tmp, std::strerror(errno)));
   }
-  fsync_path(tmp);
+  sync_path(tmp);
   fs::rename(tmp, path);
 }
 
@@ -115,8 +105,8 @@ std::vector<std::string> set_aside_later_checkpoints(const std::string& out_dir,
     fs::remove(latest);
   else
     write_file_atomically(latest.string(), fs::path(left.front()).filename().string() + "\n");
-  fsync_path(aside);
-  fsync_path(out_dir);
+  sync_path(aside);
+  sync_path(out_dir);
   return moved;
 }
 
@@ -222,11 +212,11 @@ std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& lay
                                      {"config", meta.config_yaml},
                                      {"data_fingerprint", meta.data_fingerprint}};
     write_file_atomically((tmp_dir / "manifest.json").string(), manifest.dump(1) + "\n");
-    fsync_path(tmp_dir);
+    sync_path(tmp_dir);
     put_in_place(tmp_dir, final_dir);
-    fsync_path(out);
+    sync_path(out);
     write_file_atomically((out / "latest").string(), final_dir.filename().string() + "\n");
-    fsync_path(out);
+    sync_path(out);
   } catch (const std::exception& e) {
     std::error_code ignored;
     fs::remove_all(tmp_dir, ignored);
