@@ -241,6 +241,11 @@ Runtime init_runtime(int* argc, char*** argv) {
   int provided = 0;
   MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));  // only the main thread calls MPI
   rt.mpi = true;
+  if (provided < MPI_THREAD_FUNNELED)  // (a library built without thread support)
+    throw std::runtime_error(fmt::format(
+        "this MPI library gives thread support level {} (MPI_THREAD_SINGLE); t6-train needs MPI_THREAD_FUNNELED: "
+        "only its main thread calls MPI, but OpenMP and the checkpoint writer run threads beside it",
+        provided));
   MPI_Comm world = MPI_COMM_WORLD;
   void* handle = nullptr;
   std::memcpy(&handle, &world, sizeof(world));

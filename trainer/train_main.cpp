@@ -24,12 +24,13 @@ static const char* kUsage =
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // one log line at a time, also into files and pipes
-  t6::Runtime rt = t6::init_runtime(&argc, &argv);
+  t6::Runtime rt;
   std::string config;
   std::vector<std::string> overrides;
   std::string resume;
   t6::Benchmark benchmark;
   try {
+    rt = t6::init_runtime(&argc, &argv);
     t6::Args args(argc, argv);
     while (args.next()) {
       if (args.help()) { fmt::print("{}", kUsage); return 0; }
