@@ -252,8 +252,6 @@ Runtime init_runtime(int* argc, char*** argv) {
   rt.comm = make_mpi_communicator(handle);
   rt.rank = rt.comm->rank();
   rt.world = rt.comm->size();
-  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
-    if (const char* s = std::getenv(v)) { rt.local_rank = std::atoi(s); break; }
   return rt;
 }
 

@@ -41,7 +41,7 @@ std::unique_ptr<Communicator> make_local_communicator();
 std::unique_ptr<Communicator> make_mpi_communicator(void* mpi_comm_handle);
 
 struct Runtime {
-  int rank = 0, world = 1, local_rank = 0;
+  int rank = 0, world = 1;  // (the rank on its machine, for the GPU: Communicator::local_rank)
   bool mpi = false;
   std::unique_ptr<Communicator> comm;
 };
