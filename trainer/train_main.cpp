@@ -1,10 +1,12 @@
 // t6-train: trains T6 as a config file says.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "trainer/args.h"
@@ -49,7 +51,10 @@ int main(int argc, char** argv) {
     t6::finalize_runtime(rt);
     return r.gave_up ? 3 : 0;
   } catch (const std::exception& e) {
-    // Any rank may fail; it names itself and ends the whole job, so no rank waits forever.
+    // Any rank may fail; it names itself and ends the whole job, so no rank waits forever. An
+    // error every rank meets alike (a bad config) would be printed once per rank: rank 0 reports
+    // at once and its abort ends the others, which wait a moment first (alone, they report late).
+    if (rt.world > 1 && rt.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(3));
     if (rt.world > 1) fmt::print(stderr, "t6-train: error on rank {} of {}: {}\n", rt.rank, rt.world, e.what());
     else fmt::print(stderr, "t6-train: error: {}\n", e.what());
     if (config.empty() && rt.rank == 0) fmt::print(stderr, "{}", kUsage);
