@@ -232,15 +232,16 @@ static bool launched_by_mpi() {
   return false;
 }
 
-Runtime init_runtime(int* argc, char*** argv) {
-  Runtime rt;
+void init_runtime(Runtime& rt, int* argc, char*** argv) {
   if (!launched_by_mpi()) {
     rt.comm = make_local_communicator();
-    return rt;
+    return;
   }
   int provided = 0;
   MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));  // only the main thread calls MPI
   rt.mpi = true;
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rt.rank));
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &rt.world));
   if (provided < MPI_THREAD_FUNNELED)  // (a library built without thread support)
     throw std::runtime_error(fmt::format(
         "this MPI library gives thread support level {} (MPI_THREAD_SINGLE); t6-train needs MPI_THREAD_FUNNELED: "
@@ -250,9 +251,6 @@ Runtime init_runtime(int* argc, char*** argv) {
   void* handle = nullptr;
   std::memcpy(&handle, &world, sizeof(world));
   rt.comm = make_mpi_communicator(handle);
-  rt.rank = rt.comm->rank();
-  rt.world = rt.comm->size();
-  return rt;
 }
 
 void finalize_runtime(Runtime& rt) {

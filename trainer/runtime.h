@@ -1,4 +1,4 @@
-// The process's place in a job: rank, world size, local rank, and the Communicator that moves
+// The process's place in a job: rank and world size, and the Communicator that moves
 // gradients and parameters between ranks. MPI over host buffers now; the interface is the one
 // an NCCL communicator over device buffers implements too (trainer/nccl.h).
 #pragma once
@@ -47,7 +47,9 @@ struct Runtime {
 };
 
 // MPI when launched by mpirun/srun (its environment variables are set), else a world of one.
-Runtime init_runtime(int* argc, char*** argv);
+// Fills rt as it goes, so that after an error part-way (MPI started) abort_job still ends the
+// job through MPI and names the rank.
+void init_runtime(Runtime& rt, int* argc, char*** argv);
 void finalize_runtime(Runtime& rt);
 // Ends the whole job after an error on this rank: no other rank is left waiting.
 [[noreturn]] void abort_job(const Runtime& rt, int code);

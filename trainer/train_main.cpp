@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,7 +33,7 @@ int main(int argc, char** argv) {
   std::string resume;
   t6::Benchmark benchmark;
   try {
-    rt = t6::init_runtime(&argc, &argv);
+    t6::init_runtime(rt, &argc, &argv);
     t6::Args args(argc, argv);
     while (args.next()) {
       if (args.help()) { fmt::print("{}", kUsage); return 0; }
@@ -51,10 +52,13 @@ int main(int argc, char** argv) {
     t6::finalize_runtime(rt);
     return r.gave_up ? 3 : 0;
   } catch (const std::exception& e) {
-    // Any rank may fail; it names itself and ends the whole job, so no rank waits forever. An
-    // error every rank meets alike (a bad config) would be printed once per rank: rank 0 reports
-    // at once and its abort ends the others, which wait a moment first (alone, they report late).
-    if (rt.world > 1 && rt.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(3));
+    // Any rank may fail; it names itself and ends the whole job, so no rank waits forever. A bad
+    // argument or config (invalid_argument) is met by every rank alike and would be printed once
+    // per rank: rank 0 reports it at once and its abort ends the others, which wait a moment
+    // first. Any other error is reported at once: it may be this rank's alone, and waiting would
+    // let another rank's watchdog end the job with a vaguer message first.
+    const bool shared_error = dynamic_cast<const std::invalid_argument*>(&e) != nullptr;
+    if (shared_error && rt.world > 1 && rt.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(3));
     if (rt.world > 1) fmt::print(stderr, "t6-train: error on rank {} of {}: {}\n", rt.rank, rt.world, e.what());
     else fmt::print(stderr, "t6-train: error: {}\n", e.what());
     if (config.empty() && rt.rank == 0) fmt::print(stderr, "{}", kUsage);
