@@ -36,8 +36,6 @@ EncodeTiled encoder() {
 
 }  // namespace
 
-// A (B, T, heads, D) bf16 tensor as tiles of 64 features × 1 head × `rows` positions × 1
-// sequence, 128-byte swizzled; positions past T read as zeros.
 CUtensorMap tile_map(const bf* base, int B, int T, int heads, int D, int rows) {
   CUtensorMap map;
   const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)heads, (cuuint64_t)T, (cuuint64_t)B};
@@ -54,20 +52,12 @@ CUtensorMap tile_map(const bf* base, int B, int T, int heads, int D, int rows) {
 
 }  // namespace sm90
 
-namespace {
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-
-}  // namespace
-
 bool attention_sm90_supports(const Context& ctx, const void* const* tensors, int n, int D) {
   if (ctx.cuda->compute_major != 9 || ctx.cuda->compute_minor != 0) return false;
   if (D != 64 && D != 128) return false;
   for (int i = 0; i < n; i++)
-    if (!aligned16(tensors[i])) return false;
+    if (reinterpret_cast<uintptr_t>(tensors[i]) % 16 != 0) return false;
   return true;
 }
-
 
 }  // namespace t6::cuda

@@ -38,8 +38,9 @@ struct FwdSmem {
 struct FwdItem {
   int b, h, mtile, ntiles;  // ntiles: key tiles up to the diagonal
   __device__ FwdItem(int w, int B_H, int mtiles, int H, int grid) {
-    const int group = w / (grid * mtiles), heads = min(grid, B_H - group * grid), q = w - group * grid * mtiles;
-    const int bh = group * grid + q % heads;
+    const int G = min(grid, B_H);  // heads a group (a block per tile: all, and G·mtiles stays within int)
+    const int group = w / (G * mtiles), heads = min(G, B_H - group * G), q = w - group * G * mtiles;
+    const int bh = group * G + q % heads;
     mtile = mtiles - 1 - q / heads;
     b = bh / H, h = bh % H;
     ntiles = (mtile * kFwdM + kFwdM - 1) / kFwdN + 1;
