@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <stdexcept>
@@ -80,39 +82,63 @@ void write_image_and_close(hid_t file, const std::string& path) {
     throw;
   }
   H5_CHECK(H5Fclose(file));
-  write_file_synced(path, image.data(), image.size());
+  write_file_atomically(path, image.data(), image.size());
 }
+
+namespace {
 
 void write_file_synced(const std::string& path, const void* data, size_t bytes) {
   const char* bytes_at = static_cast<const char*>(data);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot create ({})", path, std::strerror(errno)));
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot create it: {}", path, std::strerror(errno)));
   size_t done = 0;
   while (done < bytes) {
-    const ssize_t n = ::write(fd, bytes_at + done, bytes - done);
+    const ssize_t n = ::write(fd, bytes_at + done, std::min<size_t>(bytes - done, 1u << 30));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       const int err = errno;
       ::close(fd);
-      throw std::runtime_error(fmt::format("{}: write failed ({})", path, std::strerror(err)));
+      throw std::runtime_error(fmt::format("{}: write failed: {}", path, std::strerror(err)));
     }
     done += (size_t)n;
   }
   if (::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);
-    throw std::runtime_error(fmt::format("{}: fsync failed ({})", path, std::strerror(err)));
+    throw std::runtime_error(fmt::format("{}: fsync failed: {}", path, std::strerror(err)));
   }
-  if (::close(fd) != 0) throw std::runtime_error(fmt::format("{}: close failed ({})", path, std::strerror(errno)));
+  if (::close(fd) != 0) throw std::runtime_error(fmt::format("{}: close failed: {}", path, std::strerror(errno)));
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const void* data, size_t bytes) {
+  const std::string tmp = path + ".tmp";
+  try {
+    write_file_synced(tmp, data, bytes);
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error(fmt::format("{}: cannot rename it to {}: {}", tmp, path, ec.message()));
+  }
+  sync_path(std::filesystem::absolute(path).parent_path());
 }
 
 void sync_path(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot open to sync ({})", path.string(), std::strerror(errno)));
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot open it to sync: {}", path.string(), std::strerror(errno)));
   const int rc = ::fsync(fd);
   const int err = errno;
   ::close(fd);
-  if (rc != 0) throw std::runtime_error(fmt::format("{}: fsync failed ({})", path.string(), std::strerror(err)));
+  // Some file systems (FUSE, some network ones) cannot sync a directory: its names are as
+  // durable as they make them, and the files in it were synced on their own.
+  if (rc != 0 && (err == EINVAL || err == ENOTSUP) && std::filesystem::is_directory(path)) return;
+  if (rc != 0) throw std::runtime_error(fmt::format("{}: fsync failed: {}", path.string(), std::strerror(err)));
 }
 
 int64_t read_int_attr(hid_t file, const std::string& path, const char* name) {

@@ -26,11 +26,17 @@ hid_t file_access_closing_everything();
 // full or read-only disk comes back as a clear errno message and never leaves HDF5 with a
 // half-closed file (which crashes its exit handler). `name` only labels the in-memory file.
 hid_t create_in_memory(const std::string& name);
-// Closes `file` and writes its bytes to `path` (created or truncated), fsynced.
+// Closes `file` and writes its bytes to `path` (write_file_atomically).
 void write_image_and_close(hid_t file, const std::string& path);
-// Writes `bytes` bytes to path (created or truncated) and fsyncs them; errors name the file.
-void write_file_synced(const std::string& path, const void* data, size_t bytes);
-// fsyncs a file, or a directory: after a rename into it, so that a crash keeps the new name.
+// Writes `bytes` bytes to path.tmp, fsyncs them, renames it to `path` and fsyncs the directory:
+// readers see the old file or the whole new one, never a part, and a crash keeps one of them.
+// Errors name the file and the system's reason.
+void write_file_atomically(const std::string& path, const void* data, size_t bytes);
+inline void write_file_atomically(const std::string& path, const std::string& text) {
+  write_file_atomically(path, text.data(), text.size());
+}
+// fsyncs a file, or a directory: after a rename into it, so that a crash keeps the new name
+// (where the file system can sync a directory at all).
 void sync_path(const std::filesystem::path& path);
 
 // Scalar attributes of an object (a file's root group, a dataset). Readers name `path` in errors.

@@ -84,19 +84,11 @@ std::vector<McExample> hellaswag_examples(const std::string& path, const Tokeniz
 }
 
 void write_mc_file(const std::string& path, const std::vector<McExample>& examples, const std::string& tokenizer) {
-  const std::string tmp = path + ".tmp";
   std::string text = json{{"format", "t6-multiple-choice"}, {"version", 1}, {"tokenizer", tokenizer}}.dump() + "\n";
   for (const McExample& ex : examples)
     text += json{{"candidates", ex.candidates}, {"completion_start", ex.completion_start}, {"label", ex.label}}.dump() +
             "\n";
-  try {
-    write_file_synced(tmp, text.data(), text.size());  // (synced before the rename: a crash leaves the old or the new)
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
-  }
-  std::filesystem::rename(tmp, path);
-  sync_path(std::filesystem::absolute(path).parent_path());
+  write_file_atomically(path, text);
 }
 
 std::vector<McExample> read_mc_file(const std::string& path, int vocab_size, const std::string& tokenizer) {

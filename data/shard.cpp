@@ -109,9 +109,8 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
     if (tokens[i] >= (uint64_t)meta.vocab_size)
       throw std::invalid_argument(
           fmt::format("{}: token {} at position {} is not below vocab_size {}", path, tokens[i], i, meta.vocab_size));
-  const std::string tmp = path + ".tmp";
   std::lock_guard<std::mutex> lock(hdf5_mutex());
-  hid_t file = create_in_memory(tmp);
+  hid_t file = create_in_memory(path);
   try {
     const bool narrow = meta.vocab_size <= 65536;
     hsize_t dims[1] = {tokens.size()};
@@ -135,14 +134,7 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, c
     H5Fclose(file);
     throw;
   }
-  try {
-    write_image_and_close(file, tmp);
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
-  }
-  std::filesystem::rename(tmp, path);
-  sync_path(std::filesystem::absolute(path).parent_path());
+  write_image_and_close(file, path);
 }
 
 }  // namespace t6

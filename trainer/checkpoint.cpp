@@ -62,19 +62,6 @@ int64_t iter_of(const fs::path& dir) {
 
 }  // namespace
 
-void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    errno = 0;
-    std::ofstream out(tmp);
-    if (!out) throw std::runtime_error(fmt::format("{}: cannot create it: {}", tmp, std::strerror(errno)));
-    out << text;
-    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed: {}", tmp, std::strerror(errno)));
-  }
-  sync_path(tmp);
-  fs::rename(tmp, path);
-}
-
 std::vector<std::string> list_checkpoints(const std::string& out_dir) {
   std::vector<std::pair<int64_t, std::string>> found;
   if (fs::is_directory(out_dir))
@@ -211,12 +198,10 @@ std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& lay
                                      {"tensors", tensors},
                                      {"config", meta.config_yaml},
                                      {"data_fingerprint", meta.data_fingerprint}};
-    write_file_atomically((tmp_dir / "manifest.json").string(), manifest.dump(1) + "\n");
-    sync_path(tmp_dir);
+    write_file_atomically((tmp_dir / "manifest.json").string(), manifest.dump(1) + "\n");  // (syncs tmp_dir)
     put_in_place(tmp_dir, final_dir);
     sync_path(out);
     write_file_atomically((out / "latest").string(), final_dir.filename().string() + "\n");
-    sync_path(out);
   } catch (const std::exception& e) {
     std::error_code ignored;
     fs::remove_all(tmp_dir, ignored);

@@ -48,10 +48,6 @@ std::string commit_checkpoint(const std::string& out_dir, const ParamLayout& lay
 // The three steps for one process holding the whole state.
 std::string save_checkpoint(const std::string& out_dir, const ParamLayout& layout, const TrainingState& state, int keep);
 
-// Writes `text` to path.tmp, fsyncs it and renames it to `path`: readers see the old file or
-// the whole new one, never a part.
-void write_file_atomically(const std::string& path, const std::string& text);
-
 // CRC-32 of data[offset, offset + count), any size.
 uint32_t crc32_of(const std::vector<float>& data, size_t offset, size_t count);
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "data/h5.h"
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"

@@ -25,6 +25,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "data/h5.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "model/init.h"
