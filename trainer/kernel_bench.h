@@ -22,6 +22,9 @@ using Vec = std::vector<double>;
 
 // The --name value pairs after the op name, kept as text: defaults depend on each other (Hkv
 // is H unless given; qkv's B and T come from the config), so numbers are read when asked for.
+// The flags that take yes or no; every other one but --config takes a positive integer.
+inline bool is_yes_no_flag(const std::string& k) { return k == "dense" || k == "cold-l2"; }
+
 struct BenchArgs {
   std::map<std::string, std::string> kv;
   int get(const std::string& k, int fallback) const {
@@ -38,6 +41,7 @@ struct BenchArgs {
     return it == kv.end() ? fallback : it->second;
   }
   bool yes_no(const std::string& k, bool fallback) const {
+    if (!is_yes_no_flag(k)) throw std::logic_error(fmt::format("--{} is not listed as a yes/no flag", k));
     const std::string v = str(k, fallback ? "yes" : "no");
     if (v != "yes" && v != "no") throw std::invalid_argument(fmt::format("--{} {}: expected yes or no", k, v));
     return v == "yes";
@@ -124,6 +128,14 @@ inline double median_ms(const Context& ctx, int reps, const std::function<void()
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
+
+// A buffer larger than the L2, written before a timed call so that the call finds the L2 full
+// of other (dirty) lines, as a kernel does in a training step after the kernels before it.
+struct L2Filler {
+  Buffer<unsigned char> buffer;
+  explicit L2Filler(const Context& ctx) : buffer(ctx, 256u << 20) {}
+  void fill(const Context& ctx) { ctx.zero(buffer.data(), buffer.size()); }
+};
 
 // The device's copy rate in GB/s: a 1 GiB device-to-device copy reads and writes every byte.
 // Memory-bound kernels are judged against it (what the GPU moves in practice, not its data sheet).

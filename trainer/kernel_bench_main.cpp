@@ -80,12 +80,11 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
   const int B = args.get("B", 24), T = args.get("T", 1024), H = args.get("H", 34), Hkv = args.get("Hkv", H),
             D = args.get("D", 64), reps = args.get("reps", 20);
   const int check_batch = std::min(B, args.get("check-batch", 1));  // sequences checked against the CPU
-  // --cold-l2 yes: the L2 emptied before each timed call, as in a training step, where the
-  // kernels before the attention have filled it with other tensors.
+  // --cold-l2 yes: the L2 filled with other lines before each timed call, as in a training step.
   const bool cold_l2 = args.yes_no("cold-l2", false);
   const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
   fmt::print("attention: B {} T {} H {} Hkv {} D {}, causal, bf16 ({}){}\n", B, T, H, Hkv, D, gpu_name(ctx),
-             cold_l2 ? "; the L2 emptied before each timed call" : "");
+             cold_l2 ? "; the L2 filled with other lines before each timed call" : "");
   Rng rng;
   const Vec q = rng.bf16_values(nq, 2.0), k = rng.bf16_values(nk, 2.0), v = rng.bf16_values(nk, 1.0),
             dout = rng.bf16_values(nq, 1.0);
@@ -100,8 +99,8 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
   auto at_l = [&](size_t i) { return fmt::format("(b {}, h {}, t {})", i / ((size_t)H * T), i / T % H, i % T); };
 
   auto gq = upload(ctx, q), gk = upload(ctx, k), gv = upload(ctx, v), gdo = upload(ctx, dout);
-  std::optional<Buffer<unsigned char>> flush;
-  if (cold_l2) flush.emplace(ctx, 256u << 20);  // larger than the L2
+  std::optional<L2Filler> filler;
+  if (cold_l2) filler.emplace(ctx);
   // Flops as FlashAttention counts them: 2 products forward, 5 backward, half the matrix causal.
   const double fwd_flops = 4.0 * B * H * (double)T * T * D / 2, bwd_flops = 2.5 * fwd_flops;
   std::vector<AttentionRow> rows;
@@ -145,14 +144,14 @@ int bench_attention(const Context& ctx, const BenchArgs& args) {
       attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
                          gout.data(), glse.data(), B, T, H, Hkv, D);
       const bool repeats = download(gdq) == first;
-      const auto empty_l2 = [&] { if (flush) ctx.zero(flush->data(), flush->size()); };
+      const auto cold_l2_first = [&] { if (filler) filler->fill(ctx); };
       const double f = median_ms(ctx, reps, [&] {
         attention_forward(ctx, gout.data(), glse.data(), gq.data(), gk.data(), gv.data(), B, T, H, Hkv, D);
-      }, empty_l2);
+      }, cold_l2_first);
       const double bwd = median_ms(ctx, reps, [&] {
         attention_backward(ctx, gdq.data(), gdk.data(), gdv.data(), gdo.data(), gq.data(), gk.data(), gv.data(),
                            gout.data(), glse.data(), B, T, H, Hkv, D);
-      }, empty_l2);
+      }, cold_l2_first);
       rows.push_back({name, f, bwd, worst, repeats});
       ok = ok && worst <= 1 && (repeats || version == 1 || !deterministic);  // the deterministic mode must repeat
     }
@@ -268,7 +267,7 @@ int bench_decode(const Context& ctx, const BenchArgs& args) {
 
   const double copy_gbs = copy_rate_gbs(ctx);
 
-  Buffer<unsigned char> flush(ctx, 256u << 20);  // larger than the L2
+  L2Filler filler(ctx);
   Rng rng;
   const size_t block = 1 << 20;  // numbers in the repeated random block
   const Vec pattern = rng.bf16_values(block, 1.0);
@@ -294,7 +293,7 @@ int bench_decode(const Context& ctx, const BenchArgs& args) {
     const double ms = median_ms(
         ctx, reps,
         [&] { attention_decode(ctx, gout.data(), gq.data(), caches[0].data(), caches[1].data(), L, B, context, context); },
-        [&] { ctx.zero(flush.data(), flush.size()); });  // a cold L2: small caches would otherwise stay in it
+        [&] { filler.fill(ctx); });  // small caches would otherwise stay in the L2
     rows.push_back({B, context, ms * 1e3, 2.0 * B * context * (kw + vw) / 1e6, worst});
     ok = ok && worst <= 1;
   }
@@ -346,7 +345,7 @@ int main(int argc, char** argv) {
     }
     // The flags' values are checked before the device is: a typo is named on any machine.
     for (const auto& [key, value] : args.kv)
-      if (key == "dense" || key == "cold-l2") args.yes_no(key, false);
+      if (is_yes_no_flag(key)) args.yes_no(key, false);
       else if (key != "config") args.get(key, 1);
     if (cuda_device_count() == 0) {
       fmt::print(stderr, "t6-kernel-bench: no CUDA device visible\n");
