@@ -88,12 +88,13 @@ std::vector<std::string> set_aside_later_checkpoints(const std::string& out_dir,
   // `latest` names the newest checkpoint left, or goes with the last of them.
   const auto left = list_checkpoints(out_dir);
   const fs::path latest = fs::path(out_dir) / "latest";
-  if (left.empty())
+  if (left.empty()) {
     fs::remove(latest);
-  else
-    write_file_atomically(latest.string(), fs::path(left.front()).filename().string() + "\n");
+    sync_path(out_dir);
+  } else {
+    write_file_atomically(latest.string(), fs::path(left.front()).filename().string() + "\n");  // (syncs out_dir)
+  }
   sync_path(aside);
-  sync_path(out_dir);
   return moved;
 }
 

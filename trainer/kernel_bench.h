@@ -20,11 +20,11 @@ namespace t6::bench {
 
 using Vec = std::vector<double>;
 
-// The --name value pairs after the op name, kept as text: defaults depend on each other (Hkv
-// is H unless given; qkv's B and T come from the config), so numbers are read when asked for.
 // The flags that take yes or no; every other one but --config takes a positive integer.
 inline bool is_yes_no_flag(const std::string& k) { return k == "dense" || k == "cold-l2"; }
 
+// The --name value pairs after the op name, kept as text: defaults depend on each other (Hkv
+// is H unless given; qkv's B and T come from the config), so numbers are read when asked for.
 struct BenchArgs {
   std::map<std::string, std::string> kv;
   int get(const std::string& k, int fallback) const {
