@@ -5,7 +5,7 @@
 // whole heads side by side. TPA's contraction keeps the lane's slice of the rotated B (R × 8
 // values) in registers. Backward stages the gradient row in shared memory and writes it out
 // whole (the row's padding becomes zeros); TPA's dA and dB are small products per token
-// (16 heads × 8 ranks × D at a time) on the tensor cores, from one pass over the gradient
+// (16 heads × 8 ranks × up to 64 features at a time) on the tensor cores, from one pass over the gradient
 // rows per block of 8 ranks (see backward_factored); the dense slices are un-rotated copies,
 // each lane requesting its gradient chunks of 4 heads at a time so their latencies overlap.
 #include <fmt/format.h>
@@ -28,8 +28,8 @@ constexpr int kMaxWarps = 8;  // tokens per block, fewer when wide rows fill the
 // Blocks an SM holds at once: the register budget (80 a thread) that lets 3 blocks of 8 warps
 // share an SM; with 128 registers only 2 fitted, and these kernels wait on memory with little
 // else to do, so more warps in flight is what speeds them up. Ranks go in blocks of 6 in the
-// forward, to stay within that budget (it spills 12 bytes; the backward 12 at D 64, 48 at
-// D 128).
+// forward, to stay within that budget (on sm_90 the forward spills 12 bytes, the backward 12
+// at D 64 and 28 at D 128).
 constexpr int kMinBlocks = 3;
 
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
@@ -256,22 +256,21 @@ __device__ inline uint32_t transpose8x8(uint32_t x) {
 // about 16 bits, so products with them lose little against fp32.
 __device__ inline void split_bf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
   hi = pack(x0, x1);
-  const float2 h = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&hi));
-  lo = pack(x0 - h.x, x1 - h.y);
+  lo = pack(x0 - __uint_as_float(hi << 16), x1 - __uint_as_float(hi & 0xffff0000u));
 }
 
 // TPA's gradients for one section on the tensor cores (mma.sync, bf16 in, fp32 sums), per
 // block of 8 ranks and 16 heads:
 //   dA (16 heads × 8 ranks) = (1/R) G (16 × D) · Bᵀ, with the rotated B as bf16 hi + lo;
-//   dB (8 ranks × D) += (1/R) Aᵀ (8 × 16 heads) · G, A and G being bf16 already (exact).
+//   dBᵀ (D × 8 ranks) += (1/R) Gᵀ (D × 16 heads) · A, A and G being bf16 already (exact).
 // Lane (gid, tig) loads 16 bytes, features 8·tig … + 7 of each 32, of gradient rows gid and
 // gid + 8, and the fragments take them as they come: dA's sums over features do not mind their
-// order as long as B's fragments follow it, and movmatrix transposes each 8 × 8 block for dB,
-// which leaves lane (gid, tig) with rank gid's dB at the same features 8·tig … + 7 of each 32:
-// 32-byte runs to store, and (D ≥ 64) in the same lane the features D/2 apart that un-rotating
-// pairs. dB's rows 8–15 of each product (ranks past the block) stay zero. At D 128 the feature
-// groups go in two passes (groups g and g + 2), so that dB's sums fit in the registers; dA's
-// parts are added into drow, which starts at zero.
+// order as long as B's fragments follow it, and for dBᵀ movmatrix transposes each 8 heads × 8
+// features block, so that a product's rows are the features of two such blocks, in the order
+// the lanes loaded them (see the end for which lane ends with which). The features D/2 apart,
+// which un-rotating pairs, land in the same lane (D ≥ 64) or in lane ^ 16 (D 32). At D 128 the
+// feature groups go in two passes (groups g and g + 2), so that dB's sums fit in the
+// registers; dA's parts are added into drow, which starts at zero.
 template <int D, int S>
 __device__ inline void backward_factored(float* drow, const bf* g, const float* row, const float* cs,
                                          const QkvLayout& L, int lane) {
@@ -283,11 +282,23 @@ __device__ inline void backward_factored(float* drow, const bf* g, const float* 
   for (int r0 = 0; r0 < R; r0 += 8) {
     const int rank = r0 + gid;  // this lane's rank: dA's B column, dB's row
     for (int p = 0; p < kPasses; p++) {
-      float db[kPerPass][4][4] = {};
+      float dbt[kPerPass][2][4] = {};  // dBᵀ, per group: features of words 0, 1 and of words 2, 3
+      // dA's B fragments: this lane's rank at its features of the pass's groups, hi and lo,
+      // made once for all the head blocks (the loads may be unaligned and collide in the banks).
+      uint32_t bh[kPerPass][4] = {}, bl[kPerPass][4] = {};
+      if (rank < R)
+#pragma unroll
+        for (int q = 0; q < kPerPass; q++) {
+          float b[8];
+          ld8(b, row + L.b[S] + rank * D + 32 * (p + q * (kGroups / 2)) + 8 * tig, b_aligned);
+#pragma unroll
+          for (int w = 0; w < 4; w++) split_bf16(b[2 * w], b[2 * w + 1], bh[q][w], bl[q][w]);
+        }
       for (int h0 = 0; h0 < H; h0 += 16) {
+        // dBᵀ's B fragment: A at heads h0 + 2·tig (+ 1) and + 8, this lane's rank.
         auto a_at = [&](int h) { return h < H && rank < R ? A[h * R + rank] : 0.f; };
-        const int hk = h0 + 2 * tig;  // Aᵀ's columns (heads) in this lane's fragment
-        const uint32_t at[4] = {pack(a_at(hk), a_at(hk + 1)), 0u, pack(a_at(hk + 8), a_at(hk + 9)), 0u};
+        const int hk = h0 + 2 * tig;
+        const uint32_t a_lo = pack(a_at(hk), a_at(hk + 1)), a_hi = pack(a_at(hk + 8), a_at(hk + 9));
         float da[4] = {};
 #pragma unroll
         for (int q = 0; q < kPerPass; q++) {
@@ -295,21 +306,19 @@ __device__ inline void backward_factored(float* drow, const bf* g, const float* 
           const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
           const uint4 x0 = h0 + gid < H ? *reinterpret_cast<const uint4*>(g + (h0 + gid) * D + f0) : zero;
           const uint4 x1 = h0 + 8 + gid < H ? *reinterpret_cast<const uint4*>(g + (h0 + 8 + gid) * D + f0) : zero;
-          uint32_t bh[4] = {}, bl[4] = {};
-          if (rank < R) {
-            float b[8];
-            ld8(b, row + L.b[S] + rank * D + f0, b_aligned);
-#pragma unroll
-            for (int w = 0; w < 4; w++) split_bf16(b[2 * w], b[2 * w + 1], bh[w], bl[w]);
-          }
           const uint32_t g0[4] = {x0.x, x1.x, x0.y, x1.y}, g1[4] = {x0.z, x1.z, x0.w, x1.w};
-          mma(da, g0, bh[0], bh[1]);
-          mma(da, g0, bl[0], bl[1]);
-          mma(da, g1, bh[2], bh[3]);
-          mma(da, g1, bl[2], bl[3]);
-          const uint32_t r0w[4] = {x0.x, x0.y, x0.z, x0.w}, r8w[4] = {x1.x, x1.y, x1.z, x1.w};
+          mma(da, g0, bh[q][0], bh[q][1]);
+          mma(da, g0, bl[q][0], bl[q][1]);
+          mma(da, g1, bh[q][2], bh[q][3]);
+          mma(da, g1, bl[q][2], bl[q][3]);
+          // Gᵀ's fragments: each 8 × 8 block (8 heads × the 8 features of word w) transposed.
+          const uint32_t t0[4] = {transpose8x8(x0.x), transpose8x8(x0.y), transpose8x8(x0.z), transpose8x8(x0.w)};
+          const uint32_t t1[4] = {transpose8x8(x1.x), transpose8x8(x1.y), transpose8x8(x1.z), transpose8x8(x1.w)};
 #pragma unroll
-          for (int w = 0; w < 4; w++) mma(db[q][w], at, transpose8x8(r0w[w]), transpose8x8(r8w[w]));
+          for (int m = 0; m < 2; m++) {
+            const uint32_t gt[4] = {t0[2 * m], t0[2 * m + 1], t1[2 * m], t1[2 * m + 1]};
+            mma(dbt[q][m], gt, a_lo, a_hi);
+          }
         }
         // dA: heads h0 + gid (and + 8), ranks r0 + 2·tig (and + 1)
 #pragma unroll
@@ -320,28 +329,25 @@ __device__ inline void backward_factored(float* drow, const bf* g, const float* 
           if (h0 + 8 + gid < H) drow[L.a[S] + (h0 + 8 + gid) * R + r] += da[2 + e] * inv;
         }
       }
-      // dB of this lane's rank at features 32·group + 8·tig + 2w + e, un-rotated.
-      float y[kPerPass][8];
+      // dB, un-rotated: dbt[q][m][c] is rank r0 + 2·tig + c % 2 at feature
+      // 32·group + 8·(gid / 2) + 2·(2m + c / 2) + gid % 2.
 #pragma unroll
-      for (int q = 0; q < kPerPass; q++) {
-        const int f0 = 32 * (p + q * (kGroups / 2)) + 8 * tig;
+      for (int q = 0; q < kPerPass; q++)
 #pragma unroll
-        for (int w = 0; w < 4; w++)
+        for (int m = 0; m < 2; m++)
 #pragma unroll
-          for (int e = 0; e < 2; e++) {
-            const float t = db[q][w][e] * inv;
-            float other;  // feature f0 + 2w + e ± D/2
+          for (int c = 0; c < 4; c++) {
+            const float t = dbt[q][m][c] * inv;
+            float other;  // the feature D/2 away
             if constexpr (kPerPass == 2)
-              other = db[q ^ 1][w][e] * inv;
+              other = dbt[q ^ 1][m][c] * inv;
             else
-              other = __shfl_xor_sync(0xffffffffu, t, 2);  // D 32: lane tig ^ 2 holds it
-            y[q][2 * w + e] = unrotate<D, S>(t, other, f0 + 2 * w + e, cs);
+              other = __shfl_xor_sync(0xffffffffu, t, 16);  // D 32: lane gid ^ 4 holds it
+            const int f = 32 * (p + q * (kGroups / 2)) + 8 * (gid / 2) + 2 * (2 * m + c / 2) + gid % 2;
+            const int r = r0 + 2 * tig + c % 2;
+            const float y = unrotate<D, S>(t, other, f, cs);
+            if (r < R) drow[L.b[S] + r * D + f] = y;
           }
-      }
-      if (rank < R)
-#pragma unroll
-        for (int q = 0; q < kPerPass; q++)
-          st8(drow + L.b[S] + rank * D + 32 * (p + q * (kGroups / 2)) + 8 * tig, y[q], b_aligned);
     }
   }
 }
