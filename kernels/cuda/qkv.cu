@@ -4,10 +4,10 @@
 // lane l owns features 8·(l % (D/8)) … + 7 of every (32 / (D/8))-th head, so a warp writes
 // whole heads side by side. TPA's contraction keeps the lane's slice of the rotated B (R × 8
 // values) in registers. Backward stages the gradient row in shared memory and writes it out
-// whole (the row's padding becomes zeros): dA by dot products reduced across the lanes of a
-// head, dB summed over the heads in registers, then reduced across the warp and un-rotated,
-// both from one pass over the gradient rows per block of ranks; each lane requests its
-// gradient chunks of 4 heads at a time, so their latencies overlap.
+// whole (the row's padding becomes zeros); TPA's dA and dB are small products per token
+// (16 heads × 8 ranks × up to 64 features at a time) on the tensor cores, from one pass over the gradient
+// rows per block of 8 ranks (see backward_factored); the dense slices are un-rotated copies,
+// each lane requesting its gradient chunks of 4 heads at a time so their latencies overlap.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -16,6 +16,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/mma.cuh"
 
 namespace t6 {
 
@@ -26,9 +27,9 @@ namespace {
 constexpr int kMaxWarps = 8;  // tokens per block, fewer when wide rows fill the shared memory
 // Blocks an SM holds at once: the register budget (80 a thread) that lets 3 blocks of 8 warps
 // share an SM; with 128 registers only 2 fitted, and these kernels wait on memory with little
-// else to do, so more warps in flight is what speeds them up. Ranks go in blocks of 2 in the
-// backward (which holds B's rows and dB's sums for a block), of 6 in the forward, to stay
-// within that budget (each spills 12 bytes; with blocks of 8 the backward spilled 1.3 KB).
+// else to do, so more warps in flight is what speeds them up. Ranks go in blocks of 6 in the
+// forward, to stay within that budget (on sm_90 the forward spills 12 bytes, the backward 12
+// at D 64 and 28 at D 128).
 constexpr int kMinBlocks = 3;
 
 // cos θ(t, i) at table[t·D + i], sin θ(t, i) at table[t·D + D/2 + i]: the angle in fp32, as the
@@ -243,94 +244,110 @@ __device__ inline void load_heads(float (&x)[kBatch][8], const bf* g, int h0, in
   }
 }
 
-// TPA's gradients for one section, kR ranks at a time (kR ≥ R, or 2, taking larger ranks in
-// blocks of 2). One pass over g per block of ranks gives both gradients: each batch of heads
-// loaded feeds dA's dot products and dB's sums, so a token waits on memory once per batch and
-// block (q's rank 6: 3 passes; a pass for dA and another for dB of each block of 4 took 4).
-template <int D, int S, int kR>
+// The 8 × 8 bf16 matrix a warp holds one register a lane of (lane 4i + j: row i, columns 2j and
+// 2j + 1), transposed, in the same layout.
+__device__ inline uint32_t transpose8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// x0 and x1 as bf16 pairs hi (rounded) and lo (the remainder, rounded): hi + lo carries them to
+// about 16 bits, so products with them lose little against fp32.
+__device__ inline void split_bf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  hi = pack(x0, x1);
+  lo = pack(x0 - __uint_as_float(hi << 16), x1 - __uint_as_float(hi & 0xffff0000u));
+}
+
+// TPA's gradients for one section on the tensor cores (mma.sync, bf16 in, fp32 sums), per
+// block of 8 ranks and 16 heads:
+//   dA (16 heads × 8 ranks) = (1/R) G (16 × D) · Bᵀ, with the rotated B as bf16 hi + lo;
+//   dBᵀ (D × 8 ranks) += (1/R) Gᵀ (D × 16 heads) · A, A and G being bf16 already (exact).
+// Lane (gid, tig) loads 16 bytes, features 8·tig … + 7 of each 32, of gradient rows gid and
+// gid + 8, and the fragments take them as they come: dA's sums over features do not mind their
+// order as long as B's fragments follow it, and for dBᵀ movmatrix transposes each 8 heads × 8
+// features block, so that a product's rows are the features of two such blocks, in the order
+// the lanes loaded them (see the end for which lane ends with which). The features D/2 apart,
+// which un-rotating pairs, land in the same lane (D ≥ 64) or in lane ^ 16 (D 32). At D 128 the
+// feature groups go in two passes (groups g and g + 2), so that dB's sums fit in the
+// registers; dA's parts are added into drow, which starts at zero.
+template <int D, int S>
 __device__ inline void backward_factored(float* drow, const bf* g, const float* row, const float* cs,
                                          const QkvLayout& L, int lane) {
-  constexpr int C8 = D / 8, HG = 32 / C8;
-  const int c = lane % C8, hg = lane / C8, H = L.heads[S], R = L.rank[S];
+  constexpr int kGroups = D / 32, kPerPass = kGroups == 1 ? 1 : 2, kPasses = kGroups / kPerPass;
+  const int gid = lane / 4, tig = lane % 4, H = L.heads[S], R = L.rank[S];
   const float inv = 1.f / R;
-  // dA[h, r] = (1/R) Σ_d g[h, d]·B[r, d]: lane (hg, c) forms the partial sums over its 8
-  // features for kR ranks, and a transposing reduction over the head's C8 lanes leaves each
-  // lane with whole sums: butterfly steps first, then steps that each halve the values a lane
-  // keeps (the lower or upper half by its lane bit), so kR sums cost about kR shuffles.
-  // dB[r, :] = (1/R) Σ_h A[h, r]·g[h, :]: lane (hg, c) sums its heads for features 8c … 8c + 7,
-  // then the lane groups add up, and q's and k's are un-rotated.
-  constexpr int kHalvings = kR < C8 ? (kR == 1 ? 0 : kR == 2 ? 1 : kR == 4 ? 2 : 3) : (C8 == 4 ? 2 : C8 == 8 ? 3 : 4);
-  constexpr int kKeep = kR >> kHalvings;  // sums each lane holds at the end
-  for (int r0 = 0; r0 < R; r0 += kR) {
-    float b[kR][8], db[kR][8] = {};
+  const float* A = row + L.a[S];
+  const bool b_aligned = L.b[S] % 4 == 0;
+  for (int r0 = 0; r0 < R; r0 += 8) {
+    const int rank = r0 + gid;  // this lane's rank: dA's B column, dB's row
+    for (int p = 0; p < kPasses; p++) {
+      float dbt[kPerPass][2][4] = {};  // dBᵀ, per group: features of words 0, 1 and of words 2, 3
+      // dA's B fragments: this lane's rank at its features of the pass's groups, hi and lo,
+      // made once for all the head blocks (the loads may be unaligned and collide in the banks).
+      uint32_t bh[kPerPass][4] = {}, bl[kPerPass][4] = {};
+      if (rank < R)
 #pragma unroll
-    for (int r = 0; r < kR; r++)
-      if (r0 + r < R)
-        ld8(b[r], row + L.b[S] + (r0 + r) * D + 8 * c, L.b[S] % 4 == 0);
-      else
+        for (int q = 0; q < kPerPass; q++) {
+          float b[8];
+          ld8(b, row + L.b[S] + rank * D + 32 * (p + q * (kGroups / 2)) + 8 * tig, b_aligned);
 #pragma unroll
-        for (int i = 0; i < 8; i++) b[r][i] = 0.f;
-    for (int h1 = 0; h1 < H; h1 += kBatch * HG) {
-      float xs[kBatch][8];
-      load_heads<D>(xs, g, h1, H, lane);
+          for (int w = 0; w < 4; w++) split_bf16(b[2 * w], b[2 * w + 1], bh[q][w], bl[q][w]);
+        }
+      for (int h0 = 0; h0 < H; h0 += 16) {
+        // dBᵀ's B fragment: A at heads h0 + 2·tig (+ 1) and + 8, this lane's rank.
+        auto a_at = [&](int h) { return h < H && rank < R ? A[h * R + rank] : 0.f; };
+        const int hk = h0 + 2 * tig;
+        const uint32_t a_lo = pack(a_at(hk), a_at(hk + 1)), a_hi = pack(a_at(hk + 8), a_at(hk + 9));
+        float da[4] = {};
 #pragma unroll
-      for (int u = 0; u < kBatch; u++) {
-        const int h0 = h1 + u * HG, h = h0 + hg;
-        if (h0 >= H) break;  // the same on every lane: all of them take part in the shuffles
-        const float(&x)[8] = xs[u];
-        if (h < H) {  // (past H, x is zeros)
-          const float* a = row + L.a[S] + h * R + r0;
+        for (int q = 0; q < kPerPass; q++) {
+          const int f0 = 32 * (p + q * (kGroups / 2)) + 8 * tig;
+          const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+          const uint4 x0 = h0 + gid < H ? *reinterpret_cast<const uint4*>(g + (h0 + gid) * D + f0) : zero;
+          const uint4 x1 = h0 + 8 + gid < H ? *reinterpret_cast<const uint4*>(g + (h0 + 8 + gid) * D + f0) : zero;
+          const uint32_t g0[4] = {x0.x, x1.x, x0.y, x1.y}, g1[4] = {x0.z, x1.z, x0.w, x1.w};
+          mma(da, g0, bh[q][0], bh[q][1]);
+          mma(da, g0, bl[q][0], bl[q][1]);
+          mma(da, g1, bh[q][2], bh[q][3]);
+          mma(da, g1, bl[q][2], bl[q][3]);
+          // Gᵀ's fragments: each 8 × 8 block (8 heads × the 8 features of word w) transposed.
+          const uint32_t t0[4] = {transpose8x8(x0.x), transpose8x8(x0.y), transpose8x8(x0.z), transpose8x8(x0.w)};
+          const uint32_t t1[4] = {transpose8x8(x1.x), transpose8x8(x1.y), transpose8x8(x1.z), transpose8x8(x1.w)};
 #pragma unroll
-          for (int r = 0; r < kR; r++) {
-            const float ar = r0 + r < R ? a[r] : 0.f;
-#pragma unroll
-            for (int i = 0; i < 8; i++) db[r][i] += ar * x[i];
+          for (int m = 0; m < 2; m++) {
+            const uint32_t gt[4] = {t0[2 * m], t0[2 * m + 1], t1[2 * m], t1[2 * m + 1]};
+            mma(dbt[q][m], gt, a_lo, a_hi);
           }
         }
-        float v[kR];
+        // dA: heads h0 + gid (and + 8), ranks r0 + 2·tig (and + 1)
 #pragma unroll
-        for (int r = 0; r < kR; r++) {
-          v[r] = 0.f;
-#pragma unroll
-          for (int i = 0; i < 8; i++) v[r] += x[i] * b[r][i];
+        for (int e = 0; e < 2; e++) {
+          const int r = r0 + 2 * tig + e;
+          if (r >= R) continue;
+          if (h0 + gid < H) drow[L.a[S] + (h0 + gid) * R + r] += da[e] * inv;
+          if (h0 + 8 + gid < H) drow[L.a[S] + (h0 + 8 + gid) * R + r] += da[2 + e] * inv;
         }
+      }
+      // dB, un-rotated: dbt[q][m][c] is rank r0 + 2·tig + c % 2 at feature
+      // 32·group + 8·(gid / 2) + 2·(2m + c / 2) + gid % 2.
 #pragma unroll
-        for (int o = C8 / 2; o >= (1 << kHalvings); o >>= 1)
+      for (int q = 0; q < kPerPass; q++)
 #pragma unroll
-          for (int r = 0; r < kR; r++) v[r] += __shfl_xor_sync(0xffffffffu, v[r], o);
-        int base = 0;  // the rank of v[0]
+        for (int m = 0; m < 2; m++)
 #pragma unroll
-        for (int step = 0; step < kHalvings; step++) {
-          const int o = (1 << kHalvings) >> (step + 1), n = kR >> step;
-          const bool upper = c & o;
-#pragma unroll
-          for (int j = 0; j < n / 2; j++) {
-            const float send = upper ? v[j] : v[j + n / 2], keep = upper ? v[j + n / 2] : v[j];
-            v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+          for (int c = 0; c < 4; c++) {
+            const float t = dbt[q][m][c] * inv;
+            float other;  // the feature D/2 away
+            if constexpr (kPerPass == 2)
+              other = dbt[q ^ 1][m][c] * inv;
+            else
+              other = __shfl_xor_sync(0xffffffffu, t, 16);  // D 32: lane gid ^ 4 holds it
+            const int f = 32 * (p + q * (kGroups / 2)) + 8 * (gid / 2) + 2 * (2 * m + c / 2) + gid % 2;
+            const int r = r0 + 2 * tig + c % 2;
+            const float y = unrotate<D, S>(t, other, f, cs);
+            if (r < R) drow[L.b[S] + r * D + f] = y;
           }
-          base += upper ? n / 2 : 0;
-        }
-        // Lanes c and c + kR·… hold the same sums (butterfly steps): the first writes them.
-        if (h < H && c < (C8 < kR ? C8 : kR))
-#pragma unroll
-          for (int j = 0; j < kKeep; j++)
-            if (r0 + base + j < R) drow[L.a[S] + h * R + r0 + base + j] = v[j] * inv;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kR; r++) {
-      if (r0 + r >= R) break;
-      float y[8];
-#pragma unroll
-      for (int i = 0; i < 8; i++) {
-        float t = db[r][i];
-#pragma unroll
-        for (int o = C8; o < 32; o <<= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        t *= inv;
-        const float other = __shfl_xor_sync(0xffffffffu, t, C8 / 2);
-        y[i] = unrotate<D, S>(t, other, 8 * c + i, cs);
-      }
-      if (hg == 0) st8(drow + L.b[S] + (r0 + r) * D + 8 * c, y, L.b[S] % 4 == 0);
     }
   }
 }
@@ -361,8 +378,7 @@ __device__ inline void backward_section(float* drow, const bf* g, const float* r
     }
     return;
   }
-  if (R <= 1) backward_factored<D, S, 1>(drow, g, row, cs, L, lane);
-  else backward_factored<D, S, 2>(drow, g, row, cs, L, lane);
+  backward_factored<D, S>(drow, g, row, cs, L, lane);
 }
 
 template <int D>
