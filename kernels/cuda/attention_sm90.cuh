@@ -42,15 +42,6 @@ __device__ inline void product_kmajor(float (&acc)[N / 2], uint64_t a, uint64_t 
       Wgmma<N, 0, 0>::ss(acc, a + kmajor(kk, rows_a), b + kmajor(kk, N), true);
 }
 
-// 2^x from the special-function unit alone. exp2f also produces results below 2^-126
-// (subnormals), which costs three more instructions a call, in the softmax's inner loop; a
-// probability that small adds nothing to the sums and flushes to 0 here.
-__device__ inline float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 __device__ inline unsigned char* align1024(unsigned char* p) {
   return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
 }
