@@ -1,7 +1,7 @@
 // Cross-entropy fused with its gradient, one block per row: an online (max, sum of exp) pass
-// in fp32, then dlogits written over the logits in place. The exponentials are exp2_ftz's (a
-// few instructions each, not expf's ten: these passes should wait on memory, not on them). The model calls it on chunks of
-// rows, so the batch's logits never exist all at once.
+// in fp32, then dlogits written over the logits in place. The model calls it on chunks of
+// rows, so the batch's logits never exist all at once. The exponentials are exp2_ftz's (two
+// instructions each, where expf takes eight): these passes should wait on memory, not on them.
 #include <cfloat>
 
 #include "kernels/cuda/common.cuh"
