@@ -354,14 +354,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int jj = 0; jj < kBwdM / 8; jj++)
 #pragma unroll
           for (int e = 0; e < 4; e++) {
-            const float x = exp2f(fmaf(st[4 * jj + e], a.scale_log2, -lse[2 * jj + (e & 1)]));
+            const float x = exp2_ftz(fmaf(st[4 * jj + e], a.scale_log2, -lse[2 * jj + (e & 1)]));
             p[4 * jj + e] = 8 * jj + 2 * tig + (e & 1) < rel + 8 * (e / 2) ? 0.f : x;
           }
       } else {
 #pragma unroll
         for (int jj = 0; jj < kBwdM / 8; jj++)
 #pragma unroll
-          for (int e = 0; e < 4; e++) p[4 * jj + e] = exp2f(fmaf(st[4 * jj + e], a.scale_log2, -lse[2 * jj + (e & 1)]));
+          for (int e = 0; e < 4; e++) p[4 * jj + e] = exp2_ftz(fmaf(st[4 * jj + e], a.scale_log2, -lse[2 * jj + (e & 1)]));
       }
       uint32_t pa[kBwdM / 16][4], dsa[kBwdM / 16][4];
       to_a(pa, p);

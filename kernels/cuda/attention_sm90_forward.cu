@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < 2; i++) {
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      corr[i] = exp2f((m[i] - mx[i]) * scale_log2);  // the diagonal tile comes first: mx is finite
+      corr[i] = exp2_ftz((m[i] - mx[i]) * scale_log2);  // the diagonal tile comes first: mx is finite
       m[i] = mx[i];
       shift[i] = mx[i] * scale_log2;
       l[i] *= corr[i];
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       float x[4];
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        x[e] = exp2f(fmaf(s_acc[4 * j + e], scale_log2, -shift[e / 2]));
+        x[e] = exp2_ftz(fmaf(s_acc[4 * j + e], scale_log2, -shift[e / 2]));
         l[e / 2] += x[e];
       }
       pr[j / 2][(j % 2) * 2] = pack(x[0], x[1]);  // A fragment: rows gid | gid + 8, keys 16k + … (+ 8)

@@ -1,6 +1,7 @@
 // Cross-entropy fused with its gradient, one block per row: an online (max, sum of exp) pass
 // in fp32, then dlogits written over the logits in place. The model calls it on chunks of
-// rows, so the batch's logits never exist all at once.
+// rows, so the batch's logits never exist all at once. The exponentials are exp2_ftz's (two
+// instructions each, where expf takes eight): these passes should wait on memory, not on them.
 #include <cfloat>
 
 #include "kernels/cuda/common.cuh"
@@ -40,25 +41,26 @@ __global__ void classifier_kernel(bf* logits, float* losses, const int32_t* targ
 #pragma unroll
     for (int j = 1; j < W; j++) mx = fmaxf(mx, x[j]);
     if (mx > m) {
-      s = m == -INFINITY ? 0.f : s * expf(m - mx);
+      s = m == -INFINITY ? 0.f : s * exp2_ftz((m - mx) * kLog2e);
       m = mx;
     }
+    const float m2 = m * kLog2e;
 #pragma unroll
-    for (int j = 0; j < W; j++) s += expf(x[j] - m);
+    for (int j = 0; j < W; j++) s += exp2_ftz(fmaf(x[j], kLog2e, -m2));
   }
   for (int o = 16; o > 0; o >>= 1) combine(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
   if (threadIdx.x % 32 == 0) sm[threadIdx.x / 32] = m, ss[threadIdx.x / 32] = s;
   __syncthreads();
   m = sm[0], s = ss[0];
   for (int w = 1; w < kThreads / 32; w++) combine(m, s, sm[w], ss[w]);
-  const float lse = m + logf(s);
+  const float lse = m + logf(s), lse2 = lse * kLog2e;
   if (threadIdx.x == 0) losses[blockIdx.x] = lse - target_logit;
   if (!write_grad) return;
   for (int i = threadIdx.x * W; i < V; i += kThreads * W) {
     if constexpr (W == 8) load8(x, row + i);
     else x[0] = __bfloat162float(row[i]);
 #pragma unroll
-    for (int j = 0; j < W; j++) x[j] = (expf(x[j] - lse) - (i + j == target ? 1.f : 0.f)) * g;
+    for (int j = 0; j < W; j++) x[j] = (exp2_ftz(fmaf(x[j], kLog2e, -lse2)) - (i + j == target ? 1.f : 0.f)) * g;
     if constexpr (W == 8) store8(row + i, x);
     else row[i] = __float2bfloat16(x[0]);
   }
