@@ -22,24 +22,31 @@ namespace {
 constexpr int kBwdM = 64, kBwdN = 64 * kConsumers;
 
 // lse·log2(e) and delta = rowsum(dO ⊙ O) per (b, h, t), in rows padded to whole query tiles
-// (padding: lse +inf, so its probabilities are 0; delta 0), one warp per row.
+// (padding: lse +inf, so its probabilities are 0; delta 0). D/8 threads a row, 16 bytes of dO
+// and of O each, so a warp has 32/(D/8) rows' loads in flight at once.
+template <int D>
 __global__ void prepare_kernel(float* lse2, float* delta, const float* lse, const bf* dout, const bf* out, int B,
-                               int T, int Tp, int H, int D) {
-  const size_t row = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;  // (b·H + h)·Tp + t
-  if (row >= (size_t)B * H * Tp) return;
-  const int t = row % Tp;
+                               int T, int Tp, int H) {
+  constexpr int kLanes = D / 8;
+  const size_t row = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / kLanes;  // (b·H + h)·Tp + t
+  const bool in_rows = row < (size_t)B * H * Tp;  // (no early return: the whole warp shuffles)
+  const int t = row % Tp, part = threadIdx.x % kLanes;
   const size_t bh = row / Tp, b = bh / H, h = bh % H;
   float acc = 0.f;
-  if (t < T) {
-    const size_t at = ((b * T + t) * H + h) * D;
-    for (int d = threadIdx.x % 32 * 2; d < D; d += 64) {
-      const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + at + d));
-      const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(out + at + d));
-      acc += x.x * y.x + x.y * y.y;
+  if (in_rows && t < T) {
+    const size_t at = ((b * T + t) * H + h) * D + part * 8;
+    const uint4 x = *reinterpret_cast<const uint4*>(dout + at), y = *reinterpret_cast<const uint4*>(out + at);
+    const uint32_t xs[4] = {x.x, x.y, x.z, x.w}, ys[4] = {y.x, y.y, y.z, y.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&xs[i]));
+      const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&ys[i]));
+      acc += a.x * c.x + a.y * c.y;
     }
   }
-  acc = warp_sum(acc);
-  if (threadIdx.x % 32 == 0) {
+#pragma unroll
+  for (int o = kLanes / 2; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (in_rows && part == 0) {
     delta[row] = acc;
     lse2[row] = t < T ? lse[bh * T + t] * kLog2e : INFINITY;
   }
@@ -468,7 +475,7 @@ void backward(const Context& ctx, bf* dq, bf* dk, bf* dv, const bf* dout, const 
   // every tile has) stores, so the sums need no zeroing: 4 bytes per dQ element not written.
   if (!deterministic) cuda::zero(ctx, acc, sizeof(float) * nacc);
   cuda::zero(ctx, claimed, sizeof(int) * (deterministic ? 1 + tiles : 1));
-  prepare_kernel<<<blocks_for(rows * 32, 256), 256, 0, stream(ctx)>>>(lse2, delta, lse, dout, out, B, T, Tp, H, D);
+  prepare_kernel<D><<<blocks_for(rows * (D / 8), 256), 256, 0, stream(ctx)>>>(lse2, delta, lse, dout, out, B, T, Tp, H);
   CUDA_CHECK_LAUNCH();
   const CUtensorMap tq = tile_map(q, B, T, H, D, kBwdM), tdo = tile_map(dout, B, T, H, D, kBwdM),
                     tk = tile_map(k, B, T, Hkv, D, kBwdN), tv = tile_map(v, B, T, Hkv, D, kBwdN);
