@@ -468,7 +468,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuAttention,
                                            AttentionCase{2, 520, 47, 47, 64},  // 470 query tiles: several per block
                                            AttentionCase{2, 1000, 16, 4, 128}, // and with D 128 and GQA
                                            AttentionCase{4, 600, 12, 4, 64},   // and with GQA
-                                           AttentionCase{3, 260, 48, 12, 64}), // 144 heads: more than SMs
+                                           AttentionCase{3, 260, 48, 12, 64}), // 144 sequence-heads: more than SMs
                          [](const auto& info) {
                            const AttentionCase& c = info.param;
                            return fmt::format("B{}_T{}_H{}_Hkv{}_D{}", c.B, c.T, c.H, c.Hkv, c.D);

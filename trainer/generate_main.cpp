@@ -58,6 +58,13 @@ struct Request {
 
 Request parse(int argc, char** argv) {
   Request r;
+  auto read_prompt_file = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::invalid_argument(fmt::format("--prompt-file {}: cannot read it", path));
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
   t6::Args args(argc, argv);
   while (args.next()) {
     if (args.help()) { fmt::print("{}", kUsage); std::exit(0); }
@@ -65,16 +72,8 @@ Request parse(int argc, char** argv) {
     else if (args.is("--config")) r.config = args.value();
     else if (args.is("--prompt") || args.is("--prompt-file")) {
       if (r.have_prompt) throw std::invalid_argument("give the prompt once: --prompt TEXT or --prompt-file FILE");
-      if (args.is("--prompt")) {
-        r.prompt_text = args.value(), r.have_prompt = true;
-        continue;
-      }
-      const std::string path = args.value();
-      std::ifstream f(path, std::ios::binary);
-      if (!f) throw std::invalid_argument(fmt::format("--prompt-file {}: cannot read it", path));
-      std::stringstream ss;
-      ss << f.rdbuf();
-      r.prompt_text = ss.str(), r.have_prompt = true;
+      r.prompt_text = args.is("--prompt") ? args.value() : read_prompt_file(args.value());
+      r.have_prompt = true;
     }
     else if (args.is("--max-new-tokens")) r.o.max_new_tokens = (int)args.integer(0, 1 << 24);
     else if (args.is("--temperature")) r.o.temperature = args.real();
